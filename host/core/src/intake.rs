@@ -1,0 +1,265 @@
+//! Validation of intake records (one JSON object per NDJSON line).
+//!
+//! A line becomes an [`IntakeRecord`] or a [`LineError`] that names the field and the
+//! problem. Whether the model is known is decided by the caller, which knows the models.
+
+use crate::Source;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A validated record, ready to be appended to intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeRecord {
+    pub model: String,
+    pub source: Source,
+    pub external_id: String,
+    /// RFC 3339 in UTC.
+    pub occurred_at: String,
+    pub occurred_micros: i64,
+    /// The payload object as JSON text, keys in the order sent.
+    pub payload: String,
+    /// SHA-256 (hex) of the payload in canonical form (keys sorted): two payloads equal as
+    /// JSON values have the same hash.
+    pub payload_hash: String,
+}
+
+/// Why a line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("a record must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{field}` must be {expected}, got {got}")]
+    Type {
+        field: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("field `{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("field `occurred_at` is not an RFC 3339 time ({0:?}): {1}")]
+    Time(String, String),
+    #[error("line is {0} bytes, over the limit of {1} bytes")]
+    TooLong(usize, usize),
+    #[error("unknown model '{model}'; known: {known}")]
+    UnknownModel { model: String, known: String },
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn required_string(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    field: &'static str,
+) -> Result<String, LineError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(LineError::Missing(field)),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(LineError::Empty(field)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(LineError::Type {
+            field,
+            expected: "a string",
+            got: type_name(other),
+        }),
+    }
+}
+
+/// Validates one line. `now` is the intake time, used when `occurred_at` is absent.
+pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineError> {
+    let text = std::str::from_utf8(line).map_err(|e| LineError::NotUtf8(e.valid_up_to()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(LineError::NotAnObject(type_name(&value)));
+    };
+    let model = required_string(&obj, "model", "model")?;
+    let source = match obj.get("source") {
+        None | Some(Value::Null) => return Err(LineError::Missing("source")),
+        Some(Value::Object(s)) => s,
+        Some(other) => {
+            return Err(LineError::Type {
+                field: "source",
+                expected: "an object",
+                got: type_name(other),
+            });
+        }
+    };
+    let system = required_string(source, "system", "source.system")?;
+    let adapter = match source.get("adapter") {
+        None | Some(Value::Null) => system.clone(),
+        Some(Value::String(s)) if s.trim().is_empty() => system.clone(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(LineError::Type {
+                field: "source.adapter",
+                expected: "a string",
+                got: type_name(other),
+            });
+        }
+    };
+    let external_id = required_string(&obj, "id", "id")?;
+    let payload = match obj.get("payload") {
+        None | Some(Value::Null) => return Err(LineError::Missing("payload")),
+        Some(Value::Object(p)) => p,
+        Some(other) => {
+            return Err(LineError::Type {
+                field: "payload",
+                expected: "an object",
+                got: type_name(other),
+            });
+        }
+    };
+    let occurred: DateTime<Utc> = match obj.get("occurred_at") {
+        None | Some(Value::Null) => now,
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
+            .map_err(|e| LineError::Time(s.clone(), e.to_string()))?
+            .with_timezone(&Utc),
+        Some(other) => {
+            return Err(LineError::Type {
+                field: "occurred_at",
+                expected: "an RFC 3339 string",
+                got: type_name(other),
+            });
+        }
+    };
+    let payload_value = Value::Object(payload.clone());
+    Ok(IntakeRecord {
+        model,
+        source: Source { adapter, system },
+        external_id,
+        occurred_at: occurred.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        occurred_micros: occurred.timestamp_micros(),
+        payload_hash: payload_hash(&payload_value),
+        payload: payload_value.to_string(),
+    })
+}
+
+/// SHA-256 (hex) of a JSON value written with object keys sorted.
+pub fn payload_hash(value: &Value) -> String {
+    let mut hasher = Sha256::new();
+    canonical(value, &mut hasher);
+    hex::encode(hasher.finalize())
+}
+
+fn canonical(value: &Value, out: &mut Sha256) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.update(b"{");
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                out.update(Value::String(key.clone()).to_string().as_bytes());
+                out.update(b":");
+                canonical(&map[key], out);
+            }
+            out.update(b"}");
+        }
+        Value::Array(items) => {
+            out.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                canonical(item, out);
+            }
+            out.update(b"]");
+        }
+        scalar => out.update(scalar.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn err(line: &str) -> String {
+        parse_line(line.as_bytes(), now()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_record() {
+        let r = parse_line(
+            br#"{"model":"device","source":{"system":"bms","adapter":"bms-v2"},"id":"D-1","occurred_at":"2026-03-01T11:00:00+01:00","payload":{"b":1,"a":"x"}}"#,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(r.model, "device");
+        assert_eq!(r.source.adapter, "bms-v2");
+        assert_eq!(r.occurred_at, "2026-03-01T10:00:00Z");
+        assert_eq!(r.payload, r#"{"b":1,"a":"x"}"#);
+    }
+
+    #[test]
+    fn defaults_and_hash_ignore_key_order() {
+        let a = parse_line(
+            br#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"a":1,"b":[1,{"x":2,"y":3}]}}"#,
+            now(),
+        )
+        .unwrap();
+        let b = parse_line(
+            br#"{"model":"m","source":{"system":"s","adapter":"z"},"id":"1","payload":{"b":[1,{"y":3,"x":2}],"a":1}}"#,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(a.source.adapter, "s");
+        assert_eq!(a.occurred_at, "2026-01-01T00:00:00Z");
+        assert_eq!(a.payload_hash, b.payload_hash);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err("{").starts_with("invalid JSON"));
+        assert_eq!(err("[1]"), "a record must be a JSON object, got an array");
+        assert_eq!(
+            err(r#"{"source":{"system":"s"},"id":"1","payload":{}}"#),
+            "missing field `model`"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","source":{},"id":"1","payload":{}}"#),
+            "missing field `source.system`"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","source":{"system":"s"},"payload":{}}"#),
+            "missing field `id`"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","source":{"system":"s"},"id":7,"payload":{}}"#),
+            "field `id` must be a string, got a number"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","source":{"system":"s"},"id":"1","payload":[]}"#),
+            "field `payload` must be an object, got an array"
+        );
+        assert!(
+            err(r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{},"occurred_at":"yesterday"}"#)
+                .starts_with("field `occurred_at` is not an RFC 3339 time")
+        );
+        assert_eq!(
+            parse_line(b"{\"model\":\"\xff\"}", now()).unwrap_err(),
+            LineError::NotUtf8(10)
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! `flowhost bench …`: benchmark commands whose printed numbers go into BENCHMARKS.md.
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use flowhost_core::{Group, KeyedRecord, Record, Source};
+use flowhost_runtime::{Runtime, RuntimeConfig};
+use flowhost_sdk::bindings::flowhost::plugin::types as guest;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The device model's associate and default projection through wasm vs the same Rust
+    /// code called natively, on generated records, in one run.
+    Plugin {
+        /// The device component.
+        #[arg(long, default_value = "target/plugins/device.wasm")]
+        wasm: PathBuf,
+        /// How many records.
+        #[arg(long, default_value_t = 120_000)]
+        records: usize,
+        /// Records per associate call.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Plugin {
+            wasm,
+            records,
+            batch,
+            json,
+        } => plugin(&wasm, records, batch, json),
+    }
+}
+
+/// Device records from three systems; every serial is shared by three records.
+fn device_records(n: usize) -> Vec<Record> {
+    const SYSTEMS: [&str; 3] = ["bms", "oem", "crm"];
+    (0..n)
+        .map(|k| {
+            let system = SYSTEMS[k % 3];
+            let thing = k / 3;
+            let serial = if k % 3 == 1 {
+                format!(" SN-{thing:06} ")
+            } else {
+                format!("sn-{thing:06}")
+            };
+            let site = ["Roof", "Basement", "Plant room"][thing % 3];
+            Record {
+                seq: k as i64 + 1,
+                model: "device".into(),
+                source: Source {
+                    system: system.into(),
+                    adapter: format!("{system}-v1"),
+                },
+                external_id: format!("{}-{thing}", system.to_uppercase()),
+                occurred_at: "2026-03-01T10:00:00Z".into(),
+                occurred_micros: 1_772_359_200_000_000 + k as i64,
+                payload: json!({
+                    "serial": serial,
+                    "name": format!("Chiller {thing}"),
+                    "site": site,
+                    "firmware": format!("1.{}", k % 7),
+                    "location": {"floor": thing % 12, "room": format!("R{}", thing % 40)},
+                    "tags": ["hvac", system],
+                })
+                .to_string(),
+            }
+        })
+        .collect()
+}
+
+fn guest_record(r: &Record) -> guest::InputRecord {
+    flowhost_sdk::glue::input_record(
+        r.seq as u64,
+        &r.source.system,
+        &r.source.adapter,
+        &r.external_id,
+        &r.occurred_at,
+        r.occurred_micros,
+        &r.payload,
+    )
+}
+
+fn guest_group(g: &Group) -> guest::Group {
+    guest::Group {
+        reference: g.reference.clone(),
+        records: g
+            .records
+            .iter()
+            .map(|k| guest::KeyedRecord {
+                record: guest_record(&k.record),
+                parents: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn plugin(wasm: &PathBuf, n: usize, batch: usize, as_json: bool) -> Result<ExitCode> {
+    if !wasm.exists() {
+        bail!(
+            "{}: not found — build the plugins first (cargo xtask build-plugins)",
+            wasm.display()
+        );
+    }
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let plugin = runtime.load(wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if plugin.description().model != "device" {
+        bail!("{}: this benchmark needs the device model", wasm.display());
+    }
+    let records = device_records(n);
+    let groups: Vec<Group> = records
+        .chunks(3)
+        .enumerate()
+        .map(|(i, chunk)| Group {
+            reference: format!("ref-{i}"),
+            records: chunk
+                .iter()
+                .map(|r| KeyedRecord {
+                    record: r.clone(),
+                    parents: Vec::new(),
+                })
+                .collect(),
+        })
+        .collect();
+    let group_batch = (batch / 3).max(1);
+
+    // Warm both paths once so that neither pays first-touch costs in the measurement.
+    plugin
+        .associate(&records[..batch.min(n)])
+        .context("associate")?;
+    flowhost_sdk::glue::associate::<plugin_device::Device>(
+        records[..batch.min(n)].iter().map(guest_record).collect(),
+    );
+
+    let started = Instant::now();
+    let mut keyed = 0;
+    for chunk in records.chunks(batch) {
+        keyed += plugin.associate(chunk).context("associate")?.len();
+    }
+    let wasm_assoc = started.elapsed();
+
+    let started = Instant::now();
+    let mut native_keyed = 0;
+    for chunk in records.chunks(batch) {
+        let input = chunk.iter().map(guest_record).collect();
+        native_keyed += flowhost_sdk::glue::associate::<plugin_device::Device>(input).len();
+    }
+    let native_assoc = started.elapsed();
+    assert_eq!(keyed, native_keyed);
+
+    let started = Instant::now();
+    for chunk in groups.chunks(group_batch) {
+        plugin.project(chunk).context("project")?;
+    }
+    let wasm_project = started.elapsed();
+
+    let started = Instant::now();
+    for chunk in groups.chunks(group_batch) {
+        let input = chunk.iter().map(guest_group).collect();
+        flowhost_sdk::glue::project::<plugin_device::Device>(input);
+    }
+    let native_project = started.elapsed();
+
+    let rows = [
+        ("associate", wasm_assoc, native_assoc),
+        ("project", wasm_project, native_project),
+        (
+            "both",
+            wasm_assoc + wasm_project,
+            native_assoc + native_project,
+        ),
+    ];
+    if as_json {
+        let mut out = serde_json::Map::new();
+        for (name, w, nat) in rows {
+            out.insert(
+                name.into(),
+                json!({
+                    "wasm_records_per_s": rate(n, w).round(),
+                    "native_records_per_s": rate(n, nat).round(),
+                    "wasm_over_native": w.as_secs_f64() / nat.as_secs_f64().max(1e-9),
+                }),
+            );
+        }
+        println!("{}", json!({"records": n, "batch": batch, "results": out}));
+    } else {
+        println!(
+            "device plugin, {n} records, {batch} records per associate call, {group_batch} groups of 3 per project call"
+        );
+        println!(
+            "{:<10} {:>16} {:>16} {:>14}",
+            "stage", "wasm rec/s", "native rec/s", "wasm/native"
+        );
+        for (name, w, nat) in rows {
+            println!(
+                "{:<10} {:>16.0} {:>16.0} {:>13.2}x",
+                name,
+                rate(n, w),
+                rate(n, nat),
+                w.as_secs_f64() / nat.as_secs_f64().max(1e-9)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,354 @@
+//! The only crate of flowhost that touches wasmtime.
+//!
+//! A [`Runtime`] owns the engine (configured once: epoch interruption for time limits, a
+//! memory cap per instance), a compile cache on disk keyed by content hash and engine, and
+//! the linker that gives guests the `host` interface and an empty WASI (no filesystem,
+//! network or environment). [`Runtime::load`] turns a `.wasm` file into a [`Plugin`]: a
+//! compiled, linked, described component. A plugin is called once per batch; each call runs
+//! in a fresh instance, so a trap never leaves state behind.
+
+mod bindings;
+mod cache;
+mod convert;
+mod error;
+
+pub use error::{CallError, LoadError, PluginError};
+
+use bindings::{HostState, PluginPre};
+use flowhost_core::{Association, Description, Group, Projection, Record};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, Store};
+
+/// How a [`Runtime`] compiles and limits plugins.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled artefacts are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// The longest one plugin call may run.
+    pub call_timeout: Duration,
+    /// The most linear memory one instance may grow to, in bytes.
+    pub memory_limit: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            call_timeout: Duration::from_secs(10),
+            memory_limit: 512 << 20,
+        }
+    }
+}
+
+/// `$FLOWHOST_CACHE_DIR`, else `$XDG_CACHE_HOME/flowhost`, else `~/.cache/flowhost`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("FLOWHOST_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("flowhost"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("flowhost"))
+}
+
+/// The epoch advances every tick; a call's deadline is counted in ticks.
+const TICK: Duration = Duration::from_millis(5);
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    engine_hash: String,
+}
+
+/// Compiles, caches and runs plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+/// How a plugin was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadInfo {
+    /// The compiled artefact came from the cache (no compilation happened).
+    pub from_cache: bool,
+    /// Time to compile or deserialize.
+    pub took: Duration,
+}
+
+/// A loaded plugin: compiled, linked and described. Cheap to clone; calls are synchronous
+/// and CPU-bound, so async callers run them on a blocking thread, once per batch.
+#[derive(Clone)]
+pub struct Plugin {
+    runtime: Arc<Inner>,
+    pre: Arc<PluginPre<HostState>>,
+    file: String,
+    version: String,
+    description: Arc<Description>,
+    info: LoadInfo,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true);
+        wasm.wasm_component_model(true);
+        wasm.max_wasm_stack(1 << 20);
+        let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+
+        let engine_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("flowhost-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                engine_hash,
+            }),
+        })
+    }
+
+    /// Loads a plugin file: validate the bytes, compile (or load the cached artefact),
+    /// link against the `plugin` world, and call `describe`.
+    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| PluginError {
+            file: file.clone(),
+            error: LoadError::Read(e.to_string()),
+        })?;
+        self.load_bytes(&file, &bytes)
+    }
+
+    /// Loads a plugin from bytes; `file` names it in errors and logs.
+    pub fn load_bytes(&self, file: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let wrap = |error| PluginError {
+            file: file.to_string(),
+            error,
+        };
+        check_header(bytes).map_err(wrap)?;
+        let version = content_hash(bytes);
+        let started = Instant::now();
+        let (component, from_cache) = cache::compile(
+            &self.inner.engine,
+            self.inner.config.cache_dir.as_deref(),
+            &version,
+            &self.inner.engine_hash,
+            bytes,
+        )
+        .map_err(wrap)?;
+        let info = LoadInfo {
+            from_cache,
+            took: started.elapsed(),
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrap(LoadError::WrongWorld(format!("{e:#}"))))?;
+        let pre = PluginPre::new(pre).map_err(|e| wrap(LoadError::WrongWorld(format!("{e:#}"))))?;
+        let mut plugin = Plugin {
+            runtime: self.inner.clone(),
+            pre: Arc::new(pre),
+            file: file.to_string(),
+            version,
+            description: Arc::new(placeholder_description()),
+            info,
+        };
+        let description = plugin
+            .call_describe()
+            .map_err(|e| wrap(LoadError::Describe(e)))?;
+        validate_description(&description).map_err(wrap)?;
+        plugin.description = Arc::new(description);
+        Ok(plugin)
+    }
+}
+
+fn placeholder_description() -> Description {
+    Description {
+        model: String::new(),
+        kind: flowhost_core::Kind::Entity,
+        version: String::new(),
+        parents: Vec::new(),
+        policies: Vec::new(),
+    }
+}
+
+/// The plugin version: SHA-256 of the component's bytes, hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    // Core modules have version 1, layer 0; components carry layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+fn validate_description(d: &Description) -> Result<(), LoadError> {
+    let valid_name = !d.model.is_empty()
+        && d.model
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(LoadError::InvalidDescription(format!(
+            "model name {:?} must be non-empty lower-case letters, digits, '-' or '_'",
+            d.model
+        )));
+    }
+    if d.kind == flowhost_core::Kind::ValueObject && d.parents.is_empty() {
+        return Err(LoadError::InvalidDescription(format!(
+            "value-object model '{}' names no parent model",
+            d.model
+        )));
+    }
+    Ok(())
+}
+
+impl Plugin {
+    /// The file (or name) it was loaded from.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The plugin version: the content hash of its bytes.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// What `describe` said when it was loaded.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// How it was loaded (from the cache or compiled).
+    pub fn load_info(&self) -> LoadInfo {
+        self.info
+    }
+
+    fn store(&self) -> Store<HostState> {
+        let inner = &self.runtime;
+        let mut store = Store::new(
+            &inner.engine,
+            HostState::new(&self.description.model, inner.config.memory_limit),
+        );
+        store.limiter(|s| s.limits());
+        let ticks = (inner.config.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn call_describe(&self) -> Result<Description, CallError> {
+        let mut store = self.store();
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(CallError::from_wasm)?;
+        let d = instance
+            .flowhost_plugin_model()
+            .call_describe(&mut store)
+            .map_err(CallError::from_wasm)?;
+        Ok(convert::description(d))
+    }
+
+    /// Keys (or rejects) a batch of records: one call, one result per record, same order.
+    pub fn associate(&self, records: &[Record]) -> Result<Vec<Association>, CallError> {
+        let input: Vec<_> = records.iter().map(convert::input_record).collect();
+        let mut store = self.store();
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(CallError::from_wasm)?;
+        let out = instance
+            .flowhost_plugin_model()
+            .call_associate(&mut store, &input)
+            .map_err(CallError::from_wasm)?;
+        if out.len() != records.len() {
+            return Err(CallError::WrongLength {
+                function: "associate",
+                expected: records.len(),
+                got: out.len(),
+            });
+        }
+        Ok(out.into_iter().map(convert::association).collect())
+    }
+
+    /// Projects a batch of groups: one call, one projection per group, same order.
+    pub fn project(&self, groups: &[Group]) -> Result<Vec<Projection>, CallError> {
+        let input: Vec<_> = groups.iter().map(convert::group).collect();
+        let mut store = self.store();
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(CallError::from_wasm)?;
+        let out = instance
+            .flowhost_plugin_model()
+            .call_project(&mut store, &input)
+            .map_err(CallError::from_wasm)?;
+        if out.len() != groups.len() {
+            return Err(CallError::WrongLength {
+                function: "project",
+                expected: groups.len(),
+                got: out.len(),
+            });
+        }
+        let out: Vec<Projection> = out.into_iter().map(convert::projection).collect();
+        for (p, g) in out.iter().zip(groups) {
+            if p.reference != g.reference {
+                return Err(CallError::Invalid(format!(
+                    "project returned reference {} for group {}",
+                    p.reference, g.reference
+                )));
+            }
+            for (name, text) in [
+                ("canonical", &p.canonical),
+                ("lineage", &p.lineage),
+                ("root", &p.root),
+            ] {
+                if serde_json_is_invalid(text) {
+                    return Err(CallError::Invalid(format!(
+                        "project returned {name} that is not a JSON object for reference {}",
+                        p.reference
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether a view is not one JSON object (the store keeps views as text, so a malformed
+/// one must be caught here). Parsing into `IgnoredAny` checks without building values.
+fn serde_json_is_invalid(text: &str) -> bool {
+    !text.trim_start().starts_with('{')
+        || serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
+}

@@ -1,0 +1,388 @@
+//! flowhost's default projection: canonical view, lineage and root view of one reference.
+//!
+//! - The payload is flattened to dotted paths; an array is several values on one path
+//!   (objects inside it continue the path); `null` and empty arrays assert nothing.
+//! - Canonical: each path → its distinct values in intake order. Strings compare trimmed
+//!   and case-insensitively, and the first spelling is kept as sent; numbers compare by
+//!   value; a string never equals a number.
+//! - Lineage: path → value (kept spelling; JSON text for non-strings) → the sources
+//!   (`system/adapter/external id`) that asserted it, in intake order.
+//! - Root: one value per path, chosen by the path's [`Policy`]; the chosen record's own
+//!   value, as sent (one value stays a scalar, an array stays a list).
+//!
+//! [`Projector`] accumulates records in any order and can merge with another projector:
+//! the result depends only on the set of records, never on how they were batched.
+
+use crate::{Group, KeyedRecord, ParentLink, PathPolicy, Policy, Projection};
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// Projects one group with the given policies.
+pub fn project(group: &Group, policies: &[PathPolicy]) -> Projection {
+    let mut projector = Projector::new(policies);
+    for record in &group.records {
+        projector.add(record);
+    }
+    projector.finish()
+}
+
+/// Where a value was first seen: (intake sequence, position within the record).
+type Seen = (u64, u32);
+
+/// Values that compare equal under the canonical rules share a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Distinct {
+    Str(String),
+    Int(i128),
+    Float(u64),
+    Bool(bool),
+}
+
+fn distinct(value: &Value) -> Distinct {
+    match value {
+        Value::String(s) => Distinct::Str(s.trim().to_lowercase()),
+        Value::Bool(b) => Distinct::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Distinct::Int(i.into())
+            } else if let Some(u) = n.as_u64() {
+                Distinct::Int(u.into())
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 1e30 {
+                    Distinct::Int(f as i128)
+                } else {
+                    // -0.0 and 0.0 are one value.
+                    Distinct::Float(if f == 0.0 { 0 } else { f.to_bits() })
+                }
+            }
+        }
+        // Objects, arrays and nulls never reach here: flattening removes them.
+        other => Distinct::Str(other.to_string()),
+    }
+}
+
+/// The order used by `max` and `min`: booleans < numbers < strings; numbers by value,
+/// strings by their trimmed lower-case text, then by spelling.
+fn value_order(a: &Value, b: &Value) -> Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Bool(_) => 0,
+            Value::Number(_) => 1,
+            _ => 2,
+        }
+    }
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
+        }
+        (Value::String(x), Value::String(y)) => x
+            .trim()
+            .to_lowercase()
+            .cmp(&y.trim().to_lowercase())
+            .then_with(|| x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// Flattens a payload into (path, scalar value, reached through an array) in document order.
+pub fn flatten(payload: &Map<String, Value>) -> Vec<(String, Value, bool)> {
+    fn walk(path: &str, value: &Value, in_array: bool, out: &mut Vec<(String, Value, bool)>) {
+        match value {
+            Value::Null => {}
+            Value::Object(map) => {
+                for (key, child) in map {
+                    walk(&join(path, key), child, in_array, out);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    walk(path, item, true, out);
+                }
+            }
+            scalar => out.push((path.to_string(), scalar.clone(), in_array)),
+        }
+    }
+    fn join(path: &str, key: &str) -> String {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    }
+    let mut out = Vec::new();
+    for (key, value) in payload {
+        walk(key, value, false, &mut out);
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+struct ValueState {
+    first: Seen,
+    kept: Value,
+    /// Source label → the first sequence at which it asserted this value.
+    sources: HashMap<String, u64>,
+}
+
+/// How a root candidate ranks against others of the same path.
+#[derive(Debug, Clone)]
+enum Rank {
+    /// Lower is better (`last`, `first`, `coalesce` build their own tuple).
+    Ordered((i64, i64, i64)),
+    /// `max` (true) or `min` (false) by [`value_order`].
+    Extreme(bool),
+}
+
+/// A record's own value at a path, with the facts the root policies rank it by.
+#[derive(Debug, Clone)]
+struct Candidate {
+    rank: Rank,
+    seq: u64,
+    value: Value,
+}
+
+impl Candidate {
+    /// Ties go to the earlier intake, which keeps the choice deterministic.
+    fn better_than(&self, other: &Candidate) -> bool {
+        match (&self.rank, &other.rank) {
+            (Rank::Ordered(a), Rank::Ordered(b)) => (a, self.seq) < (b, other.seq),
+            (Rank::Extreme(max), _) => match value_order(&self.value, &other.value) {
+                Ordering::Equal => self.seq < other.seq,
+                Ordering::Greater => *max,
+                Ordering::Less => !*max,
+            },
+            // Both candidates of one path always come from one policy.
+            (Rank::Ordered(_), Rank::Extreme(_)) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PathState {
+    first: Seen,
+    values: HashMap<Distinct, ValueState>,
+    root: Option<Candidate>,
+}
+
+/// Accumulates records of one reference, in any order, into its views.
+#[derive(Debug, Clone)]
+pub struct Projector<'p> {
+    policies: &'p [PathPolicy],
+    paths: HashMap<String, PathState>,
+    /// The latest record's (occurred, seq) and parents.
+    latest: Option<((i64, u64), Vec<ParentLink>)>,
+}
+
+impl<'p> Projector<'p> {
+    /// A projector with no records and the given policies (paths not listed use `last`).
+    pub fn new(policies: &'p [PathPolicy]) -> Self {
+        Self {
+            policies,
+            paths: HashMap::new(),
+            latest: None,
+        }
+    }
+
+    fn policy(&self, path: &str) -> &'p Policy {
+        self.policies
+            .iter()
+            .find(|p| p.path == path)
+            .map(|p| &p.policy)
+            .unwrap_or(&Policy::Last)
+    }
+
+    /// Adds one keyed record.
+    pub fn add(&mut self, keyed: &KeyedRecord) {
+        let record = &keyed.record;
+        let seq = record.seq;
+        let label = record.source_label();
+        let stamp = (record.occurred_micros, seq);
+        if self.latest.as_ref().is_none_or(|(best, _)| stamp > *best) {
+            self.latest = Some((stamp, keyed.parents.clone()));
+        }
+
+        // Group this record's values by path, keeping document order.
+        let mut by_path: Vec<(String, Vec<Value>, bool)> = Vec::new();
+        for (path, value, in_array) in flatten(&record.payload) {
+            match by_path.iter_mut().find(|(p, _, _)| *p == path) {
+                Some((_, values, arr)) => {
+                    values.push(value);
+                    *arr |= in_array;
+                }
+                None => by_path.push((path, vec![value], in_array)),
+            }
+        }
+
+        let mut pos: u32 = 0;
+        for (path, values, in_array) in by_path {
+            let policy = self.policy(&path);
+            let state = self.paths.entry(path).or_insert_with(|| PathState {
+                first: (seq, pos),
+                values: HashMap::new(),
+                root: None,
+            });
+            state.first = state.first.min((seq, pos));
+            for value in &values {
+                let seen = (seq, pos);
+                pos += 1;
+                let entry = state
+                    .values
+                    .entry(distinct(value))
+                    .or_insert_with(|| ValueState {
+                        first: seen,
+                        kept: value.clone(),
+                        sources: HashMap::new(),
+                    });
+                if seen < entry.first {
+                    entry.first = seen;
+                    entry.kept = value.clone();
+                }
+                let s = entry.sources.entry(label.clone()).or_insert(seq);
+                *s = (*s).min(seq);
+            }
+            for candidate in candidates(policy, record, values, in_array) {
+                offer(&mut state.root, candidate);
+            }
+        }
+    }
+
+    /// Merges another projector's records into this one (both must use the same policies).
+    pub fn merge(&mut self, other: Projector<'_>) {
+        if let Some((stamp, parents)) = other.latest
+            && self.latest.as_ref().is_none_or(|(best, _)| stamp > *best)
+        {
+            self.latest = Some((stamp, parents));
+        }
+        for (path, theirs) in other.paths {
+            match self.paths.get_mut(&path) {
+                None => {
+                    self.paths.insert(path, theirs);
+                }
+                Some(ours) => {
+                    ours.first = ours.first.min(theirs.first);
+                    for (key, value) in theirs.values {
+                        match ours.values.get_mut(&key) {
+                            None => {
+                                ours.values.insert(key, value);
+                            }
+                            Some(mine) => {
+                                if value.first < mine.first {
+                                    mine.first = value.first;
+                                    mine.kept = value.kept;
+                                }
+                                for (label, seq) in value.sources {
+                                    let s = mine.sources.entry(label).or_insert(seq);
+                                    *s = (*s).min(seq);
+                                }
+                            }
+                        }
+                    }
+                    if let Some(candidate) = theirs.root {
+                        offer(&mut ours.root, candidate);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The views of the records added so far.
+    pub fn finish(self) -> Projection {
+        let mut paths: Vec<(String, PathState)> = self.paths.into_iter().collect();
+        paths.sort_by(|a, b| a.1.first.cmp(&b.1.first).then_with(|| a.0.cmp(&b.0)));
+
+        let mut canonical = Map::new();
+        let mut lineage = Map::new();
+        let mut root = Map::new();
+        for (path, state) in paths {
+            let mut values: Vec<ValueState> = state.values.into_values().collect();
+            values.sort_by_key(|v| v.first);
+            let mut path_lineage = Map::new();
+            for v in &values {
+                let mut sources: Vec<(&String, &u64)> = v.sources.iter().collect();
+                sources.sort_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)));
+                let text = match &v.kept {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let sources = sources
+                    .into_iter()
+                    .map(|(label, _)| Value::String(label.clone()))
+                    .collect();
+                path_lineage.insert(text, Value::Array(sources));
+            }
+            canonical.insert(
+                path.clone(),
+                Value::Array(values.into_iter().map(|v| v.kept).collect()),
+            );
+            lineage.insert(path.clone(), Value::Object(path_lineage));
+            if let Some(candidate) = state.root {
+                root.insert(path, candidate.value);
+            }
+        }
+        Projection {
+            canonical,
+            lineage,
+            root,
+            parents: self.latest.map(|(_, p)| p).unwrap_or_default(),
+        }
+    }
+}
+
+fn offer(slot: &mut Option<Candidate>, candidate: Candidate) {
+    if slot.as_ref().is_none_or(|best| candidate.better_than(best)) {
+        *slot = Some(candidate);
+    }
+}
+
+/// The candidates a record offers for a path's root value under a policy.
+fn candidates(
+    policy: &Policy,
+    record: &crate::Record,
+    values: Vec<Value>,
+    in_array: bool,
+) -> Vec<Candidate> {
+    let seq = record.seq;
+    let as_sent = || {
+        if in_array || values.len() > 1 {
+            Value::Array(values.clone())
+        } else {
+            values[0].clone()
+        }
+    };
+    match policy {
+        Policy::Last => vec![Candidate {
+            rank: Rank::Ordered((-record.occurred_micros, -(seq as i64), 0)),
+            seq,
+            value: as_sent(),
+        }],
+        Policy::First => vec![Candidate {
+            rank: Rank::Ordered((record.occurred_micros, seq as i64, 0)),
+            seq,
+            value: as_sent(),
+        }],
+        Policy::Coalesce(order) => {
+            let rank = order
+                .iter()
+                .position(|s| *s == record.source.system)
+                .unwrap_or(order.len()) as i64;
+            vec![Candidate {
+                rank: Rank::Ordered((rank, -record.occurred_micros, -(seq as i64))),
+                seq,
+                value: as_sent(),
+            }]
+        }
+        // max and min compete value by value.
+        Policy::Max | Policy::Min => values
+            .into_iter()
+            .map(|value| Candidate {
+                rank: Rank::Extreme(*policy == Policy::Max),
+                seq,
+                value,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,143 @@
+//! flowhost's project automation (`cargo xtask <command>`).
+//!
+//! - `build-plugins`: install the `wasm32-wasip2` target if missing, build every plugin
+//!   component in the `plugin` profile and place it at `target/plugins/<model>.wasm`
+//!   (fixtures at `target/plugins/fixtures/`). Cargo skips what has not changed, and a
+//!   component whose bytes did not change is not copied again.
+//! - `test`: build the plugins and the binary, then run the whole test suite.
+//! - `demo`: the README's main job, on the embedded SQLite default.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The example plugins: crate name and model.
+const PLUGINS: &[(&str, &str)] = &[
+    ("plugin-device", "device"),
+    ("plugin-sensor", "sensor"),
+    ("plugin-reading", "reading"),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("build-plugins") => build_plugins(&root).map(|_| ()),
+        Some("test") => test(&root, &args[1..]),
+        Some("demo") => demo(&root, &args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 build-plugins   build the plugin components into target/plugins/\n  \
+                 test            build plugins and binary, run every test\n  \
+                 demo            run the demo on the embedded SQLite default"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to install the wasm32-wasip2 target")?;
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    Ok(())
+}
+
+/// Builds every plugin; returns the folder holding `<model>.wasm`.
+fn build_plugins(root: &Path) -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"]);
+    for (krate, _) in PLUGINS {
+        cmd.args(["-p", krate]);
+    }
+    run(&mut cmd)?;
+    let target = target_dir(root);
+    let built = target.join("wasm32-wasip2").join("plugin");
+    let out = target.join("plugins");
+    std::fs::create_dir_all(&out)?;
+    for (krate, model) in PLUGINS {
+        let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
+        copy_if_changed(&from, &out.join(format!("{model}.wasm")))?;
+    }
+    eprintln!("plugins in {}", out.display());
+    Ok(out)
+}
+
+fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).with_context(|| format!("missing {}", from.display()))?;
+    if std::fs::read(to).ok().as_deref() == Some(bytes.as_slice()) {
+        return Ok(());
+    }
+    // Write then rename, so a watcher of the folder never sees half a file.
+    let tmp = to.with_extension("wasm.tmp");
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    build_plugins(root)?;
+    run(cargo().args(["build", "-p", "flowhost"]))?;
+    run(cargo().args(["test", "--workspace"]).args(extra))
+}
+
+fn demo(root: &Path, extra: &[String]) -> Result<()> {
+    let plugins = build_plugins(root)?;
+    run(cargo().args(["build", "--release", "-p", "flowhost"]))?;
+    let bin = target_dir(root).join("release").join("flowhost");
+    let demo = root.join("demo");
+    let live = demo.join("plugins");
+    std::fs::create_dir_all(&live)?;
+    for (_, model) in PLUGINS {
+        copy_if_changed(
+            &plugins.join(format!("{model}.wasm")),
+            &live.join(format!("{model}.wasm")),
+        )?;
+    }
+    run(Command::new(&bin)
+        .arg("--plugins")
+        .arg(&live)
+        .arg("--db")
+        .arg(format!("sqlite://{}", demo.join("flowhost.db").display()))
+        .arg("demo")
+        .args(extra))
+}
