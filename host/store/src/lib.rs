@@ -1,1 +1,253 @@
+//! flowhost's storage: batch-only operations over an embedded SQLite file (the default) or a
+//! shared PostgreSQL database.
+//!
+//! Every method takes or returns a batch and makes a bounded number of statements whatever
+//! the batch size (chunked under each backend's bound-parameter limit). Each stage commits
+//! a batch's whole outcome in one transaction that also checks the stage's lease, so a crash
+//! leaves either all of a batch's outcome or none of it.
+//!
+//! The store counts the statements it executes ([`Store::statements`]) so that benchmarks
+//! and metrics can report statements per record.
 
+mod error;
+mod postgres;
+mod rows;
+mod sqlite;
+mod types;
+
+pub use error::{CommitError, StoreError};
+pub use types::*;
+
+use flowhost_core::intake::IntakeRecord;
+use flowhost_core::{ParentKey, ParkReason};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts executed statements; shared by a store and its clones.
+#[derive(Debug, Default)]
+pub struct Stats {
+    statements: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(&self, n: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A store on one of the backends. Cheap to clone (a pool inside).
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Forwards a call to the backend.
+macro_rules! backend {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (and migrates) the database at `url`: `sqlite://PATH` (created if missing) or
+    /// `postgres://…`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// Opens with explicit options.
+    pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(
+                sqlite::SqliteStore::open(url, options).await?,
+            ))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Store::Postgres(
+                postgres::PgStore::open(url, options).await?,
+            ))
+        } else {
+            Err(StoreError::Url(format!(
+                "unsupported database URL '{url}': use sqlite://PATH or postgres://…"
+            )))
+        }
+    }
+
+    /// Which backend this is (`sqlite` or `postgres`).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    fn stats(&self) -> &Arc<Stats> {
+        match self {
+            Store::Sqlite(s) => &s.stats,
+            Store::Postgres(s) => &s.stats,
+        }
+    }
+
+    /// Statements executed so far by this store and its clones.
+    pub fn statements(&self) -> u64 {
+        self.stats().statements.load(Ordering::Relaxed)
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.pool.close().await,
+            Store::Postgres(s) => s.pool.close().await,
+        }
+    }
+
+    /// Records the models plugins describe, so intake knows them even while a plugin is
+    /// absent.
+    pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {
+        backend!(self.register_models(models))
+    }
+
+    /// Every model the store has known.
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
+        backend!(self.models())
+    }
+
+    /// Appends records to intake, durably, and queues the new ones for association.
+    /// Returns one answer per record, same order: accepted (with its sequence) or duplicate.
+    pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
+        backend!(self.append(records))
+    }
+
+    /// Takes (or renews) the lease of a stage of a model for `holder`. Returns false when
+    /// another holder's lease has not expired.
+    pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
+        backend!(self.acquire_lease(lease, ttl_micros))
+    }
+
+    /// The current holder of a stage of a model, if any (for taking over from a dead one).
+    pub async fn lease_holder(
+        &self,
+        stage: Stage,
+        model: &str,
+    ) -> Result<Option<String>, StoreError> {
+        backend!(self.lease_holder(stage, model))
+    }
+
+    /// Takes a lease from `from`, only if `from` still holds it.
+    pub async fn take_over_lease(
+        &self,
+        lease: &Lease,
+        from: &str,
+        ttl_micros: i64,
+    ) -> Result<bool, StoreError> {
+        backend!(self.take_over_lease(lease, from, ttl_micros))
+    }
+
+    /// Gives a lease up (on shutdown).
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        backend!(self.release_lease(lease))
+    }
+
+    /// The next records of a model waiting for association, in queue order.
+    pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        backend!(self.pending(model, limit))
+    }
+
+    /// Owners of many keys of one model: key → reference, for the keys that are owned.
+    pub async fn lookup_keys(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        backend!(self.lookup_keys(model, keys))
+    }
+
+    /// Owners of many parent keys, of any models, in one statement per chunk.
+    pub async fn lookup_parents(
+        &self,
+        keys: &[ParentKey],
+    ) -> Result<HashMap<ParentKey, String>, StoreError> {
+        backend!(self.lookup_parents(keys))
+    }
+
+    /// Commits an association batch in one transaction: checks the lease, claims the keys
+    /// (all or nothing: any key already owned fails the commit with
+    /// [`CommitError::KeyConflict`]), writes keyed and parked records, removes the batch
+    /// from the queue, re-queues the parked records waiting for the new keys (healing), and
+    /// marks references dirty.
+    pub async fn commit_association(
+        &self,
+        lease: &Lease,
+        outcome: &AssociationOutcome,
+    ) -> Result<CommitSummary, CommitError> {
+        backend!(self.commit_association(lease, outcome))
+    }
+
+    /// The next dirty references of a model with all their keyed records (intake order).
+    pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
+        backend!(self.dirty_groups(model, limit))
+    }
+
+    /// Commits a projection batch in one transaction: checks the lease, upserts the views,
+    /// and clears the dirty marks it has seen (a reference marked again meanwhile stays dirty).
+    pub async fn commit_projection(
+        &self,
+        lease: &Lease,
+        views: &[ViewRow],
+        seen: &[(String, i64)],
+    ) -> Result<(), CommitError> {
+        backend!(self.commit_projection(lease, views, seen))
+    }
+
+    /// One page of views of a model, ordered by each reference's first intake, after
+    /// `after` (the last item of the previous page).
+    pub async fn views(
+        &self,
+        model: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<ViewRow>, StoreError> {
+        backend!(self.views(model, after, limit))
+    }
+
+    /// One page of value-object records of a model, grouped under their parents (parents by
+    /// first intake, records by occurred_at); `after` is the row number already read.
+    pub async fn values(
+        &self,
+        model: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        backend!(self.values(model, offset, limit))
+    }
+
+    /// Parked records matching a filter, in intake order.
+    pub async fn parked(
+        &self,
+        filter: &ParkedFilter,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ParkedRow>, StoreError> {
+        backend!(self.parked(filter, after_seq, limit))
+    }
+
+    /// Re-queues the parked records matching a filter (behind the waiting ones); returns
+    /// how many.
+    pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
+        backend!(self.requeue(filter))
+    }
+
+    /// Counts for summaries, readiness and `process --until-idle`.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        backend!(self.counts())
+    }
+}
+
+/// A parked record's reason, as stored.
+pub fn reason_code(reason: ParkReason) -> &'static str {
+    reason.as_str()
+}

@@ -1,0 +1,728 @@
+//! PostgreSQL, for several hosts sharing one database: `= ANY($1)` lookups, `UNNEST` bulk
+//! writes (a fixed number of parameters whatever the batch size), `ON CONFLICT` key claims,
+//! and leases taken with an atomic upsert that only succeeds for the holder or after expiry.
+
+use crate::error::query_error;
+use crate::rows::{self, RECORD_COLUMNS, now_micros};
+use crate::*;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction};
+
+/// Rows per bulk statement: bounds memory per statement, not parameters.
+const ROWS_PER_STATEMENT: usize = 10_000;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+    pub(crate) stats: Arc<Stats>,
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
+    items.iter().map(f).collect()
+}
+
+impl PgStore {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: url.to_string(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            stats: Arc::default(),
+        })
+    }
+
+    async fn begin(&self, operation: &'static str, model: &str) -> Result<Tx, StoreError> {
+        self.stats.add(1);
+        self.pool
+            .begin()
+            .await
+            .map_err(query_error(operation, model))
+    }
+
+    async fn commit(&self, tx: Tx, operation: &'static str, model: &str) -> Result<(), StoreError> {
+        self.stats.add(1);
+        tx.commit().await.map_err(query_error(operation, model))
+    }
+
+    pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {
+        if models.is_empty() {
+            return Ok(());
+        }
+        self.stats.add(1);
+        sqlx::query(
+            "INSERT INTO models (name, kind, plugin_version, known_since) \
+             SELECT n, k, v, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS m(n, k, v) \
+             ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, \
+             plugin_version = excluded.plugin_version",
+        )
+        .bind(strings(models, |m| m.name.clone()))
+        .bind(strings(models, |m| m.kind.clone()))
+        .bind(strings(models, |m| m.plugin_version.clone()))
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("register models", "*"))?;
+        Ok(())
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
+        self.stats.add(1);
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT name, kind, plugin_version FROM models ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("list models", "*"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, kind, plugin_version)| ModelInfo {
+                name,
+                kind,
+                plugin_version,
+            })
+            .collect())
+    }
+
+    pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
+        let mut answers = vec![Appended::Duplicate; records.len()];
+        let fresh = crate::sqlite::first_of_each(records);
+        if fresh.is_empty() {
+            return Ok(answers);
+        }
+        let model = &records[fresh[0]].model;
+        let op = "append intake";
+        let now = now_micros();
+        let mut tx = self.begin(op, model).await?;
+        for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+            let pick = |f: fn(&IntakeRecord) -> String| -> Vec<String> {
+                chunk.iter().map(|&i| f(&records[i])).collect()
+            };
+            self.stats.add(1);
+            let rows = sqlx::query(
+                "INSERT INTO intake (model, system, adapter, external_id, occurred_at, \
+                 occurred_micros, payload, payload_hash, received_micros) \
+                 SELECT m, s, a, e, o, om, p, h, $9 FROM UNNEST($1::text[], $2::text[], \
+                 $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[]) \
+                 AS r(m, s, a, e, o, om, p, h) \
+                 ON CONFLICT (model, system, external_id, payload_hash) DO NOTHING \
+                 RETURNING seq, model, system, external_id, payload_hash",
+            )
+            .bind(pick(|r| r.model.clone()))
+            .bind(pick(|r| r.source.system.clone()))
+            .bind(pick(|r| r.source.adapter.clone()))
+            .bind(pick(|r| r.external_id.clone()))
+            .bind(pick(|r| r.occurred_at.clone()))
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| records[i].occurred_micros)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(pick(|r| r.payload.clone()))
+            .bind(pick(|r| r.payload_hash.clone()))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+            let index = crate::sqlite::identity_index(records, chunk);
+            let mut queued: Vec<(i64, String)> = Vec::with_capacity(rows.len());
+            for row in rows {
+                let key: (String, String, String, String) = (
+                    row.get("model"),
+                    row.get("system"),
+                    row.get("external_id"),
+                    row.get("payload_hash"),
+                );
+                let seq: i64 = row.get("seq");
+                if let Some(&i) = index.get(&key) {
+                    answers[i] = Appended::Accepted(seq);
+                    queued.push((seq, records[i].model.clone()));
+                }
+            }
+            queued.sort();
+            self.stats.add(1);
+            sqlx::query(
+                "INSERT INTO queue (model, seq) \
+                 SELECT m, s FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS q(m, s, n) \
+                 ORDER BY n",
+            )
+            .bind(strings(&queued, |q| q.1.clone()))
+            .bind(queued.iter().map(|q| q.0).collect::<Vec<i64>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        }
+        self.commit(tx, op, model).await?;
+        Ok(answers)
+    }
+
+    pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
+        let now = now_micros();
+        self.stats.add(1);
+        let done = sqlx::query(
+            "INSERT INTO leases (stage, model, holder, expires_micros) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (stage, model) DO UPDATE SET holder = excluded.holder, \
+             expires_micros = excluded.expires_micros \
+             WHERE leases.holder = excluded.holder OR leases.expires_micros < $5",
+        )
+        .bind(lease.stage.as_str())
+        .bind(&lease.model)
+        .bind(&lease.holder)
+        .bind(now + ttl_micros)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("acquire lease", &lease.model))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn lease_holder(
+        &self,
+        stage: Stage,
+        model: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.stats.add(1);
+        sqlx::query_scalar("SELECT holder FROM leases WHERE stage = $1 AND model = $2")
+            .bind(stage.as_str())
+            .bind(model)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read lease", model))
+    }
+
+    pub async fn take_over_lease(
+        &self,
+        lease: &Lease,
+        from: &str,
+        ttl_micros: i64,
+    ) -> Result<bool, StoreError> {
+        self.stats.add(1);
+        let done = sqlx::query(
+            "UPDATE leases SET holder = $1, expires_micros = $2 \
+             WHERE stage = $3 AND model = $4 AND holder = $5",
+        )
+        .bind(&lease.holder)
+        .bind(now_micros() + ttl_micros)
+        .bind(lease.stage.as_str())
+        .bind(&lease.model)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("take over lease", &lease.model))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.stats.add(1);
+        sqlx::query("DELETE FROM leases WHERE stage = $1 AND model = $2 AND holder = $3")
+            .bind(lease.stage.as_str())
+            .bind(&lease.model)
+            .bind(&lease.holder)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("release lease", &lease.model))?;
+        Ok(())
+    }
+
+    pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        self.stats.add(1);
+        let sql = format!(
+            "SELECT q.pos, q.attempts, q.first_parked_micros, {RECORD_COLUMNS} \
+             FROM queue q JOIN intake i ON i.seq = q.seq \
+             WHERE q.model = $1 ORDER BY q.pos LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(model)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read pending", model))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Pending {
+                    pos: r.try_get("pos")?,
+                    attempts: r.try_get("attempts")?,
+                    first_parked_micros: r.try_get("first_parked_micros")?,
+                    record: rows::record(r)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("read pending", model))
+    }
+
+    pub async fn lookup_keys(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.stats.add(1);
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, reference FROM keys WHERE model = $1 AND key = ANY($2)")
+                .bind(model)
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("look up keys", model))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    pub async fn lookup_parents(
+        &self,
+        keys: &[ParentKey],
+    ) -> Result<HashMap<ParentKey, String>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.stats.add(1);
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT k.model, k.key, k.reference FROM keys k \
+             JOIN UNNEST($1::text[], $2::text[]) AS p(model, key) \
+             ON k.model = p.model AND k.key = p.key",
+        )
+        .bind(strings(keys, |k| k.model.clone()))
+        .bind(strings(keys, |k| k.key.clone()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("look up parents", "*"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(model, key, reference)| (ParentKey { model, key }, reference))
+            .collect())
+    }
+
+    async fn check_lease(&self, tx: &mut Tx, lease: &Lease) -> Result<(), CommitError> {
+        self.stats.add(1);
+        let done = sqlx::query(
+            "UPDATE leases SET expires_micros = GREATEST(expires_micros, $1) \
+             WHERE stage = $2 AND model = $3 AND holder = $4",
+        )
+        .bind(now_micros())
+        .bind(lease.stage.as_str())
+        .bind(&lease.model)
+        .bind(&lease.holder)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("check lease", &lease.model))?;
+        if done.rows_affected() != 1 {
+            return Err(CommitError::LeaseLost {
+                stage: lease.stage.as_str(),
+                model: lease.model.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn commit_association(
+        &self,
+        lease: &Lease,
+        o: &AssociationOutcome,
+    ) -> Result<CommitSummary, CommitError> {
+        let op = "commit association";
+        let model = o.model.as_str();
+        let mut tx = self.begin(op, model).await?;
+        self.check_lease(&mut tx, lease).await?;
+
+        if !o.claims.is_empty() {
+            self.stats.add(1);
+            let claimed: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO keys (model, key, reference) \
+                 SELECT $1, k, r FROM UNNEST($2::text[], $3::text[]) AS c(k, r) \
+                 ON CONFLICT (model, key) DO NOTHING RETURNING key",
+            )
+            .bind(model)
+            .bind(strings(&o.claims, |c| c.0.clone()))
+            .bind(strings(&o.claims, |c| c.1.clone()))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+            if claimed.len() != o.claims.len() {
+                let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+                let lost = o
+                    .claims
+                    .iter()
+                    .filter(|(k, _)| !claimed.contains(k))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                return Err(CommitError::KeyConflict(lost));
+            }
+        }
+
+        if !o.keyed.is_empty() {
+            self.stats.add(1);
+            sqlx::query(
+                "INSERT INTO keyed (seq, model, reference, parent_ref, parents, plugin_version, \
+                 keyed_micros) \
+                 SELECT s, $1, r, pr, p, $2, $3 \
+                 FROM UNNEST($4::int8[], $5::text[], $6::text[], $7::text[]) AS k(s, r, pr, p) \
+                 ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(model)
+            .bind(&o.plugin_version)
+            .bind(o.now_micros)
+            .bind(o.keyed.iter().map(|k| k.seq).collect::<Vec<i64>>())
+            .bind(
+                o.keyed
+                    .iter()
+                    .map(|k| k.reference.clone())
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(
+                o.keyed
+                    .iter()
+                    .map(|k| k.parents.first().map(|p| p.reference.clone()))
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(strings(&o.keyed, |k| rows::parents_json(&k.parents)))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        }
+
+        if !o.parked.is_empty() {
+            self.stats.add(1);
+            sqlx::query(
+                "INSERT INTO parked (seq, model, reason, details, awaited_model, awaited_key, \
+                 attempts, first_micros, last_micros) \
+                 SELECT s, $1, r, d, am, ak, a, f, $2 FROM UNNEST($3::int8[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::int4[], $9::int8[]) \
+                 AS p(s, r, d, am, ak, a, f) \
+                 ON CONFLICT (seq) DO UPDATE SET reason = excluded.reason, \
+                 details = excluded.details, awaited_model = excluded.awaited_model, \
+                 awaited_key = excluded.awaited_key, attempts = excluded.attempts, \
+                 last_micros = excluded.last_micros",
+            )
+            .bind(model)
+            .bind(o.now_micros)
+            .bind(o.parked.iter().map(|p| p.seq).collect::<Vec<i64>>())
+            .bind(strings(&o.parked, |p| p.reason.as_str().to_string()))
+            .bind(strings(&o.parked, |p| p.details.clone()))
+            .bind(
+                o.parked
+                    .iter()
+                    .map(|p| p.awaiting.as_ref().map(|a| a.model.clone()))
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(
+                o.parked
+                    .iter()
+                    .map(|p| p.awaiting.as_ref().map(|a| a.key.clone()))
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(o.parked.iter().map(|p| p.attempts).collect::<Vec<i32>>())
+            .bind(
+                o.parked
+                    .iter()
+                    .map(|p| p.first_micros)
+                    .collect::<Vec<i64>>(),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        }
+
+        if !o.done.is_empty() {
+            self.stats.add(1);
+            sqlx::query("DELETE FROM queue WHERE pos = ANY($1)")
+                .bind(&o.done)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+
+        let mut healed = 0;
+        if !o.claims.is_empty() {
+            let keys = strings(&o.claims, |c| c.0.clone());
+            self.stats.add(1);
+            healed = sqlx::query(
+                "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+                 SELECT model, seq, attempts, first_micros FROM parked \
+                 WHERE awaited_model = $1 AND awaited_key = ANY($2) \
+                 ORDER BY seq ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(model)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?
+            .rows_affected();
+            if healed > 0 {
+                self.stats.add(1);
+                sqlx::query(
+                    "DELETE FROM parked WHERE awaited_model = $1 AND awaited_key = ANY($2)",
+                )
+                .bind(model)
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+            }
+        }
+
+        if !o.dirty.is_empty() {
+            self.stats.add(1);
+            sqlx::query(
+                "INSERT INTO dirty (reference, model, stamp) \
+                 SELECT r, $1, $2 FROM UNNEST($3::text[]) AS d(r) \
+                 ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp",
+            )
+            .bind(model)
+            .bind(o.stamp)
+            .bind(&o.dirty)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        }
+
+        self.commit(tx, op, model).await?;
+        Ok(CommitSummary { healed })
+    }
+
+    pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
+        let op = "read dirty references";
+        self.stats.add(1);
+        let seen: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT reference, stamp FROM dirty WHERE model = $1 ORDER BY stamp, reference LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(op, model))?;
+        if seen.is_empty() {
+            return Ok(DirtyBatch::default());
+        }
+        let sql = format!(
+            "SELECT k.reference, k.parents, {RECORD_COLUMNS} FROM keyed k \
+             JOIN intake i ON i.seq = k.seq WHERE k.reference = ANY($1) \
+             ORDER BY k.reference, k.seq"
+        );
+        self.stats.add(1);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(strings(&seen, |s| s.0.clone()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(op, model))?;
+        let groups = rows::group_rows(&seen, &rows, op, model)?;
+        Ok(DirtyBatch { groups, seen })
+    }
+
+    pub async fn commit_projection(
+        &self,
+        lease: &Lease,
+        views: &[ViewRow],
+        seen: &[(String, i64)],
+    ) -> Result<(), CommitError> {
+        let op = "commit projection";
+        let model = lease.model.as_str();
+        let mut tx = self.begin(op, model).await?;
+        self.check_lease(&mut tx, lease).await?;
+        if !views.is_empty() {
+            self.stats.add(1);
+            sqlx::query(
+                "INSERT INTO views (reference, model, first_seq, canonical, root, lineage, \
+                 parents, plugin_version, updated_micros) \
+                 SELECT r, m, f, c, ro, l, p, v, $9 FROM UNNEST($1::text[], $2::text[], \
+                 $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+                 AS x(r, m, f, c, ro, l, p, v) \
+                 ON CONFLICT (reference) DO UPDATE SET first_seq = excluded.first_seq, \
+                 canonical = excluded.canonical, root = excluded.root, \
+                 lineage = excluded.lineage, parents = excluded.parents, \
+                 plugin_version = excluded.plugin_version, updated_micros = excluded.updated_micros",
+            )
+            .bind(strings(views, |v| v.reference.clone()))
+            .bind(strings(views, |v| v.model.clone()))
+            .bind(views.iter().map(|v| v.first_seq).collect::<Vec<i64>>())
+            .bind(strings(views, |v| v.canonical.clone()))
+            .bind(strings(views, |v| v.root.clone()))
+            .bind(strings(views, |v| v.lineage.clone()))
+            .bind(strings(views, |v| v.parents.clone()))
+            .bind(strings(views, |v| v.plugin_version.clone()))
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        }
+        if !seen.is_empty() {
+            self.stats.add(1);
+            sqlx::query(
+                "DELETE FROM dirty d USING UNNEST($1::text[], $2::int8[]) AS s(reference, stamp) \
+                 WHERE d.reference = s.reference AND d.stamp = s.stamp",
+            )
+            .bind(strings(seen, |s| s.0.clone()))
+            .bind(seen.iter().map(|s| s.1).collect::<Vec<i64>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        }
+        self.commit(tx, op, model).await?;
+        Ok(())
+    }
+
+    pub async fn views(
+        &self,
+        model: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<ViewRow>, StoreError> {
+        let op = "read views";
+        let (seq, reference) = after
+            .map(|c| (c.first_seq, c.reference.clone()))
+            .unwrap_or((i64::MIN, String::new()));
+        self.stats.add(1);
+        let rows = sqlx::query(
+            "SELECT reference, model, first_seq, canonical, root, lineage, parents, plugin_version \
+             FROM views WHERE model = $1 AND (first_seq, reference) > ($2, $3) \
+             ORDER BY first_seq, reference LIMIT $4",
+        )
+        .bind(model)
+        .bind(seq)
+        .bind(reference)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(op, model))?;
+        rows.iter()
+            .map(rows::view_row)
+            .collect::<Result<_, _>>()
+            .map_err(query_error(op, model))
+    }
+
+    pub async fn values(
+        &self,
+        model: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        let op = "read values";
+        self.stats.add(1);
+        let sql = format!(
+            "SELECT k.parents, {RECORD_COLUMNS} FROM keyed k JOIN intake i ON i.seq = k.seq \
+             LEFT JOIN views v ON v.reference = k.parent_ref \
+             WHERE k.model = $1 \
+             ORDER BY COALESCE(v.first_seq, 9223372036854775807), k.parent_ref, \
+             i.occurred_micros, i.seq LIMIT $2 OFFSET $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(model)
+            .bind(limit as i64)
+            .bind(offset as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(op, model))?;
+        rows::value_rows(&rows, op, model)
+    }
+
+    pub async fn parked(
+        &self,
+        filter: &ParkedFilter,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ParkedRow>, StoreError> {
+        let op = "read parked";
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "SELECT p.reason, p.details, p.awaited_model, p.awaited_key, p.attempts, \
+             p.first_micros, p.last_micros, {RECORD_COLUMNS} \
+             FROM parked p JOIN intake i ON i.seq = p.seq WHERE p.seq > "
+        ));
+        qb.push_bind(after_seq);
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY p.seq LIMIT ").push_bind(limit as i64);
+        self.stats.add(1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))?;
+        rows.iter()
+            .map(rows::parked_row)
+            .collect::<Result<_, _>>()
+            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))
+    }
+
+    pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
+        let op = "requeue parked";
+        let model = filter.model.as_deref().unwrap_or("*");
+        let mut tx = self.begin(op, model).await?;
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+             SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE 1 = 1",
+        );
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
+        self.stats.add(1);
+        let moved = qb
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?
+            .rows_affected();
+        let mut qb = QueryBuilder::<Postgres>::new("DELETE FROM parked AS p WHERE 1 = 1");
+        push_filter(&mut qb, filter);
+        self.stats.add(1);
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        self.commit(tx, op, model).await?;
+        Ok(moved)
+    }
+
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        let err = || query_error("count", "*");
+        self.stats.add(6);
+        let pairs =
+            |sql: &'static str| sqlx::query_as::<_, (String, i64)>(sql).fetch_all(&self.pool);
+        Ok(Counts {
+            intake: sqlx::query_scalar("SELECT COUNT(*) FROM intake")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err())?,
+            queued: pairs("SELECT model, COUNT(*) FROM queue GROUP BY model ORDER BY model")
+                .await
+                .map_err(err())?,
+            dirty: pairs("SELECT model, COUNT(*) FROM dirty GROUP BY model ORDER BY model")
+                .await
+                .map_err(err())?,
+            references: pairs("SELECT model, COUNT(*) FROM views GROUP BY model ORDER BY model")
+                .await
+                .map_err(err())?,
+            keyed: pairs("SELECT model, COUNT(*) FROM keyed GROUP BY model ORDER BY model")
+                .await
+                .map_err(err())?,
+            parked: sqlx::query_as::<_, (String, String, i64)>(
+                "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
+                 ORDER BY model, reason",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err())?,
+        })
+    }
+}
+
+fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &ParkedFilter) {
+    if let Some(model) = &filter.model {
+        qb.push(" AND p.model = ").push_bind(model.clone());
+    }
+    if let Some(reason) = filter.reason {
+        qb.push(" AND p.reason = ").push_bind(reason.as_str());
+    }
+}

@@ -1,0 +1,815 @@
+//! The embedded default: one SQLite file, WAL, multi-row statements chunked under the
+//! bound-parameter limit. Write transactions start with `BEGIN IMMEDIATE` so that two
+//! processes on one file queue on the write lock (busy timeout) instead of failing on
+//! lock upgrade.
+
+use crate::error::query_error;
+use crate::rows::{self, RECORD_COLUMNS, now_micros};
+use crate::*;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+
+/// SQLite's bound-parameter limit is 32,766; every statement stays under this.
+const MAX_PARAMS: usize = 32_000;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pub(crate) pool: SqlitePool,
+    pub(crate) stats: Arc<Stats>,
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+impl SqliteStore {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            url: url.to_string(),
+            source,
+        };
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(options.busy_timeout)
+            // 64 MiB of page cache per connection, temporary tables in memory.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .connect_with(connect)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            stats: Arc::default(),
+        })
+    }
+
+    async fn begin(&self, operation: &'static str, model: &str) -> Result<Tx, StoreError> {
+        self.stats.add(1);
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error(operation, model))
+    }
+
+    async fn commit(&self, tx: Tx, operation: &'static str, model: &str) -> Result<(), StoreError> {
+        self.stats.add(1);
+        tx.commit().await.map_err(query_error(operation, model))
+    }
+
+    pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {
+        if models.is_empty() {
+            return Ok(());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO models (name, kind, plugin_version, known_since) ",
+        );
+        let now = now_micros();
+        qb.push_values(models, |mut b, m| {
+            b.push_bind(m.name.clone())
+                .push_bind(m.kind.clone())
+                .push_bind(m.plugin_version.clone())
+                .push_bind(now);
+        });
+        qb.push(
+            " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, \
+             plugin_version = excluded.plugin_version",
+        );
+        self.stats.add(1);
+        qb.build()
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("register models", "*"))?;
+        Ok(())
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
+        self.stats.add(1);
+        let rows = sqlx::query("SELECT name, kind, plugin_version FROM models ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("list models", "*"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ModelInfo {
+                    name: r.try_get("name")?,
+                    kind: r.try_get("kind")?,
+                    plugin_version: r.try_get("plugin_version")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("list models", "*"))
+    }
+
+    pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
+        let mut answers = vec![Appended::Duplicate; records.len()];
+        let fresh = first_of_each(records);
+        if fresh.is_empty() {
+            return Ok(answers);
+        }
+        let model = &records[fresh[0]].model;
+        let op = "append intake";
+        let now = now_micros();
+        let mut tx = self.begin(op, model).await?;
+        for chunk in fresh.chunks(MAX_PARAMS / 9) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO intake (model, system, adapter, external_id, occurred_at, \
+                 occurred_micros, payload, payload_hash, received_micros) ",
+            );
+            qb.push_values(chunk, |mut b, &i| {
+                let r = &records[i];
+                b.push_bind(r.model.clone())
+                    .push_bind(r.source.system.clone())
+                    .push_bind(r.source.adapter.clone())
+                    .push_bind(r.external_id.clone())
+                    .push_bind(r.occurred_at.clone())
+                    .push_bind(r.occurred_micros)
+                    .push_bind(r.payload.clone())
+                    .push_bind(r.payload_hash.clone())
+                    .push_bind(now);
+            });
+            qb.push(
+                " ON CONFLICT (model, system, external_id, payload_hash) DO NOTHING \
+                 RETURNING seq, model, system, external_id, payload_hash",
+            );
+            self.stats.add(1);
+            let rows = qb
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+            let mut queued: Vec<(i64, String)> = Vec::with_capacity(rows.len());
+            let index = identity_index(records, chunk);
+            for row in rows {
+                let key: (String, String, String, String) = (
+                    row.get("model"),
+                    row.get("system"),
+                    row.get("external_id"),
+                    row.get("payload_hash"),
+                );
+                let seq: i64 = row.get("seq");
+                if let Some(&i) = index.get(&key) {
+                    answers[i] = Appended::Accepted(seq);
+                    queued.push((seq, records[i].model.clone()));
+                }
+            }
+            queued.sort();
+            for part in queued.chunks(MAX_PARAMS / 2) {
+                let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO queue (model, seq) ");
+                qb.push_values(part, |mut b, (seq, model)| {
+                    b.push_bind(model.clone()).push_bind(*seq);
+                });
+                self.stats.add(1);
+                qb.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error(op, model))?;
+            }
+        }
+        self.commit(tx, op, model).await?;
+        Ok(answers)
+    }
+
+    pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
+        let now = now_micros();
+        self.stats.add(1);
+        let done = sqlx::query(
+            "INSERT INTO leases (stage, model, holder, expires_micros) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (stage, model) DO UPDATE SET holder = excluded.holder, \
+             expires_micros = excluded.expires_micros \
+             WHERE leases.holder = excluded.holder OR leases.expires_micros < ?",
+        )
+        .bind(lease.stage.as_str())
+        .bind(&lease.model)
+        .bind(&lease.holder)
+        .bind(now + ttl_micros)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("acquire lease", &lease.model))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn lease_holder(
+        &self,
+        stage: Stage,
+        model: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.stats.add(1);
+        sqlx::query_scalar("SELECT holder FROM leases WHERE stage = ? AND model = ?")
+            .bind(stage.as_str())
+            .bind(model)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read lease", model))
+    }
+
+    pub async fn take_over_lease(
+        &self,
+        lease: &Lease,
+        from: &str,
+        ttl_micros: i64,
+    ) -> Result<bool, StoreError> {
+        self.stats.add(1);
+        let done = sqlx::query(
+            "UPDATE leases SET holder = ?, expires_micros = ? \
+             WHERE stage = ? AND model = ? AND holder = ?",
+        )
+        .bind(&lease.holder)
+        .bind(now_micros() + ttl_micros)
+        .bind(lease.stage.as_str())
+        .bind(&lease.model)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("take over lease", &lease.model))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.stats.add(1);
+        sqlx::query("DELETE FROM leases WHERE stage = ? AND model = ? AND holder = ?")
+            .bind(lease.stage.as_str())
+            .bind(&lease.model)
+            .bind(&lease.holder)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("release lease", &lease.model))?;
+        Ok(())
+    }
+
+    pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        self.stats.add(1);
+        let sql = format!(
+            "SELECT q.pos, q.attempts, q.first_parked_micros, {RECORD_COLUMNS} \
+             FROM queue q JOIN intake i ON i.seq = q.seq \
+             WHERE q.model = ? ORDER BY q.pos LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(model)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read pending", model))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Pending {
+                    pos: r.try_get("pos")?,
+                    attempts: r.try_get("attempts")?,
+                    first_parked_micros: r.try_get("first_parked_micros")?,
+                    record: rows::record(r)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("read pending", model))
+    }
+
+    pub async fn lookup_keys(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let mut owners = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_PARAMS - 1) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT key, reference FROM keys WHERE model = ");
+            qb.push_bind(model.to_string()).push(" AND key IN (");
+            let mut list = qb.separated(", ");
+            for key in chunk {
+                list.push_bind(key.clone());
+            }
+            qb.push(")");
+            self.stats.add(1);
+            let rows = qb
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("look up keys", model))?;
+            for row in rows {
+                owners.insert(row.get("key"), row.get("reference"));
+            }
+        }
+        Ok(owners)
+    }
+
+    pub async fn lookup_parents(
+        &self,
+        keys: &[ParentKey],
+    ) -> Result<HashMap<ParentKey, String>, StoreError> {
+        let mut owners = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_PARAMS / 2) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT model, key, reference FROM keys WHERE (model, key) IN (",
+            );
+            qb.push_values(chunk, |mut b, k| {
+                b.push_bind(k.model.clone()).push_bind(k.key.clone());
+            });
+            qb.push(")");
+            self.stats.add(1);
+            let rows = qb
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("look up parents", "*"))?;
+            for row in rows {
+                owners.insert(
+                    ParentKey {
+                        model: row.get("model"),
+                        key: row.get("key"),
+                    },
+                    row.get("reference"),
+                );
+            }
+        }
+        Ok(owners)
+    }
+
+    async fn check_lease(&self, tx: &mut Tx, lease: &Lease) -> Result<(), CommitError> {
+        self.stats.add(1);
+        let done = sqlx::query(
+            "UPDATE leases SET expires_micros = MAX(expires_micros, ?) \
+             WHERE stage = ? AND model = ? AND holder = ?",
+        )
+        .bind(now_micros())
+        .bind(lease.stage.as_str())
+        .bind(&lease.model)
+        .bind(&lease.holder)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("check lease", &lease.model))?;
+        if done.rows_affected() != 1 {
+            return Err(CommitError::LeaseLost {
+                stage: lease.stage.as_str(),
+                model: lease.model.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn commit_association(
+        &self,
+        lease: &Lease,
+        o: &AssociationOutcome,
+    ) -> Result<CommitSummary, CommitError> {
+        let op = "commit association";
+        let model = o.model.as_str();
+        let mut tx = self.begin(op, model).await?;
+        self.check_lease(&mut tx, lease).await?;
+
+        // Claims: all or nothing. A key another worker claimed first fails the batch.
+        for chunk in o.claims.chunks(MAX_PARAMS / 3) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO keys (model, key, reference) ");
+            qb.push_values(chunk, |mut b, (key, reference)| {
+                b.push_bind(model.to_string())
+                    .push_bind(key.clone())
+                    .push_bind(reference.clone());
+            });
+            qb.push(" ON CONFLICT (model, key) DO NOTHING RETURNING key");
+            self.stats.add(1);
+            let claimed: Vec<String> = qb
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+            if claimed.len() != chunk.len() {
+                let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+                let lost = chunk
+                    .iter()
+                    .filter(|(k, _)| !claimed.contains(k))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                return Err(CommitError::KeyConflict(lost));
+            }
+        }
+
+        for chunk in o.keyed.chunks(MAX_PARAMS / 7) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO keyed (seq, model, reference, parent_ref, parents, plugin_version, \
+                 keyed_micros) ",
+            );
+            qb.push_values(chunk, |mut b, k| {
+                b.push_bind(k.seq)
+                    .push_bind(model.to_string())
+                    .push_bind(k.reference.clone())
+                    .push_bind(k.parents.first().map(|p| p.reference.clone()))
+                    .push_bind(rows::parents_json(&k.parents))
+                    .push_bind(o.plugin_version.clone())
+                    .push_bind(o.now_micros);
+            });
+            qb.push(" ON CONFLICT (seq) DO NOTHING");
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+
+        for chunk in o.parked.chunks(MAX_PARAMS / 9) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO parked (seq, model, reason, details, awaited_model, awaited_key, \
+                 attempts, first_micros, last_micros) ",
+            );
+            qb.push_values(chunk, |mut b, p| {
+                b.push_bind(p.seq)
+                    .push_bind(model.to_string())
+                    .push_bind(p.reason.as_str())
+                    .push_bind(p.details.clone())
+                    .push_bind(p.awaiting.as_ref().map(|a| a.model.clone()))
+                    .push_bind(p.awaiting.as_ref().map(|a| a.key.clone()))
+                    .push_bind(p.attempts)
+                    .push_bind(p.first_micros)
+                    .push_bind(o.now_micros);
+            });
+            qb.push(
+                " ON CONFLICT (seq) DO UPDATE SET reason = excluded.reason, \
+                 details = excluded.details, awaited_model = excluded.awaited_model, \
+                 awaited_key = excluded.awaited_key, attempts = excluded.attempts, \
+                 last_micros = excluded.last_micros",
+            );
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+
+        for chunk in o.done.chunks(MAX_PARAMS) {
+            let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM queue WHERE pos IN (");
+            let mut list = qb.separated(", ");
+            for pos in chunk {
+                list.push_bind(*pos);
+            }
+            qb.push(")");
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+
+        // Healing: the parked records waiting for any key claimed here go to the back of
+        // the queue, found through the index on the awaited key.
+        let mut healed = 0;
+        for chunk in o.claims.chunks(MAX_PARAMS - 1) {
+            healed += self.heal(&mut tx, model, chunk).await?;
+        }
+
+        for chunk in o.dirty.chunks(MAX_PARAMS / 3) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO dirty (reference, model, stamp) ");
+            qb.push_values(chunk, |mut b, reference| {
+                b.push_bind(reference.clone())
+                    .push_bind(model.to_string())
+                    .push_bind(o.stamp);
+            });
+            qb.push(" ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp");
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+
+        self.commit(tx, op, model).await?;
+        Ok(CommitSummary { healed })
+    }
+
+    async fn heal(
+        &self,
+        tx: &mut Tx,
+        model: &str,
+        claims: &[(String, String)],
+    ) -> Result<u64, StoreError> {
+        let op = "heal parked records";
+        let awaited = |qb: &mut QueryBuilder<Sqlite>| {
+            qb.push(" FROM parked WHERE awaited_model = ");
+            qb.push_bind(model.to_string())
+                .push(" AND awaited_key IN (");
+            let mut list = qb.separated(", ");
+            for (key, _) in claims {
+                list.push_bind(key.clone());
+            }
+            qb.push(")");
+        };
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+             SELECT model, seq, attempts, first_micros",
+        );
+        awaited(&mut qb);
+        qb.push(" ORDER BY seq ON CONFLICT (seq) DO NOTHING");
+        self.stats.add(1);
+        let moved = qb
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error(op, model))?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(0);
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE");
+        awaited(&mut qb);
+        self.stats.add(1);
+        qb.build()
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error(op, model))?;
+        Ok(moved)
+    }
+
+    pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
+        let op = "read dirty references";
+        self.stats.add(1);
+        let seen: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT reference, stamp FROM dirty WHERE model = ? ORDER BY stamp, reference LIMIT ?",
+        )
+        .bind(model)
+        .bind(limit.min(MAX_PARAMS) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(op, model))?;
+        if seen.is_empty() {
+            return Ok(DirtyBatch::default());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT k.reference, k.parents, {RECORD_COLUMNS} FROM keyed k \
+             JOIN intake i ON i.seq = k.seq WHERE k.reference IN ("
+        ));
+        let mut list = qb.separated(", ");
+        for (reference, _) in &seen {
+            list.push_bind(reference.clone());
+        }
+        qb.push(") ORDER BY k.reference, k.seq");
+        self.stats.add(1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(op, model))?;
+        let groups = rows::group_rows(&seen, &rows, op, model)?;
+        Ok(DirtyBatch { groups, seen })
+    }
+
+    pub async fn commit_projection(
+        &self,
+        lease: &Lease,
+        views: &[ViewRow],
+        seen: &[(String, i64)],
+    ) -> Result<(), CommitError> {
+        let op = "commit projection";
+        let model = lease.model.as_str();
+        let mut tx = self.begin(op, model).await?;
+        self.check_lease(&mut tx, lease).await?;
+        let now = now_micros();
+        for chunk in views.chunks(MAX_PARAMS / 9) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO views (reference, model, first_seq, canonical, root, lineage, \
+                 parents, plugin_version, updated_micros) ",
+            );
+            qb.push_values(chunk, |mut b, v| {
+                b.push_bind(v.reference.clone())
+                    .push_bind(v.model.clone())
+                    .push_bind(v.first_seq)
+                    .push_bind(v.canonical.clone())
+                    .push_bind(v.root.clone())
+                    .push_bind(v.lineage.clone())
+                    .push_bind(v.parents.clone())
+                    .push_bind(v.plugin_version.clone())
+                    .push_bind(now);
+            });
+            qb.push(
+                " ON CONFLICT (reference) DO UPDATE SET first_seq = excluded.first_seq, \
+                 canonical = excluded.canonical, root = excluded.root, \
+                 lineage = excluded.lineage, parents = excluded.parents, \
+                 plugin_version = excluded.plugin_version, updated_micros = excluded.updated_micros",
+            );
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+        for chunk in seen.chunks(MAX_PARAMS / 2) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("DELETE FROM dirty WHERE (reference, stamp) IN (");
+            qb.push_values(chunk, |mut b, (reference, stamp)| {
+                b.push_bind(reference.clone()).push_bind(*stamp);
+            });
+            qb.push(")");
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+        self.commit(tx, op, model).await?;
+        Ok(())
+    }
+
+    pub async fn views(
+        &self,
+        model: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<ViewRow>, StoreError> {
+        let op = "read views";
+        let (seq, reference) = after
+            .map(|c| (c.first_seq, c.reference.clone()))
+            .unwrap_or((i64::MIN, String::new()));
+        self.stats.add(1);
+        let rows = sqlx::query(
+            "SELECT reference, model, first_seq, canonical, root, lineage, parents, plugin_version \
+             FROM views WHERE model = ? AND (first_seq, reference) > (?, ?) \
+             ORDER BY first_seq, reference LIMIT ?",
+        )
+        .bind(model)
+        .bind(seq)
+        .bind(reference)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(op, model))?;
+        rows.iter()
+            .map(rows::view_row)
+            .collect::<Result<_, _>>()
+            .map_err(query_error(op, model))
+    }
+
+    pub async fn values(
+        &self,
+        model: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ValueRow>, StoreError> {
+        let op = "read values";
+        self.stats.add(1);
+        let sql = format!(
+            "SELECT k.parents, {RECORD_COLUMNS} FROM keyed k JOIN intake i ON i.seq = k.seq \
+             LEFT JOIN views v ON v.reference = k.parent_ref \
+             WHERE k.model = ? \
+             ORDER BY COALESCE(v.first_seq, 9223372036854775807), k.parent_ref, \
+             i.occurred_micros, i.seq LIMIT ? OFFSET ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(model)
+            .bind(limit as i64)
+            .bind(offset as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(op, model))?;
+        rows::value_rows(&rows, op, model)
+    }
+
+    pub async fn parked(
+        &self,
+        filter: &ParkedFilter,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ParkedRow>, StoreError> {
+        let op = "read parked";
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT p.reason, p.details, p.awaited_model, p.awaited_key, p.attempts, \
+             p.first_micros, p.last_micros, {RECORD_COLUMNS} \
+             FROM parked p JOIN intake i ON i.seq = p.seq WHERE p.seq > "
+        ));
+        qb.push_bind(after_seq);
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY p.seq LIMIT ").push_bind(limit as i64);
+        self.stats.add(1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))?;
+        rows.iter()
+            .map(rows::parked_row)
+            .collect::<Result<_, _>>()
+            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))
+    }
+
+    pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
+        let op = "requeue parked";
+        let model = filter.model.as_deref().unwrap_or("*");
+        let mut tx = self.begin(op, model).await?;
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+             SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE 1 = 1",
+        );
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
+        self.stats.add(1);
+        let moved = qb
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?
+            .rows_affected();
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM parked AS p WHERE 1 = 1");
+        push_filter(&mut qb, filter);
+        self.stats.add(1);
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
+        self.commit(tx, op, model).await?;
+        Ok(moved)
+    }
+
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        let op = "count";
+        let err = query_error(op, "*");
+        self.stats.add(6);
+        let pairs = |sql: &'static str| {
+            let pool = self.pool.clone();
+            async move {
+                sqlx::query_as::<_, (String, i64)>(sql)
+                    .fetch_all(&pool)
+                    .await
+            }
+        };
+        let intake: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM intake")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error(op, "*"))?;
+        Ok(Counts {
+            intake,
+            queued: pairs("SELECT model, COUNT(*) FROM queue GROUP BY model ORDER BY model")
+                .await
+                .map_err(query_error(op, "*"))?,
+            dirty: pairs("SELECT model, COUNT(*) FROM dirty GROUP BY model ORDER BY model")
+                .await
+                .map_err(query_error(op, "*"))?,
+            references: pairs("SELECT model, COUNT(*) FROM views GROUP BY model ORDER BY model")
+                .await
+                .map_err(query_error(op, "*"))?,
+            keyed: pairs("SELECT model, COUNT(*) FROM keyed GROUP BY model ORDER BY model")
+                .await
+                .map_err(query_error(op, "*"))?,
+            parked: sqlx::query_as::<_, (String, String, i64)>(
+                "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
+                 ORDER BY model, reason",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?,
+        })
+    }
+}
+
+fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &ParkedFilter) {
+    if let Some(model) = &filter.model {
+        qb.push(" AND p.model = ").push_bind(model.clone());
+    }
+    if let Some(reason) = filter.reason {
+        qb.push(" AND p.reason = ").push_bind(reason.as_str());
+    }
+}
+
+/// The indices of the first record of each identity (model, system, id, payload hash):
+/// later copies in the same batch are duplicates of it.
+pub(crate) fn first_of_each(records: &[IntakeRecord]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
+    (0..records.len())
+        .filter(|&i| {
+            let r = &records[i];
+            seen.insert((
+                r.model.as_str(),
+                r.source.system.as_str(),
+                r.external_id.as_str(),
+                r.payload_hash.as_str(),
+            ))
+        })
+        .collect()
+}
+
+/// Identity → index, for matching `RETURNING` rows back to a chunk's records.
+pub(crate) fn identity_index(
+    records: &[IntakeRecord],
+    chunk: &[usize],
+) -> HashMap<(String, String, String, String), usize> {
+    chunk
+        .iter()
+        .map(|&i| {
+            let r = &records[i];
+            (
+                (
+                    r.model.clone(),
+                    r.source.system.clone(),
+                    r.external_id.clone(),
+                    r.payload_hash.clone(),
+                ),
+                i,
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,191 @@
+//! The batch-shaped data the store takes and returns.
+
+use flowhost_core::{Group, ParentKey, ParentLink, ParkReason, Record};
+
+/// Connection options shared by the backends.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a writer waits for another process's write lock (SQLite).
+    pub busy_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            busy_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// A model as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    /// `entity` or `value-object`.
+    pub kind: String,
+    pub plugin_version: String,
+}
+
+/// The answer for one appended record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Durable, with its intake sequence.
+    Accepted(i64),
+    /// Equal to an earlier record (model, system, external id, payload); nothing written.
+    Duplicate,
+}
+
+/// The two leased stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Associate,
+    Project,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Associate => "associate",
+            Stage::Project => "project",
+        }
+    }
+}
+
+/// A worker's lease of one stage of one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub stage: Stage,
+    pub model: String,
+    pub holder: String,
+}
+
+/// A record waiting for association.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Queue position (what the commit removes).
+    pub pos: i64,
+    /// Times it was parked before.
+    pub attempts: i32,
+    pub first_parked_micros: Option<i64>,
+    pub record: Record,
+}
+
+/// A record attached by association.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedRow {
+    pub seq: i64,
+    /// The entity reference; `None` for value objects.
+    pub reference: Option<String>,
+    pub parents: Vec<ParentLink>,
+}
+
+/// A record association could not key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkRow {
+    pub seq: i64,
+    pub reason: ParkReason,
+    pub details: String,
+    pub awaiting: Option<ParentKey>,
+    /// Including this time.
+    pub attempts: i32,
+    pub first_micros: i64,
+}
+
+/// Everything an association batch writes.
+#[derive(Debug, Clone, Default)]
+pub struct AssociationOutcome {
+    pub model: String,
+    pub plugin_version: String,
+    pub now_micros: i64,
+    /// Queue positions the batch consumed.
+    pub done: Vec<i64>,
+    /// New keys of the model: (key, reference).
+    pub claims: Vec<(String, String)>,
+    pub keyed: Vec<KeyedRow>,
+    pub parked: Vec<ParkRow>,
+    /// References whose keyed records changed, with the stamp (the batch's last sequence).
+    pub dirty: Vec<String>,
+    pub stamp: i64,
+}
+
+/// What a committed association batch caused beyond itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitSummary {
+    /// Parked records re-queued because a key they waited for was claimed.
+    pub healed: u64,
+}
+
+/// Dirty references with their records, and the marks seen.
+#[derive(Debug, Clone, Default)]
+pub struct DirtyBatch {
+    pub groups: Vec<Group>,
+    /// (reference, stamp) as read; the commit clears exactly these.
+    pub seen: Vec<(String, i64)>,
+}
+
+/// The views of one reference, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewRow {
+    pub reference: String,
+    pub model: String,
+    pub first_seq: i64,
+    pub canonical: String,
+    pub root: String,
+    pub lineage: String,
+    /// JSON object: parent model → reference.
+    pub parents: String,
+    pub plugin_version: String,
+}
+
+/// Where a page of views ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub first_seq: i64,
+    pub reference: String,
+}
+
+/// A value-object record with its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueRow {
+    pub record: Record,
+    pub parent_model: String,
+    pub parent_ref: String,
+}
+
+/// Which parked records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParkedFilter {
+    pub model: Option<String>,
+    pub reason: Option<ParkReason>,
+}
+
+/// A parked record for listing and export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedRow {
+    pub record: Record,
+    pub reason: String,
+    pub details: String,
+    pub awaiting: Option<ParentKey>,
+    pub attempts: i32,
+    pub first_micros: i64,
+    pub last_micros: i64,
+}
+
+/// Counts over the whole store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub intake: i64,
+    /// Pending association, per model.
+    pub queued: Vec<(String, i64)>,
+    /// Dirty references, per model.
+    pub dirty: Vec<(String, i64)>,
+    /// References (views) per model.
+    pub references: Vec<(String, i64)>,
+    /// Keyed records per model.
+    pub keyed: Vec<(String, i64)>,
+    /// Parked records per model and reason.
+    pub parked: Vec<(String, String, i64)>,
+}

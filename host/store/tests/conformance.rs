@@ -1,0 +1,675 @@
+//! The store conformance suite: every case runs on a fresh SQLite file and on a fresh
+//! PostgreSQL database (created per test, dropped after). Under `CI=true` a PostgreSQL that
+//! cannot be reached fails the suite.
+
+use flowhost_core::intake::{IntakeRecord, parse_line};
+use flowhost_core::{ParentKey, ParentLink, ParkReason};
+use flowhost_store::*;
+use std::future::Future;
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A PostgreSQL database that exists for one test.
+struct PgScratch {
+    name: String,
+}
+
+impl PgScratch {
+    async fn create() -> Option<(PgScratch, String)> {
+        use sqlx::Connection;
+        let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "PostgreSQL at {PG_ADMIN} is unreachable under CI: {e}"
+                );
+                eprintln!("PostgreSQL unreachable ({e}); running SQLite only");
+                return None;
+            }
+        };
+        let name = format!("flowhost_t_{}", uuid_like());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create scratch database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Some((PgScratch { name }, url))
+    }
+
+    async fn drop_db(self) {
+        use sqlx::Connection;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a case on SQLite, then on PostgreSQL.
+async fn on_both<F, Fut>(case: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Store::open(&url).await.expect("open sqlite");
+    case(store.clone()).await;
+    store.close().await;
+
+    if let Some((scratch, url)) = PgScratch::create().await {
+        let store = Store::open(&url).await.expect("open postgres");
+        case(store.clone()).await;
+        store.close().await;
+        scratch.drop_db().await;
+    }
+}
+
+fn record(model: &str, system: &str, id: &str, payload: &str) -> IntakeRecord {
+    let line = format!(
+        r#"{{"model":"{model}","source":{{"system":"{system}"}},"id":"{id}","occurred_at":"2026-03-01T10:00:00Z","payload":{payload}}}"#
+    );
+    parse_line(line.as_bytes(), chrono::Utc::now()).unwrap()
+}
+
+fn lease(stage: Stage, model: &str, holder: &str) -> Lease {
+    Lease {
+        stage,
+        model: model.into(),
+        holder: holder.into(),
+    }
+}
+
+const TTL: i64 = 60_000_000;
+
+#[tokio::test]
+async fn intake_is_idempotent() {
+    on_both(|s| async move {
+        let out = s
+            .append(&[
+                record("device", "bms", "D-1", r#"{"serial":"a","n":1}"#),
+                record("device", "bms", "D-2", r#"{"serial":"b"}"#),
+                record("device", "bms", "D-1", r#"{"n":1,"serial":"a"}"#),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Appended::Accepted(_)));
+        assert!(matches!(out[1], Appended::Accepted(_)));
+        assert_eq!(out[2], Appended::Duplicate, "same payload as JSON value");
+        let again = s
+            .append(&[
+                record("device", "bms", "D-2", r#"{"serial":"b"}"#),
+                record("device", "bms", "D-1", r#"{"serial":"changed"}"#),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(again[0], Appended::Duplicate);
+        assert!(
+            matches!(again[1], Appended::Accepted(_)),
+            "newer observation"
+        );
+        let counts = s.counts().await.unwrap();
+        assert_eq!(counts.intake, 3);
+        assert_eq!(counts.queued, vec![("device".to_string(), 3)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pending_is_in_intake_order_and_round_trips_payloads() {
+    on_both(|s| async move {
+        let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2 << 20));
+        let records = [
+            record(
+                "device",
+                "bms",
+                "Ü-1",
+                r#"{"name":"Kältemaschine ❄ 冷却器"}"#,
+            ),
+            record("device", "bms", "D-2", &big),
+            record("sensor", "bms", "S-1", r#"{"code":"T1"}"#),
+        ];
+        s.append(&records).await.unwrap();
+        let pending = s.pending("device", 10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert!(pending[0].record.seq < pending[1].record.seq);
+        assert_eq!(pending[0].record.external_id, "Ü-1");
+        assert_eq!(pending[0].record.payload, records[0].payload);
+        assert_eq!(pending[1].record.payload.len(), big.len());
+        assert_eq!(s.pending("sensor", 10).await.unwrap().len(), 1);
+        assert_eq!(s.pending("device", 1).await.unwrap().len(), 1, "limit");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_until_expiry() {
+    on_both(|s| async move {
+        let a = lease(Stage::Associate, "device", "host-a");
+        let b = lease(Stage::Associate, "device", "host-b");
+        assert!(s.acquire_lease(&a, TTL).await.unwrap());
+        assert!(s.acquire_lease(&a, TTL).await.unwrap(), "renewal");
+        assert!(!s.acquire_lease(&b, TTL).await.unwrap());
+        assert!(
+            s.acquire_lease(&lease(Stage::Project, "device", "host-b"), TTL)
+                .await
+                .unwrap(),
+            "stages lease separately"
+        );
+        assert_eq!(
+            s.lease_holder(Stage::Associate, "device")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("host-a")
+        );
+        // a expires (renewed with a negative time to live), b takes over
+        assert!(s.acquire_lease(&a, -1).await.unwrap());
+        assert!(s.acquire_lease(&b, TTL).await.unwrap());
+        let outcome = AssociationOutcome {
+            model: "device".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.commit_association(&a, &outcome).await,
+            Err(CommitError::LeaseLost { .. })
+        ));
+        assert!(s.take_over_lease(&a, "host-b", TTL).await.unwrap());
+        assert!(
+            !s.take_over_lease(&b, "host-b", TTL).await.unwrap(),
+            "no longer b's"
+        );
+        s.release_lease(&a).await.unwrap();
+        assert!(s.acquire_lease(&b, TTL).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn association_commits_everything_and_heals() {
+    on_both(|s| async move {
+        s.append(&[
+            record("sensor", "bms", "S-1", r#"{"code":"T1","device_id":"D-7"}"#),
+            record("sensor", "bms", "S-2", r#"{"code":"T2"}"#),
+        ])
+        .await
+        .unwrap();
+        let sl = lease(Stage::Associate, "sensor", "h");
+        assert!(s.acquire_lease(&sl, TTL).await.unwrap());
+        let pending = s.pending("sensor", 10).await.unwrap();
+        let awaited = ParentKey {
+            model: "device".into(),
+            key: "src:bms:D-7".into(),
+        };
+        let summary = s
+            .commit_association(
+                &sl,
+                &AssociationOutcome {
+                    model: "sensor".into(),
+                    plugin_version: "v1".into(),
+                    now_micros: 1,
+                    done: pending.iter().map(|p| p.pos).collect(),
+                    claims: vec![
+                        ("sensor:T2".into(), "ref-s2".into()),
+                        ("src:bms:S-2".into(), "ref-s2".into()),
+                    ],
+                    keyed: vec![KeyedRow {
+                        seq: pending[1].record.seq,
+                        reference: Some("ref-s2".into()),
+                        parents: vec![],
+                    }],
+                    parked: vec![ParkRow {
+                        seq: pending[0].record.seq,
+                        reason: ParkReason::ParentNotFound,
+                        details: "parent device key src:bms:D-7 not found".into(),
+                        awaiting: Some(awaited.clone()),
+                        attempts: 1,
+                        first_micros: 1,
+                    }],
+                    dirty: vec!["ref-s2".into()],
+                    stamp: pending[1].record.seq,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.healed, 0);
+        assert!(s.pending("sensor", 10).await.unwrap().is_empty());
+        let owners = s
+            .lookup_keys("sensor", &["sensor:T2".into(), "sensor:T9".into()])
+            .await
+            .unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners["sensor:T2"], "ref-s2");
+        let parked = s.parked(&ParkedFilter::default(), 0, 10).await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].reason, "PARENT_NOT_FOUND");
+        assert_eq!(parked[0].awaiting.as_ref(), Some(&awaited));
+
+        // A device batch claims the awaited key: the sensor is re-queued, attempts kept.
+        s.append(&[record("device", "bms", "D-7", r#"{"serial":"S"}"#)])
+            .await
+            .unwrap();
+        let dl = lease(Stage::Associate, "device", "h");
+        assert!(s.acquire_lease(&dl, TTL).await.unwrap());
+        let dp = s.pending("device", 10).await.unwrap();
+        let summary = s
+            .commit_association(
+                &dl,
+                &AssociationOutcome {
+                    model: "device".into(),
+                    plugin_version: "v1".into(),
+                    now_micros: 2,
+                    done: vec![dp[0].pos],
+                    claims: vec![("src:bms:D-7".into(), "ref-d7".into())],
+                    keyed: vec![KeyedRow {
+                        seq: dp[0].record.seq,
+                        reference: Some("ref-d7".into()),
+                        parents: vec![],
+                    }],
+                    dirty: vec!["ref-d7".into()],
+                    stamp: dp[0].record.seq,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.healed, 1);
+        let healed = s.pending("sensor", 10).await.unwrap();
+        assert_eq!(healed.len(), 1);
+        assert_eq!(healed[0].record.external_id, "S-1");
+        assert_eq!(healed[0].attempts, 1);
+        assert!(
+            s.parked(&ParkedFilter::default(), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let parents = s.lookup_parents(&[awaited.clone()]).await.unwrap();
+        assert_eq!(parents[&awaited], "ref-d7");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claims_are_all_or_nothing_under_conflict() {
+    on_both(|s| async move {
+        s.append(&[record("device", "bms", "A", r#"{}"#)])
+            .await
+            .unwrap();
+        let l = lease(Stage::Associate, "device", "h");
+        assert!(s.acquire_lease(&l, TTL).await.unwrap());
+        let p = s.pending("device", 10).await.unwrap();
+        let first = AssociationOutcome {
+            model: "device".into(),
+            claims: vec![("serial:X".into(), "ref-1".into())],
+            ..Default::default()
+        };
+        s.commit_association(&l, &first).await.unwrap();
+        let second = AssociationOutcome {
+            model: "device".into(),
+            done: vec![p[0].pos],
+            claims: vec![
+                ("serial:NEW".into(), "ref-2".into()),
+                ("serial:X".into(), "ref-2".into()),
+            ],
+            keyed: vec![KeyedRow {
+                seq: p[0].record.seq,
+                reference: Some("ref-2".into()),
+                parents: vec![],
+            }],
+            ..Default::default()
+        };
+        match s.commit_association(&l, &second).await {
+            Err(CommitError::KeyConflict(keys)) => assert_eq!(keys, vec!["serial:X".to_string()]),
+            other => panic!("expected a key conflict, got {other:?}"),
+        }
+        // Nothing of the failed batch was written.
+        let owners = s
+            .lookup_keys("device", &["serial:NEW".into(), "serial:X".into()])
+            .await
+            .unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners["serial:X"], "ref-1");
+        assert_eq!(s.pending("device", 10).await.unwrap().len(), 1);
+        assert!(s.counts().await.unwrap().keyed.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_batches_are_chunked_and_lookups_stay_batched() {
+    on_both(|s| async move {
+        let l = lease(Stage::Associate, "device", "h");
+        assert!(s.acquire_lease(&l, TTL).await.unwrap());
+        let claims: Vec<(String, String)> = (0..40_000)
+            .map(|i| (format!("serial:{i:05}"), format!("ref-{}", i / 2)))
+            .collect();
+        s.commit_association(
+            &l,
+            &AssociationOutcome {
+                model: "device".into(),
+                claims: claims.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let keys: Vec<String> = claims.iter().map(|c| c.0.clone()).collect();
+        let owners = s.lookup_keys("device", &keys).await.unwrap();
+        assert_eq!(owners.len(), 40_000);
+        assert_eq!(owners["serial:39999"], "ref-19999");
+        let parents: Vec<ParentKey> = keys
+            .iter()
+            .map(|k| ParentKey {
+                model: "device".into(),
+                key: k.clone(),
+            })
+            .collect();
+        assert_eq!(s.lookup_parents(&parents).await.unwrap().len(), 40_000);
+
+        let before = s.statements();
+        s.lookup_keys("device", &keys[..1000]).await.unwrap();
+        assert_eq!(s.statements() - before, 1, "1,000 keys: one statement");
+
+        let many: Vec<IntakeRecord> = (0..10_000)
+            .map(|i| record("device", "bms", &format!("D-{i}"), r#"{"serial":"s"}"#))
+            .collect();
+        let out = s.append(&many).await.unwrap();
+        assert!(out.iter().all(|a| matches!(a, Appended::Accepted(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn projection_reads_groups_writes_views_and_keeps_new_marks() {
+    on_both(|s| async move {
+        s.append(&[
+            record("device", "bms", "D-1", r#"{"serial":"a"}"#),
+            record("device", "oem", "X-1", r#"{"serial":"a"}"#),
+            record("device", "bms", "D-2", r#"{"serial":"b"}"#),
+        ])
+        .await
+        .unwrap();
+        let al = lease(Stage::Associate, "device", "h");
+        assert!(s.acquire_lease(&al, TTL).await.unwrap());
+        let p = s.pending("device", 10).await.unwrap();
+        let keyed = |i: usize, r: &str| KeyedRow {
+            seq: p[i].record.seq,
+            reference: Some(r.into()),
+            parents: vec![ParentLink {
+                model: "site".into(),
+                reference: "site-1".into(),
+            }],
+        };
+        s.commit_association(
+            &al,
+            &AssociationOutcome {
+                model: "device".into(),
+                done: p.iter().map(|x| x.pos).collect(),
+                keyed: vec![keyed(0, "ref-a"), keyed(1, "ref-a"), keyed(2, "ref-b")],
+                dirty: vec!["ref-b".into(), "ref-a".into()],
+                stamp: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+        let batch = s.dirty_groups("device", 10).await.unwrap();
+        assert_eq!(batch.groups.len(), 2);
+        let a = batch
+            .groups
+            .iter()
+            .find(|g| g.reference == "ref-a")
+            .unwrap();
+        assert_eq!(a.records.len(), 2);
+        assert!(a.records[0].record.seq < a.records[1].record.seq);
+        assert_eq!(a.records[0].parents[0].reference, "site-1");
+
+        // ref-a is marked again while the projection runs: it must stay dirty.
+        s.commit_association(
+            &al,
+            &AssociationOutcome {
+                model: "device".into(),
+                dirty: vec!["ref-a".into()],
+                stamp: 8,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+        let pl = lease(Stage::Project, "device", "h");
+        assert!(s.acquire_lease(&pl, TTL).await.unwrap());
+        let view = |r: &str, first: i64| ViewRow {
+            reference: r.into(),
+            model: "device".into(),
+            first_seq: first,
+            canonical: format!(r#"{{"r":["{r}"]}}"#),
+            root: "{}".into(),
+            lineage: "{}".into(),
+            parents: "{}".into(),
+            plugin_version: "v1".into(),
+        };
+        s.commit_projection(&pl, &[view("ref-b", 3), view("ref-a", 1)], &batch.seen)
+            .await
+            .unwrap();
+        let still = s.dirty_groups("device", 10).await.unwrap();
+        assert_eq!(still.seen, vec![("ref-a".to_string(), 8)]);
+
+        let page = s.views("device", None, 1).await.unwrap();
+        assert_eq!(page[0].reference, "ref-a", "ordered by first intake");
+        let cursor = Cursor {
+            first_seq: page[0].first_seq,
+            reference: page[0].reference.clone(),
+        };
+        let next = s.views("device", Some(&cursor), 10).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].reference, "ref-b");
+        assert_eq!(next[0].canonical, r#"{"r":["ref-b"]}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn parked_records_are_listed_filtered_and_requeued() {
+    on_both(|s| async move {
+        s.append(&[
+            record("device", "bms", "A", r#"{}"#),
+            record("device", "bms", "B", r#"{}"#),
+            record("sensor", "bms", "C", r#"{}"#),
+        ])
+        .await
+        .unwrap();
+        for model in ["device", "sensor"] {
+            let l = lease(Stage::Associate, model, "h");
+            assert!(s.acquire_lease(&l, TTL).await.unwrap());
+            let p = s.pending(model, 10).await.unwrap();
+            let parked = p
+                .iter()
+                .map(|x| ParkRow {
+                    seq: x.record.seq,
+                    reason: if x.record.external_id == "B" {
+                        ParkReason::KeyCollision
+                    } else {
+                        ParkReason::Rejected
+                    },
+                    details: "d".into(),
+                    awaiting: None,
+                    attempts: 1,
+                    first_micros: 5,
+                })
+                .collect();
+            s.commit_association(
+                &l,
+                &AssociationOutcome {
+                    model: model.into(),
+                    done: p.iter().map(|x| x.pos).collect(),
+                    parked,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let all = s.parked(&ParkedFilter::default(), 0, 10).await.unwrap();
+        assert_eq!(all.len(), 3);
+        let rejected_devices = ParkedFilter {
+            model: Some("device".into()),
+            reason: Some(ParkReason::Rejected),
+        };
+        let some = s.parked(&rejected_devices, 0, 10).await.unwrap();
+        assert_eq!(some.len(), 1);
+        assert_eq!(some[0].record.external_id, "A");
+        assert_eq!(
+            s.parked(&ParkedFilter::default(), all[0].record.seq, 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+
+        assert_eq!(s.requeue(&rejected_devices).await.unwrap(), 1);
+        let pending = s.pending("device", 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].attempts, 1);
+        assert_eq!(pending[0].first_parked_micros, Some(5));
+        assert_eq!(
+            s.parked(&ParkedFilter::default(), 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let counts = s.counts().await.unwrap();
+        assert_eq!(
+            counts.parked,
+            vec![
+                ("device".to_string(), "KEY_COLLISION".to_string(), 1),
+                ("sensor".to_string(), "REJECTED".to_string(), 1)
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn values_are_listed_under_parents_by_first_intake_then_time() {
+    on_both(|s| async move {
+        let lines = [
+            ("R-1", "2026-03-01T10:05:00Z", "p2"),
+            ("R-2", "2026-03-01T10:01:00Z", "p1"),
+            ("R-3", "2026-03-01T10:00:00Z", "p2"),
+            ("R-4", "2026-03-01T10:09:00Z", "p1"),
+        ];
+        let records: Vec<IntakeRecord> = lines
+            .iter()
+            .map(|(id, at, _)| {
+                let mut r = record("reading", "bms", id, r#"{"value":1}"#);
+                let t = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+                r.occurred_at = at.to_string();
+                r.occurred_micros = t.timestamp_micros();
+                r
+            })
+            .collect();
+        s.append(&records).await.unwrap();
+        let l = lease(Stage::Associate, "reading", "h");
+        assert!(s.acquire_lease(&l, TTL).await.unwrap());
+        let p = s.pending("reading", 10).await.unwrap();
+        let keyed = p
+            .iter()
+            .zip(lines)
+            .map(|(x, (_, _, parent))| KeyedRow {
+                seq: x.record.seq,
+                reference: None,
+                parents: vec![ParentLink {
+                    model: "sensor".into(),
+                    reference: parent.into(),
+                }],
+            })
+            .collect();
+        s.commit_association(
+            &l,
+            &AssociationOutcome {
+                model: "reading".into(),
+                done: p.iter().map(|x| x.pos).collect(),
+                keyed,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Parent p1 was first seen before p2.
+        let pl = lease(Stage::Project, "sensor", "h");
+        assert!(s.acquire_lease(&pl, TTL).await.unwrap());
+        let view = |r: &str, first: i64| ViewRow {
+            reference: r.into(),
+            model: "sensor".into(),
+            first_seq: first,
+            canonical: "{}".into(),
+            root: "{}".into(),
+            lineage: "{}".into(),
+            parents: "{}".into(),
+            plugin_version: "v1".into(),
+        };
+        s.commit_projection(&pl, &[view("p1", 1), view("p2", 2)], &[])
+            .await
+            .unwrap();
+        let values = s.values("reading", 0, 10).await.unwrap();
+        let ids: Vec<&str> = values
+            .iter()
+            .map(|v| v.record.external_id.as_str())
+            .collect();
+        assert_eq!(ids, ["R-2", "R-4", "R-3", "R-1"]);
+        assert_eq!(values[0].parent_model, "sensor");
+        assert_eq!(s.values("reading", 3, 10).await.unwrap().len(), 1, "paging");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_databases_give_one_clear_error() {
+    let err = Store::open("mysql://x").await.err().unwrap().to_string();
+    assert!(
+        err.contains("unsupported database URL 'mysql://x'"),
+        "{err}"
+    );
+    let err = Store::open("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("cannot open the database postgres://postgres@127.0.0.1:1/none"),
+        "{err}"
+    );
+    let err = Store::open("sqlite:///nonexistent-dir/x/y.db")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("cannot open the database sqlite:///nonexistent-dir/x/y.db"),
+        "{err}"
+    );
+}
