@@ -30,7 +30,7 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+pub fn run(cmd: BenchCommand, _db: &str, _plugins: &std::path::Path) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Plugin {
             wasm,

@@ -1,12 +1,23 @@
 //! The flowhost binary: the CLI, configuration, tracing set-up and composition root.
 
+mod app;
 mod bench;
+mod demo;
+mod export;
+mod ingest;
 mod plugins_cmd;
+mod workload;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use flowhost_core::ParkReason;
+use flowhost_engine::EngineConfig;
+use flowhost_store::ParkedFilter;
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 /// flowhost: turns streams of partial, overlapping records from many source systems into one
 /// canonical, lineage-tracked view per real-world thing.
@@ -38,12 +49,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Stream NDJSON records (a file, or `-` for standard input) into intake.
+    Ingest {
+        /// The NDJSON file, or `-`.
+        input: PathBuf,
+        /// Lines longer than this are refused.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_line_bytes: usize,
+    },
+    /// Run association and projection.
+    Process {
+        /// Stop when no work is left (parked records waiting for nothing new are not work).
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Print a view of a model as NDJSON, ordered by each reference's first intake.
+    Export {
+        #[arg(value_enum)]
+        view: export::ViewKind,
+        model: String,
+    },
+    /// List (or re-queue) parked records.
+    Parked(ParkedArgs),
+    /// Run the stages continuously until SIGINT/SIGTERM.
+    Serve,
     /// Inspect and try plugins.
     #[command(subcommand)]
     Plugins(plugins_cmd::PluginsCommand),
     /// Measure flowhost.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Generate a realistic workload, ingest and process it, and summarise.
+    Demo {
+        /// Records to generate.
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+    },
+}
+
+#[derive(Args)]
+struct ParkedArgs {
+    #[command(subcommand)]
+    action: Option<ParkedAction>,
+    /// Only this model.
+    #[arg(long, global = true)]
+    model: Option<String>,
+    /// Only this reason (REJECTED, PARENT_NOT_FOUND, NO_KEYS, KEY_COLLISION, PLUGIN_FAILED).
+    #[arg(long, global = true, value_parser = parse_reason)]
+    reason: Option<ParkReason>,
+    /// NDJSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum ParkedAction {
+    /// Put the matching parked records back in the queue (e.g. after a plugin fix).
+    Requeue,
+}
+
+fn parse_reason(s: &str) -> Result<ParkReason, String> {
+    ParkReason::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = ParkReason::ALL.iter().map(|r| r.as_str()).collect();
+        format!("unknown reason '{s}'; one of {}", all.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
@@ -70,6 +139,157 @@ fn init_tracing(filter: &str) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Plugins(cmd) => plugins_cmd::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd, &cli.db, &cli.plugins),
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run_async(command, &cli.db, &cli.plugins))
+        }
     }
+}
+
+async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
+    match command {
+        Command::Ingest {
+            input,
+            max_line_bytes,
+        } => {
+            let store = app::open_store(db).await?;
+            let loaded = app::load_plugins(plugins)?;
+            app::register(&store, &loaded).await?;
+            let known: BTreeSet<String> = store
+                .models()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            let summary = ingest::ingest(&store, &input, &known, max_line_bytes, true).await?;
+            if summary.accepted + summary.duplicates + summary.refused == 0 {
+                eprintln!("{}: no records (the input is empty)", input.display());
+            }
+            println!(
+                "accepted {}, duplicates {}, refused {}",
+                summary.accepted, summary.duplicates, summary.refused
+            );
+            store.close().await;
+            Ok(if summary.refused > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Process { until_idle: _ } => {
+            let engine = app::engine(db, plugins, EngineConfig::default()).await?;
+            let spinner = if std::io::stderr().is_terminal() {
+                let s = indicatif::ProgressBar::new_spinner().with_message("processing");
+                s.enable_steady_tick(std::time::Duration::from_millis(120));
+                s
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            let report = engine
+                .run_until_idle()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            spinner.finish_and_clear();
+            eprintln!(
+                "associated {} records in {} batches, projected {} references in {} batches, healed {}, in {:.2} s",
+                report.associate.items,
+                report.associate.batches,
+                report.project.items,
+                report.project.batches,
+                report.healed,
+                report.elapsed.as_secs_f64()
+            );
+            engine.store().close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { view, model } => {
+            let store = app::open_store(db).await?;
+            let known = store.models().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !known.iter().any(|m| m.name == model) {
+                let names: Vec<String> = known.into_iter().map(|m| m.name).collect();
+                anyhow::bail!("unknown model '{model}'; known: {}", names.join(", "));
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            export::export(&store, view, &model, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Parked(args) => {
+            let store = app::open_store(db).await?;
+            let filter = ParkedFilter {
+                model: args.model,
+                reason: args.reason,
+            };
+            match args.action {
+                Some(ParkedAction::Requeue) => {
+                    let n = store
+                        .requeue(&filter)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!("requeued {n}");
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    export::parked(&store, &filter, args.json, &mut out).await?;
+                    std::io::Write::flush(&mut out)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let engine = app::engine(db, plugins, EngineConfig::default()).await?;
+            let cancel = CancellationToken::new();
+            let signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: finishing in-flight batches");
+                signal.cancel();
+            });
+            eprintln!(
+                "flowhost serving {} with models {}",
+                db,
+                engine.plugins().models().join(", ")
+            );
+            let report = engine
+                .serve(cancel)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!(
+                "stopped: associated {} records, projected {} references",
+                report.associate.items, report.project.items
+            );
+            engine.store().close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { records } => demo::run(db, plugins, records).await,
+        Command::Plugins(_) | Command::Bench(_) => unreachable!("handled without a runtime"),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -339,6 +339,14 @@ impl PgStore {
         let model = o.model.as_str();
         let mut tx = self.begin(op, model).await?;
         self.check_lease(&mut tx, lease).await?;
+        // Association commits are serialised (they are short: a few bulk statements), so
+        // that a record parked for a parent key and the batch claiming that key always see
+        // each other: one of them commits first, and the other's healing finds it.
+        self.stats.add(1);
+        sqlx::query("SELECT pg_advisory_xact_lock(7201320)")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?;
 
         if !o.claims.is_empty() {
             self.stats.add(1);
@@ -447,11 +455,36 @@ impl PgStore {
                 .map_err(query_error(op, model))?;
         }
 
+        // Parked for a key claimed since this batch looked it up: re-queue now, after
+        // the batch left the queue.
+        let waiting: Vec<i64> = o
+            .parked
+            .iter()
+            .filter(|p| p.awaiting.is_some())
+            .map(|p| p.seq)
+            .collect();
         let mut healed = 0;
+        if !waiting.is_empty() {
+            self.stats.add(1);
+            healed = sqlx::query(
+                "WITH found AS (DELETE FROM parked p WHERE p.seq = ANY($1) AND EXISTS \
+                 (SELECT 1 FROM keys k WHERE k.model = p.awaited_model AND k.key = p.awaited_key) \
+                 RETURNING p.model, p.seq, p.attempts, p.first_micros) \
+                 INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+                 SELECT model, seq, attempts, first_micros FROM found ORDER BY seq \
+                 ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(&waiting)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(op, model))?
+            .rows_affected();
+        }
+
         if !o.claims.is_empty() {
             let keys = strings(&o.claims, |c| c.0.clone());
             self.stats.add(1);
-            healed = sqlx::query(
+            let moved = sqlx::query(
                 "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
                  SELECT model, seq, attempts, first_micros FROM parked \
                  WHERE awaited_model = $1 AND awaited_key = ANY($2) \
@@ -463,7 +496,8 @@ impl PgStore {
             .await
             .map_err(query_error(op, model))?
             .rows_affected();
-            if healed > 0 {
+            healed += moved;
+            if moved > 0 {
                 self.stats.add(1);
                 sqlx::query(
                     "DELETE FROM parked WHERE awaited_model = $1 AND awaited_key = ANY($2)",

@@ -457,9 +457,24 @@ impl SqliteStore {
                 .map_err(query_error(op, model))?;
         }
 
+        // A record parked for a parent that another model's batch claimed after this batch
+        // looked it up would never be woken by that batch's healing (it ran before this
+        // record was parked): re-queue it now, after the batch left the queue. Writers are serialised, so either that batch
+        // committed first (the key is visible here) or it commits later (its healing sees
+        // this record).
+        let waiting: Vec<i64> = o
+            .parked
+            .iter()
+            .filter(|p| p.awaiting.is_some())
+            .map(|p| p.seq)
+            .collect();
+        let mut healed = 0;
+        for chunk in waiting.chunks(MAX_PARAMS) {
+            healed += self.heal_found(&mut tx, model, chunk).await?;
+        }
+
         // Healing: the parked records waiting for any key claimed here go to the back of
         // the queue, found through the index on the awaited key.
-        let mut healed = 0;
         for chunk in o.claims.chunks(MAX_PARAMS - 1) {
             healed += self.heal(&mut tx, model, chunk).await?;
         }
@@ -482,6 +497,47 @@ impl SqliteStore {
 
         self.commit(tx, op, model).await?;
         Ok(CommitSummary { healed })
+    }
+
+    /// Re-queues the given parked records whose awaited key is owned already.
+    async fn heal_found(&self, tx: &mut Tx, model: &str, seqs: &[i64]) -> Result<u64, StoreError> {
+        let op = "heal parked records";
+        let found = |qb: &mut QueryBuilder<Sqlite>| {
+            qb.push(
+                " FROM parked p WHERE EXISTS (SELECT 1 FROM keys k \
+                 WHERE k.model = p.awaited_model AND k.key = p.awaited_key) AND p.seq IN (",
+            );
+            let mut list = qb.separated(", ");
+            for seq in seqs {
+                list.push_bind(*seq);
+            }
+            qb.push(")");
+        };
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+             SELECT p.model, p.seq, p.attempts, p.first_micros",
+        );
+        found(&mut qb);
+        qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
+        self.stats.add(1);
+        let moved = qb
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error(op, model))?
+            .rows_affected();
+        if moved > 0 {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("DELETE FROM parked WHERE seq IN (SELECT p.seq");
+            found(&mut qb);
+            qb.push(")");
+            self.stats.add(1);
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .map_err(query_error(op, model))?;
+        }
+        Ok(moved)
     }
 
     async fn heal(

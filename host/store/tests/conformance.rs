@@ -673,3 +673,62 @@ async fn bad_urls_and_unreachable_databases_give_one_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_record_parked_for_a_key_claimed_meanwhile_is_requeued_at_once() {
+    on_both(|s| async move {
+        // The device key exists already (claimed by a batch that committed after the
+        // sensor batch looked its parents up).
+        let dl = lease(Stage::Associate, "device", "h");
+        assert!(s.acquire_lease(&dl, TTL).await.unwrap());
+        s.commit_association(
+            &dl,
+            &AssociationOutcome {
+                model: "device".into(),
+                claims: vec![("src:bms:D-1".into(), "ref-d".into())],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        s.append(&[record("sensor", "bms", "S-1", r#"{"device_id":"D-1"}"#)])
+            .await
+            .unwrap();
+        let sl = lease(Stage::Associate, "sensor", "h");
+        assert!(s.acquire_lease(&sl, TTL).await.unwrap());
+        let p = s.pending("sensor", 10).await.unwrap();
+        let summary = s
+            .commit_association(
+                &sl,
+                &AssociationOutcome {
+                    model: "sensor".into(),
+                    done: vec![p[0].pos],
+                    parked: vec![ParkRow {
+                        seq: p[0].record.seq,
+                        reason: ParkReason::ParentNotFound,
+                        details: "stale lookup".into(),
+                        awaiting: Some(ParentKey {
+                            model: "device".into(),
+                            key: "src:bms:D-1".into(),
+                        }),
+                        attempts: 1,
+                        first_micros: 1,
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.healed, 1);
+        let again = s.pending("sensor", 10).await.unwrap();
+        assert_eq!(again.len(), 1, "back in the queue, not lost");
+        assert!(again[0].pos > p[0].pos);
+        assert!(
+            s.parked(&ParkedFilter::default(), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}

@@ -1,0 +1,291 @@
+//! The association stage: one batch of one model.
+
+use crate::{Engine, EngineError};
+use flowhost_core::association::{self, Outcome};
+use flowhost_core::{Association, Kind, ParkReason, Record};
+use flowhost_runtime::Plugin;
+use flowhost_store::{AssociationOutcome, CommitError, KeyedRow, Lease, ParkRow, Pending, Stage};
+use std::collections::BTreeSet;
+use tracing::Instrument;
+
+/// A commit that lost a key race is decided again; this bounds the retries.
+const MAX_DECISIONS: usize = 5;
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchDone {
+    pub records: usize,
+    pub healed: u64,
+    /// Plugin calls made (more than one only when a failure was narrowed down).
+    pub calls: usize,
+}
+
+impl Engine {
+    /// Leases a stage of a model, taking it over from a dead process on this machine.
+    pub(crate) async fn lease(
+        &self,
+        stage: Stage,
+        model: &str,
+    ) -> Result<Option<Lease>, EngineError> {
+        let store = &self.inner.store;
+        let ttl = self.inner.config.lease_ttl.as_micros() as i64;
+        let lease = Lease {
+            stage,
+            model: model.to_string(),
+            holder: self.inner.holder.clone(),
+        };
+        if store.acquire_lease(&lease, ttl).await? {
+            return Ok(Some(lease));
+        }
+        if let Some(current) = store.lease_holder(stage, model).await?
+            && crate::holder::is_dead_local(&current)
+            && store.take_over_lease(&lease, &current, ttl).await?
+        {
+            tracing::info!(model, stage = stage.as_str(), from = %current, "took over the lease of a process that is gone");
+            return Ok(Some(lease));
+        }
+        Ok(None)
+    }
+
+    /// Associates the next batch of a model (up to `size` records).
+    pub async fn associate_batch(
+        &self,
+        model: &str,
+        size: usize,
+    ) -> Result<BatchDone, EngineError> {
+        let Some(plugin) = self.inner.plugins.get(model) else {
+            return Ok(BatchDone::default());
+        };
+        let Some(lease) = self.lease(Stage::Associate, model).await? else {
+            return Ok(BatchDone::default());
+        };
+        let pending = self.inner.store.pending(model, size).await?;
+        if pending.is_empty() {
+            return Ok(BatchDone::default());
+        }
+        let span = tracing::debug_span!(
+            "batch",
+            stage = "associate",
+            model,
+            size = pending.len(),
+            plugin = &plugin.version()[..12]
+        );
+        self.associate_pending(&plugin, &lease, pending)
+            .instrument(span)
+            .await
+    }
+
+    async fn associate_pending(
+        &self,
+        plugin: &Plugin,
+        lease: &Lease,
+        pending: Vec<Pending>,
+    ) -> Result<BatchDone, EngineError> {
+        let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
+        let call = plugin.clone();
+        let (records, results, calls) = tokio::task::spawn_blocking(move || {
+            let mut calls = 0;
+            let results = associate_isolating(&call, &records, &mut calls);
+            (records, results, calls)
+        })
+        .await
+        .map_err(|e| EngineError::Worker {
+            model: lease.model.clone(),
+            message: e.to_string(),
+        })?;
+
+        for attempt in 1..=MAX_DECISIONS {
+            let outcome = self.decide(plugin, &pending, &records, &results).await?;
+            match self.inner.store.commit_association(lease, &outcome).await {
+                Ok(summary) => {
+                    self.inner
+                        .cache
+                        .remember(&lease.model, outcome.claims.iter().map(|(k, r)| (k, r)));
+                    return Ok(BatchDone {
+                        records: records.len(),
+                        healed: summary.healed,
+                        calls,
+                    });
+                }
+                Err(CommitError::KeyConflict(keys)) if attempt < MAX_DECISIONS => {
+                    tracing::debug!(model = %lease.model, ?keys, "keys claimed elsewhere first; deciding the batch again");
+                }
+                Err(CommitError::LeaseLost { .. }) => {
+                    tracing::warn!(model = %lease.model, "lost the association lease; the batch is left to its new holder");
+                    return Ok(BatchDone::default());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Looks up the batch's keys and parents (one statement each, after the cache) and
+    /// decides every record.
+    async fn decide(
+        &self,
+        plugin: &Plugin,
+        pending: &[Pending],
+        records: &[Record],
+        results: &[Result<Association, String>],
+    ) -> Result<AssociationOutcome, EngineError> {
+        let description = plugin.description();
+        let model = description.model.as_str();
+        let now = now_micros();
+
+        // Records the plugin failed on take no part in the decision: they claim nothing.
+        let ok: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_ok()).collect();
+        let ok_records: Vec<Record> = ok.iter().map(|&i| records[i].clone()).collect();
+        let ok_assocs: Vec<Association> = ok
+            .iter()
+            .filter_map(|&i| results[i].as_ref().ok().cloned())
+            .collect();
+
+        let (own, parent_keys) = association::lookups(description.kind, &ok_records, &ok_assocs);
+        let (mut owners, missing) = self.inner.cache.split(model, own);
+        let found = self.inner.store.lookup_keys(model, &missing).await?;
+        self.inner.cache.remember(model, found.iter());
+        owners.extend(found);
+
+        let mut parents = std::collections::HashMap::new();
+        let mut by_model: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for p in &parent_keys {
+            by_model
+                .entry(p.model.clone())
+                .or_default()
+                .push(p.key.clone());
+        }
+        let mut to_fetch = Vec::new();
+        for (parent_model, keys) in by_model {
+            let (known, missing) = self.inner.cache.split(&parent_model, keys);
+            for (key, reference) in known {
+                parents.insert(
+                    flowhost_core::ParentKey {
+                        model: parent_model.clone(),
+                        key,
+                    },
+                    reference,
+                );
+            }
+            to_fetch.extend(missing.into_iter().map(|key| flowhost_core::ParentKey {
+                model: parent_model.clone(),
+                key,
+            }));
+        }
+        let fetched = self.inner.store.lookup_parents(&to_fetch).await?;
+        for (k, r) in &fetched {
+            self.inner.cache.remember(&k.model, [(&k.key, r)]);
+        }
+        parents.extend(fetched);
+
+        let mut mint = || uuid::Uuid::now_v7().to_string();
+        let decision = association::decide(
+            model,
+            description.kind,
+            &ok_records,
+            &ok_assocs,
+            &owners,
+            &parents,
+            &mut mint,
+        );
+
+        let mut outcome = AssociationOutcome {
+            model: model.to_string(),
+            plugin_version: plugin.version().to_string(),
+            now_micros: now,
+            done: pending.iter().map(|p| p.pos).collect(),
+            claims: decision
+                .claims
+                .into_iter()
+                .map(|c| (c.key, c.reference))
+                .collect(),
+            // Queue positions never repeat, so the batch's last one marks its dirty
+            // references uniquely (see the store's commit_projection).
+            stamp: pending.iter().map(|p| p.pos).max().unwrap_or(0),
+            ..Default::default()
+        };
+        let park = |i: usize, reason: ParkReason, details: String, awaiting| ParkRow {
+            seq: pending[i].record.seq,
+            reason,
+            details,
+            awaiting,
+            attempts: pending[i].attempts + 1,
+            first_micros: pending[i].first_parked_micros.unwrap_or(now),
+        };
+        let mut dirty = BTreeSet::new();
+        for (&i, out) in ok.iter().zip(decision.outcomes) {
+            match out {
+                Outcome::Keyed {
+                    reference, parents, ..
+                } => {
+                    dirty.insert(reference.clone());
+                    outcome.keyed.push(KeyedRow {
+                        seq: records[i].seq,
+                        reference: Some(reference),
+                        parents,
+                    });
+                }
+                Outcome::Attached { parents } => {
+                    outcome.keyed.push(KeyedRow {
+                        seq: records[i].seq,
+                        reference: None,
+                        parents,
+                    });
+                }
+                Outcome::Parked {
+                    reason,
+                    details,
+                    awaiting,
+                } => {
+                    outcome.parked.push(park(i, reason, details, awaiting));
+                }
+            }
+        }
+        for (i, result) in results.iter().enumerate() {
+            if let Err(error) = result {
+                outcome.parked.push(park(
+                    i,
+                    ParkReason::PluginFailed,
+                    format!(
+                        "plugin {} ({}): {error}",
+                        plugin.file(),
+                        &plugin.version()[..12]
+                    ),
+                    None,
+                ));
+            }
+        }
+        if description.kind == Kind::Entity {
+            outcome.dirty = dirty.into_iter().collect();
+        }
+        Ok(outcome)
+    }
+}
+
+/// Calls `associate` on the whole batch; when the call fails, splits the batch and retries
+/// the halves until the failing records are found (O(k log n) calls for k bad records).
+pub(crate) fn associate_isolating(
+    plugin: &Plugin,
+    records: &[Record],
+    calls: &mut usize,
+) -> Vec<Result<Association, String>> {
+    *calls += 1;
+    match plugin.associate(records) {
+        Ok(out) => out.into_iter().map(Ok).collect(),
+        Err(e) if records.len() == 1 => vec![Err(e.to_string())],
+        Err(e) => {
+            tracing::warn!(model = %plugin.description().model, size = records.len(), "associate failed ({e}); narrowing the batch down");
+            let (left, right) = records.split_at(records.len() / 2);
+            let mut out = associate_isolating(plugin, left, calls);
+            out.extend(associate_isolating(plugin, right, calls));
+            out
+        }
+    }
+}
+
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,303 @@
+//! Running the stages: until no work is left (`process --until-idle`), or until cancelled
+//! (`serve`).
+
+use crate::{Engine, EngineError};
+use flowhost_core::batch::{BatchConfig, BatchSizer};
+use flowhost_store::{Lease, Stage};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What one stage did over a run.
+#[derive(Debug, Clone, Default)]
+pub struct StageReport {
+    pub batches: u64,
+    /// Records (association) or references (projection) handled.
+    pub items: u64,
+    /// Time spent in batches (summed over models running in parallel).
+    pub busy: Duration,
+    /// Each batch's latency, for percentiles.
+    pub latencies: Vec<Duration>,
+    pub plugin_calls: u64,
+}
+
+impl StageReport {
+    fn add(&mut self, other: StageReport) {
+        self.batches += other.batches;
+        self.items += other.items;
+        self.busy += other.busy;
+        self.latencies.extend(other.latencies);
+        self.plugin_calls += other.plugin_calls;
+    }
+
+    /// The latency at quantile `q` (0..=1) of the batches so far.
+    pub fn percentile(&self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[idx]
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub associate: StageReport,
+    pub project: StageReport,
+    pub healed: u64,
+    pub elapsed: Duration,
+}
+
+/// One (stage, model) loop's state between rounds.
+struct Worker {
+    stage: Stage,
+    model: String,
+    sizer: BatchSizer,
+}
+
+impl Engine {
+    fn batch_config(&self, stage: Stage) -> BatchConfig {
+        match stage {
+            Stage::Associate => self.inner.config.associate,
+            Stage::Project => self.inner.config.project,
+        }
+    }
+
+    /// Runs one batch of a worker and adapts its size; returns the items handled.
+    async fn step(
+        &self,
+        worker: &mut Worker,
+        report: &mut StageReport,
+        healed: &mut u64,
+    ) -> Result<usize, EngineError> {
+        let size = worker.sizer.size();
+        let started = Instant::now();
+        let done = match worker.stage {
+            Stage::Associate => self.associate_batch(&worker.model, size).await?,
+            Stage::Project => self.project_batch(&worker.model, size).await?,
+        };
+        if done.records == 0 {
+            return Ok(0);
+        }
+        let took = started.elapsed();
+        let next = worker.sizer.observe(done.records, took);
+        tracing::debug!(stage = worker.stage.as_str(), model = %worker.model, items = done.records, took_ms = took.as_millis() as u64, next_size = next, "batch done");
+        report.batches += 1;
+        report.items += done.records as u64;
+        report.busy += took;
+        report.latencies.push(took);
+        report.plugin_calls += done.calls as u64;
+        *healed += done.healed;
+        Ok(done.records)
+    }
+
+    fn workers(&self, models: &[String]) -> Vec<Worker> {
+        let mut out = Vec::new();
+        for model in models {
+            for stage in [Stage::Associate, Stage::Project] {
+                out.push(Worker {
+                    stage,
+                    model: model.clone(),
+                    sizer: BatchSizer::new(self.batch_config(stage)),
+                });
+            }
+        }
+        out
+    }
+
+    /// Models ordered parents first (device before sensor before reading), so that in a
+    /// bulk run children mostly find their parents keyed instead of parking and healing.
+    fn parents_first(&self) -> Vec<String> {
+        let models = self.inner.plugins.models();
+        let parents = |m: &str| -> Vec<String> {
+            self.inner
+                .plugins
+                .get(m)
+                .map(|p| p.description().parents.clone())
+                .unwrap_or_default()
+        };
+        let mut ordered: Vec<String> = Vec::new();
+        let mut left = models.clone();
+        while !left.is_empty() {
+            let ready: Vec<String> = left
+                .iter()
+                .filter(|m| {
+                    parents(m)
+                        .iter()
+                        .all(|p| ordered.contains(p) || !left.contains(p) || p == *m)
+                })
+                .cloned()
+                .collect();
+            // A cycle: take the rest as they are.
+            let take = if ready.is_empty() {
+                left.clone()
+            } else {
+                ready
+            };
+            left.retain(|m| !take.contains(m));
+            ordered.extend(take);
+        }
+        ordered
+    }
+
+    /// Runs every stage of every model with a plugin until a full round finds no work, then
+    /// releases its leases. Within a round, association drains the models parents first
+    /// (one chain), while projection of every model runs beside it.
+    pub async fn run_until_idle(&self) -> Result<RunReport, EngineError> {
+        let started = Instant::now();
+        let mut report = RunReport::default();
+        let models = self.parents_first();
+        let mut workers = self.workers(&models);
+        loop {
+            let mut set = JoinSet::new();
+            let (mut chain, others): (Vec<Worker>, Vec<Worker>) =
+                workers.drain(..).partition(|w| w.stage == Stage::Associate);
+            chain.sort_by_key(|w| models.iter().position(|m| *m == w.model));
+            let engine = self.clone();
+            set.spawn(async move {
+                let mut out = Vec::new();
+                for mut worker in chain {
+                    let result = engine.drain(&mut worker).await;
+                    out.push((worker, result));
+                }
+                out
+            });
+            for mut worker in others {
+                let engine = self.clone();
+                set.spawn(async move {
+                    let result = engine.drain(&mut worker).await;
+                    vec![(worker, result)]
+                });
+            }
+            let mut round_work = 0;
+            let mut first_error = None;
+            while let Some(joined) = set.join_next().await {
+                let done = joined.map_err(|e| EngineError::Worker {
+                    model: "?".into(),
+                    message: e.to_string(),
+                })?;
+                for (worker, result) in done {
+                    match result {
+                        Ok((stage, healed, work)) => {
+                            round_work += work;
+                            report.healed += healed;
+                            match worker.stage {
+                                Stage::Associate => report.associate.add(stage),
+                                Stage::Project => report.project.add(stage),
+                            }
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                    workers.push(worker);
+                }
+            }
+            if let Some(e) = first_error {
+                self.release_all(&models).await;
+                return Err(e);
+            }
+            if round_work == 0 {
+                break;
+            }
+        }
+        self.release_all(&models).await;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Runs a worker's batches until one finds no work.
+    async fn drain(&self, worker: &mut Worker) -> Result<(StageReport, u64, usize), EngineError> {
+        let mut stage = StageReport::default();
+        let mut healed = 0;
+        let mut work = 0;
+        loop {
+            match self.step(worker, &mut stage, &mut healed).await? {
+                0 => return Ok((stage, healed, work)),
+                n => work += n,
+            }
+        }
+    }
+
+    async fn release_all(&self, models: &[String]) {
+        for model in models {
+            for stage in [Stage::Associate, Stage::Project] {
+                let lease = Lease {
+                    stage,
+                    model: model.clone(),
+                    holder: self.inner.holder.clone(),
+                };
+                if let Err(e) = self.inner.store.release_lease(&lease).await {
+                    tracing::warn!(model, "cannot release lease: {e}");
+                }
+            }
+        }
+    }
+
+    /// Runs the stages continuously, picking up records any process ingests and models whose
+    /// plugin appears later, until `cancel` fires; in-flight batches finish first.
+    pub async fn serve(&self, cancel: CancellationToken) -> Result<RunReport, EngineError> {
+        let started = Instant::now();
+        let mut set: JoinSet<(Stage, Result<(StageReport, u64), EngineError>)> = JoinSet::new();
+        let mut running: HashSet<String> = HashSet::new();
+        let mut report = RunReport::default();
+        let poll = self.inner.config.idle_poll;
+        loop {
+            for model in self.inner.plugins.models() {
+                if !running.insert(model.clone()) {
+                    continue;
+                }
+                for mut worker in self.workers(std::slice::from_ref(&model)) {
+                    let engine = self.clone();
+                    let cancel = cancel.clone();
+                    set.spawn(async move {
+                        let mut stage = StageReport::default();
+                        let mut healed = 0;
+                        while !cancel.is_cancelled() {
+                            match engine.step(&mut worker, &mut stage, &mut healed).await {
+                                Ok(0) => {
+                                    tokio::select! {
+                                        _ = cancel.cancelled() => break,
+                                        _ = tokio::time::sleep(poll) => {}
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    // A database hiccup must not stop the service: log and
+                                    // retry after a pause; the batch was not committed.
+                                    tracing::error!(stage = worker.stage.as_str(), model = %worker.model, "batch failed: {e}");
+                                    tokio::select! {
+                                        _ = cancel.cancelled() => break,
+                                        _ = tokio::time::sleep(poll * 10) => {}
+                                    }
+                                }
+                            }
+                        }
+                        (worker.stage, Ok((stage, healed)))
+                    });
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(poll * 5) => {}
+            }
+        }
+        while let Some(joined) = set.join_next().await {
+            if let Ok((stage, Ok((r, healed)))) = joined {
+                report.healed += healed;
+                match stage {
+                    Stage::Associate => report.associate.add(r),
+                    Stage::Project => report.project.add(r),
+                }
+            }
+        }
+        let models: Vec<String> = running.into_iter().collect();
+        self.release_all(&models).await;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+}

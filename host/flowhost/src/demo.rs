@@ -1,0 +1,134 @@
+//! `flowhost demo`: the README's main job on the embedded default. Generates a realistic
+//! workload, ingests it through the same path as `flowhost ingest`, processes it until idle,
+//! and prints what happened and where to look next.
+
+use crate::{app, ingest, workload};
+use anyhow::Result;
+use flowhost_engine::EngineConfig;
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::Instant;
+
+pub async fn run(db: &str, plugins: &std::path::Path, records: u64) -> Result<ExitCode> {
+    let engine = app::engine(db, plugins, EngineConfig::default()).await?;
+    let models = engine.plugins().models();
+    println!("flowhost demo on {db}");
+    println!("plugins folder {}:", plugins.display());
+    for m in &models {
+        if let Some(p) = engine.plugins().get(m) {
+            let d = p.description();
+            println!(
+                "  {:<8} {:<12} v{} ({}) from {}",
+                d.model,
+                d.kind.as_str(),
+                d.version,
+                &p.version()[..12],
+                p.file()
+            );
+        }
+    }
+    if models.is_empty() {
+        anyhow::bail!(
+            "no plugins in {}: build them with `cargo xtask build-plugins`",
+            plugins.display()
+        );
+    }
+
+    let dir = db
+        .strip_prefix("sqlite://")
+        .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    let file = dir.join("workload.ndjson");
+    let stats = {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let stats = workload::generate(records, &mut out)?;
+        std::io::Write::flush(&mut out)?;
+        stats
+    };
+    println!(
+        "\nworkload {}: {} lines ({} devices seen by 2–3 systems, sensors, readings, late parents, {} re-sends)",
+        file.display(),
+        stats.lines,
+        stats.things,
+        stats.resends
+    );
+
+    let store = engine.store().clone();
+    let known: BTreeSet<String> = models.iter().cloned().collect();
+    let statements_before = store.statements();
+    let started = Instant::now();
+    let summary = ingest::ingest(&store, &file, &known, 4 << 20, true).await?;
+    let ingest_time = started.elapsed();
+    println!(
+        "ingest   accepted {}, duplicates {}, refused {} in {:.2} s ({:.0} records/s)",
+        summary.accepted,
+        summary.duplicates,
+        summary.refused,
+        ingest_time.as_secs_f64(),
+        stats.lines as f64 / ingest_time.as_secs_f64()
+    );
+
+    let report = engine
+        .run_until_idle()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let total = started.elapsed();
+    let per = |items: u64, d: std::time::Duration| items as f64 / d.as_secs_f64().max(1e-9);
+    println!(
+        "process  associated {} records in {} batches, projected {} references in {} batches, healed {} parked records, in {:.2} s",
+        report.associate.items,
+        report.associate.batches,
+        report.project.items,
+        report.project.batches,
+        report.healed,
+        report.elapsed.as_secs_f64()
+    );
+    println!(
+        "stages   associate {:.0} records/s (batch p50 {:.0} ms, p99 {:.0} ms); project {:.0} references/s (batch p50 {:.0} ms, p99 {:.0} ms)",
+        per(report.associate.items, report.associate.busy),
+        report.associate.percentile(0.5).as_secs_f64() * 1e3,
+        report.associate.percentile(0.99).as_secs_f64() * 1e3,
+        per(report.project.items, report.project.busy),
+        report.project.percentile(0.5).as_secs_f64() * 1e3,
+        report.project.percentile(0.99).as_secs_f64() * 1e3,
+    );
+    let statements = store.statements() - statements_before;
+    println!(
+        "total    {} lines end to end in {:.2} s: {:.0} records/s, {:.1} statements per 1,000 records",
+        stats.lines,
+        total.as_secs_f64(),
+        per(stats.lines, total),
+        statements as f64 * 1000.0 / stats.lines as f64
+    );
+
+    let counts = store.counts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("\nreferences per model:");
+    for (model, n) in &counts.references {
+        println!("  {model:<8} {n}");
+    }
+    println!("keyed records per model:");
+    for (model, n) in &counts.keyed {
+        println!("  {model:<8} {n}");
+    }
+    println!("parked by reason:");
+    if counts.parked.is_empty() {
+        println!("  none");
+    }
+    for (model, reason, n) in &counts.parked {
+        println!("  {model:<8} {reason:<17} {n}");
+    }
+    let flags = format!("--db {db} --plugins {}", plugins.display());
+    println!("\nwhere to look next:");
+    println!("  flowhost {flags} export canonical device | head");
+    println!("  flowhost {flags} export lineage device | head -3");
+    println!("  flowhost {flags} export root sensor | head -3");
+    println!("  flowhost {flags} export values reading | head -3");
+    println!("  flowhost {flags} parked");
+    println!(
+        "  flowhost plugins test {}/device.wasm {}",
+        plugins.display(),
+        file.display()
+    );
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,191 @@
+//! `flowhost ingest FILE|-`: stream NDJSON into intake, in batches, durably.
+
+use anyhow::{Context, Result};
+use flowhost_core::intake::{IntakeRecord, LineError, parse_line};
+use flowhost_store::{Appended, Store};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeSet;
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+
+/// Lines per append (one transaction, a few statements).
+const BATCH: usize = 2_000;
+
+/// Counts of one intake run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestSummary {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub refused: u64,
+}
+
+/// Reads one line of at most `limit` bytes into `buf` (without the newline). Returns the
+/// line's full length, or `None` at the end of input. A longer line is consumed whole but
+/// only its first `limit` bytes are kept.
+fn read_line_limited(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<usize>> {
+    buf.clear();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(total));
+        }
+        any = true;
+        let (line_part, found) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i)),
+            None => (chunk, None),
+        };
+        let room = (limit + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&line_part[..line_part.len().min(room)]);
+        total += line_part.len();
+        match found {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(Some(total));
+            }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// Streams `input` into the store. Refused lines are reported to stderr as
+/// `line L: <what is wrong>`; good lines are kept.
+pub async fn ingest(
+    store: &Store,
+    input: &Path,
+    known: &BTreeSet<String>,
+    max_line: usize,
+    progress: bool,
+) -> Result<IngestSummary> {
+    let (reader, size): (Box<dyn BufRead + Send>, Option<u64>) = if input == Path::new("-") {
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+            None,
+        )
+    } else {
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot open {}", input.display()))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+            size,
+        )
+    };
+    let bar = progress_bar(progress && std::io::stderr().is_terminal(), size);
+    let known_list = known.iter().cloned().collect::<Vec<_>>().join(", ");
+    let mut reader = reader;
+    let mut summary = IngestSummary::default();
+    let mut batch: Vec<IntakeRecord> = Vec::with_capacity(BATCH);
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    let mut bytes = 0u64;
+    loop {
+        let read = read_line_limited(&mut reader, &mut line, max_line)
+            .with_context(|| format!("cannot read {} after line {line_no}", input.display()))?;
+        let Some(len) = read else { break };
+        line_no += 1;
+        bytes += len as u64 + 1;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) && len <= max_line {
+            continue;
+        }
+        let parsed = if len > max_line {
+            Err(LineError::TooLong(len, max_line))
+        } else {
+            parse_line(&line, chrono::Utc::now()).and_then(|r| {
+                if known.contains(&r.model) {
+                    Ok(r)
+                } else {
+                    Err(LineError::UnknownModel {
+                        model: r.model,
+                        known: if known_list.is_empty() {
+                            "none".into()
+                        } else {
+                            known_list.clone()
+                        },
+                    })
+                }
+            })
+        };
+        match parsed {
+            Ok(r) => batch.push(r),
+            Err(e) => {
+                summary.refused += 1;
+                bar.suspend(|| eprintln!("line {line_no}: {e}"));
+            }
+        }
+        if batch.len() >= BATCH {
+            flush(store, &mut batch, &mut summary).await?;
+            bar.set_position(bytes);
+        }
+    }
+    flush(store, &mut batch, &mut summary).await?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+async fn flush(
+    store: &Store,
+    batch: &mut Vec<IntakeRecord>,
+    summary: &mut IngestSummary,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let answers = store
+        .append(batch)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for a in answers {
+        match a {
+            Appended::Accepted(_) => summary.accepted += 1,
+            Appended::Duplicate => summary.duplicates += 1,
+        }
+    }
+    batch.clear();
+    Ok(())
+}
+
+fn progress_bar(enabled: bool, size: Option<u64>) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    match size {
+        Some(size) => ProgressBar::new(size).with_style(
+            ProgressStyle::with_template(
+                "{spinner} ingest [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_consumed_whole_and_cut() {
+        let input = b"short\nxxxxxxxxxx\nlast";
+        let mut r = std::io::BufReader::with_capacity(4, &input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line_limited(&mut r, &mut buf, 6).unwrap(), Some(5));
+        assert_eq!(buf, b"short");
+        assert_eq!(read_line_limited(&mut r, &mut buf, 6).unwrap(), Some(10));
+        assert_eq!(buf.len(), 7, "kept up to the limit plus one");
+        assert_eq!(read_line_limited(&mut r, &mut buf, 6).unwrap(), Some(4));
+        assert_eq!(buf, b"last");
+        assert_eq!(read_line_limited(&mut r, &mut buf, 6).unwrap(), None);
+    }
+}
