@@ -60,8 +60,19 @@ enum Command {
     /// Run association and projection.
     Process {
         /// Stop when no work is left (parked records waiting for nothing new are not work).
+        /// This is the only mode of `process`; `serve` runs continuously.
         #[arg(long)]
         until_idle: bool,
+        /// Fixed batch size for both stages instead of the adaptive one (1 = one record,
+        /// one plugin call and one transaction per batch).
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
+    /// Write a deterministic, realistic workload (NDJSON) to standard output.
+    Generate {
+        /// About how many records.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
     },
     /// Print a view of a model as NDJSON, ordered by each reference's first intake.
     Export {
@@ -180,8 +191,16 @@ async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Res
                 ExitCode::SUCCESS
             })
         }
-        Command::Process { until_idle: _ } => {
-            let engine = app::engine(db, plugins, EngineConfig::default()).await?;
+        Command::Process {
+            until_idle: _,
+            batch_size,
+        } => {
+            let mut config = EngineConfig::default();
+            if let Some(size) = batch_size {
+                config.associate = flowhost_core::batch::BatchConfig::fixed(size);
+                config.project = flowhost_core::batch::BatchConfig::fixed(size);
+            }
+            let engine = app::engine(db, plugins, config).await?;
             let spinner = if std::io::stderr().is_terminal() {
                 let s = indicatif::ProgressBar::new_spinner().with_message("processing");
                 s.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -268,6 +287,13 @@ async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Res
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { records } => demo::run(db, plugins, records).await,
+        Command::Generate { records } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            workload::generate(records, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins(_) | Command::Bench(_) => unreachable!("handled without a runtime"),
     }
 }
