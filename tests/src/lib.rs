@@ -79,7 +79,9 @@ pub struct Scratch {
 }
 
 /// Runs a future on a fresh runtime in its own thread, so it works from sync and async code.
-fn block_on_thread<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+fn block_on_thread<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -230,7 +232,11 @@ impl Host {
     /// `process --until-idle`, which must succeed.
     pub fn process(&self) {
         let out = self.run(&["process", "--until-idle"]);
-        assert!(out.status.success(), "process failed: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "process failed: {}",
+            text(&out.stderr)
+        );
     }
 
     /// The lines of an export, parsed.
@@ -286,4 +292,70 @@ pub fn block_until_ok(out: &Output) {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+/// Everything a user reads back from a host, with references renamed by their order of
+/// first intake (`device#0`, …) so that two runs that minted different UUIDs compare equal.
+pub fn snapshot(host: &Host) -> serde_json::Value {
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+    let mut names: HashMap<String, String> = HashMap::new();
+    for model in ["device", "sensor"] {
+        for (i, v) in host.export("canonical", model).iter().enumerate() {
+            names.insert(
+                v["id"].as_str().unwrap_or_default().to_string(),
+                format!("{model}#{i}"),
+            );
+        }
+    }
+    let rename = |v: &Value| -> Value {
+        match v.as_str().and_then(|s| names.get(s)) {
+            Some(name) => Value::String(name.clone()),
+            None => v.clone(),
+        }
+    };
+    let mut views = serde_json::Map::new();
+    for model in ["device", "sensor"] {
+        for view in ["canonical", "root", "lineage"] {
+            let lines: Vec<Value> = host
+                .export(view, model)
+                .into_iter()
+                .map(|mut v| {
+                    v["id"] = rename(&v["id"]);
+                    if let Some(parents) = v.get_mut("parents").and_then(Value::as_object_mut) {
+                        for p in parents.values_mut() {
+                            *p = rename(p);
+                        }
+                    }
+                    v
+                })
+                .collect();
+            views.insert(format!("{view} {model}"), Value::Array(lines));
+        }
+    }
+    let values: Vec<Value> = host
+        .export("values", "reading")
+        .into_iter()
+        .map(|mut v| {
+            v["parent"]["id"] = rename(&v["parent"]["id"]);
+            v
+        })
+        .collect();
+    let mut parked: Vec<(String, String, String, String)> = host
+        .parked()
+        .into_iter()
+        .map(|p| {
+            (
+                p["model"].as_str().unwrap_or_default().to_string(),
+                p["source"]["system"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["id"].as_str().unwrap_or_default().to_string(),
+                p["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    parked.sort();
+    json!({"views": views, "values": values, "parked": parked})
 }

@@ -27,7 +27,10 @@ fn every_kind_of_bad_line_is_named_and_good_lines_are_kept() {
     input.push(b'\n');
 
     let first = host.ingest(&String::from_utf8_lossy(&input));
-    assert_eq!(text(&first.stdout).trim(), "accepted 2, duplicates 0, refused 8");
+    assert_eq!(
+        text(&first.stdout).trim(),
+        "accepted 2, duplicates 0, refused 8"
+    );
     // The same input as raw bytes (the text above replaced the invalid UTF-8).
     let raw = {
         use std::io::Write;
@@ -42,7 +45,10 @@ fn every_kind_of_bad_line_is_named_and_good_lines_are_kept() {
         child.stdin.take().unwrap().write_all(&input).unwrap();
         child.wait_with_output().unwrap()
     };
-    assert!(!raw.status.success(), "refused lines make the exit non-zero");
+    assert!(
+        !raw.status.success(),
+        "refused lines make the exit non-zero"
+    );
     let stderr = text(&raw.stderr);
     let expect = [
         "line 2: invalid JSON",
@@ -63,7 +69,11 @@ fn every_kind_of_bad_line_is_named_and_good_lines_are_kept() {
         "the two good lines were accepted by the first run already"
     );
     host.process();
-    assert_eq!(host.export("canonical", "device").len(), 2, "good lines kept");
+    assert_eq!(
+        host.export("canonical", "device").len(),
+        2,
+        "good lines kept"
+    );
 }
 
 #[test]
@@ -75,7 +85,10 @@ fn an_empty_file_and_a_huge_line_get_clear_messages() {
     std::fs::write(&empty, "").unwrap();
     let out = host.run(&["ingest", empty.to_str().unwrap()]);
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout).trim(), "accepted 0, duplicates 0, refused 0");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "accepted 0, duplicates 0, refused 0"
+    );
     assert!(text(&out.stderr).contains("no records (the input is empty)"));
 
     let big = dir.path().join("big.ndjson");
@@ -83,22 +96,35 @@ fn an_empty_file_and_a_huge_line_get_clear_messages() {
         r#"{{"model":"device","source":{{"system":"bms"}},"id":"H","payload":{{"blob":"{}"}}}}"#,
         "x".repeat(10 << 20)
     );
-    let content = line("device", "bms", "D-1", json!({"serial":"A"})) + &huge + "\n"
+    let content = line("device", "bms", "D-1", json!({"serial":"A"}))
+        + &huge
+        + "\n"
         + &line("device", "bms", "D-2", json!({"serial":"B"}));
     std::fs::write(&big, content).unwrap();
     let out = host.run(&["ingest", big.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    let expected = format!("line 2: line is {} bytes, over the limit of 4194304 bytes", huge.len());
+    let expected = format!(
+        "line 2: line is {} bytes, over the limit of 4194304 bytes",
+        huge.len()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
-    assert_eq!(text(&out.stdout).trim(), "accepted 2, duplicates 0, refused 1");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "accepted 2, duplicates 0, refused 1"
+    );
 }
 
 #[test]
 fn a_model_whose_plugin_is_missing_is_accepted_and_waits() {
     let db = Scratch::sqlite();
     let host = Host::new(&db.url);
-    flowhost_tests::block_until_ok(&host.ingest(&line("device", "bms", "D-1", json!({"serial":"A"}))));
+    flowhost_tests::block_until_ok(&host.ingest(&line(
+        "device",
+        "bms",
+        "D-1",
+        json!({"serial":"A"}),
+    )));
     // The same database, now with a plugins folder without the device plugin.
     let partial = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -112,9 +138,15 @@ fn a_model_whose_plugin_is_missing_is_accepted_and_waits() {
     };
     let out = without.ingest(&line("device", "bms", "D-2", json!({"serial":"B"})));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "accepted 1, duplicates 0, refused 0");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "accepted 1, duplicates 0, refused 0"
+    );
     without.process();
-    assert!(without.export("canonical", "device").is_empty(), "waits for its plugin");
+    assert!(
+        without.export("canonical", "device").is_empty(),
+        "waits for its plugin"
+    );
     assert!(without.parked().is_empty(), "waiting is not parking");
     host.process();
     assert_eq!(host.export("canonical", "device").len(), 2);
@@ -128,7 +160,8 @@ fn a_database_that_cannot_be_opened_is_one_clear_line() {
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with("error: cannot open the database postgres://postgres@127.0.0.1:1/nothing"),
+        stderr
+            .starts_with("error: cannot open the database postgres://postgres@127.0.0.1:1/nothing"),
         "{stderr}"
     );
 }

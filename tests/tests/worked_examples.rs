@@ -4,21 +4,41 @@ use flowhost_tests::{Host, Scratch, line, text};
 use serde_json::{Value, json};
 
 fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "failed: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
 fn by_id<'a>(items: &'a [Value], id: &Value) -> &'a Value {
-    items.iter().find(|v| v["id"] == *id).expect("reference exported")
+    items
+        .iter()
+        .find(|v| v["id"] == *id)
+        .expect("reference exported")
 }
 
 #[test]
 fn merge_two_sources_into_one_device_with_lineage() {
     for db in Scratch::both() {
         let host = Host::new(&db.url);
-        let input = line("device", "bms", "D-1", json!({"serial":"sn-001","name":"Chiller 1"}))
-            + &line("device", "oem", "X-9", json!({"serial":"SN-001 ","firmware":"1.2"}));
-        assert_eq!(ok(&host.ingest(&input)).trim(), "accepted 2, duplicates 0, refused 0");
+        let input = line(
+            "device",
+            "bms",
+            "D-1",
+            json!({"serial":"sn-001","name":"Chiller 1"}),
+        ) + &line(
+            "device",
+            "oem",
+            "X-9",
+            json!({"serial":"SN-001 ","firmware":"1.2"}),
+        );
+        assert_eq!(
+            ok(&host.ingest(&input)).trim(),
+            "accepted 2, duplicates 0, refused 0"
+        );
         host.process();
         let canonical = host.export("canonical", "device");
         assert_eq!(canonical.len(), 1, "{}: one device", db.backend);
@@ -56,7 +76,11 @@ fn a_record_whose_keys_belong_to_two_devices_parks_as_a_collision() {
         assert_eq!(parked[0]["reason"], "KEY_COLLISION");
         assert_eq!(parked[0]["id"], "C");
         assert_eq!(parked[0]["attempts"], 1);
-        assert_eq!(host.export("canonical", "device"), before, "A and B unchanged");
+        assert_eq!(
+            host.export("canonical", "device"),
+            before,
+            "A and B unchanged"
+        );
     }
 }
 
@@ -64,7 +88,12 @@ fn a_record_whose_keys_belong_to_two_devices_parks_as_a_collision() {
 fn no_keys_parks_then_joins_through_its_source_key() {
     for db in Scratch::both() {
         let host = Host::new(&db.url);
-        ok(&host.ingest(&line("device", "bms", "D-3", json!({"name":"no serial yet"}))));
+        ok(&host.ingest(&line(
+            "device",
+            "bms",
+            "D-3",
+            json!({"name":"no serial yet"}),
+        )));
         host.process();
         let parked = host.parked();
         assert_eq!(parked.len(), 1);
@@ -73,7 +102,11 @@ fn no_keys_parks_then_joins_through_its_source_key() {
 
         ok(&host.ingest(&line("device", "bms", "D-3", json!({"serial":"Z-3"}))));
         host.process();
-        assert!(host.parked().is_empty(), "{}: the parked record healed", db.backend);
+        assert!(
+            host.parked().is_empty(),
+            "{}: the parked record healed",
+            db.backend
+        );
         let canonical = host.export("canonical", "device");
         assert_eq!(canonical.len(), 1);
         assert_eq!(
@@ -85,9 +118,16 @@ fn no_keys_parks_then_joins_through_its_source_key() {
         ok(&host.ingest(&line("device", "bms", "D-3", json!({"name":"renamed"}))));
         host.process();
         let after = host.export("canonical", "device");
-        assert_eq!(after.len(), 1, "joined the same reference through its source key");
+        assert_eq!(
+            after.len(),
+            1,
+            "joined the same reference through its source key"
+        );
         assert_eq!(after[0]["id"], canonical[0]["id"]);
-        assert_eq!(after[0]["canonical"]["name"], json!(["no serial yet", "renamed"]));
+        assert_eq!(
+            after[0]["canonical"]["name"],
+            json!(["no serial yet", "renamed"])
+        );
     }
 }
 
@@ -95,12 +135,22 @@ fn no_keys_parks_then_joins_through_its_source_key() {
 fn a_sensor_before_its_device_heals_without_a_manual_step() {
     for db in Scratch::both() {
         let host = Host::new(&db.url);
-        ok(&host.ingest(&line("sensor", "bms", "S-1", json!({"code":"T1","device_id":"D-7","unit":"C"}))));
+        ok(&host.ingest(&line(
+            "sensor",
+            "bms",
+            "S-1",
+            json!({"code":"T1","device_id":"D-7","unit":"C"}),
+        )));
         host.process();
         let parked = host.parked();
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0]["reason"], "PARENT_NOT_FOUND");
-        assert!(parked[0]["details"].as_str().unwrap().contains("src:bms:D-7"));
+        assert!(
+            parked[0]["details"]
+                .as_str()
+                .unwrap()
+                .contains("src:bms:D-7")
+        );
 
         ok(&host.ingest(&line("device", "bms", "D-7", json!({"serial":"SN-7"}))));
         host.process();
@@ -108,7 +158,10 @@ fn a_sensor_before_its_device_heals_without_a_manual_step() {
         let device = host.export("canonical", "device");
         let sensor = host.export("root", "sensor");
         assert_eq!(sensor.len(), 1);
-        assert_eq!(sensor[0]["root"], json!({"code":"T1","device_id":"D-7","unit":"C"}));
+        assert_eq!(
+            sensor[0]["root"],
+            json!({"code":"T1","device_id":"D-7","unit":"C"})
+        );
         assert_eq!(sensor[0]["parents"], json!({"device": device[0]["id"]}));
     }
 }
@@ -118,9 +171,19 @@ fn healing_reaches_through_every_level() {
     for db in Scratch::both() {
         let host = Host::new(&db.url);
         // A reading waits for a sensor that waits for a device.
-        ok(&host.ingest(&line("reading", "bms", "R-1", json!({"sensor_id":"S-1","value":21.5}))));
+        ok(&host.ingest(&line(
+            "reading",
+            "bms",
+            "R-1",
+            json!({"sensor_id":"S-1","value":21.5}),
+        )));
         host.process();
-        ok(&host.ingest(&line("sensor", "bms", "S-1", json!({"code":"T1","device_id":"D-1"}))));
+        ok(&host.ingest(&line(
+            "sensor",
+            "bms",
+            "S-1",
+            json!({"code":"T1","device_id":"D-1"}),
+        )));
         host.process();
         assert_eq!(host.parked().len(), 2);
         ok(&host.ingest(&line("device", "bms", "D-1", json!({"serial":"SN-1"}))));
@@ -128,7 +191,10 @@ fn healing_reaches_through_every_level() {
         assert!(host.parked().is_empty(), "{}", db.backend);
         let values = host.export("values", "reading");
         assert_eq!(values.len(), 1);
-        assert_eq!(values[0]["parent"]["id"], host.export("canonical", "sensor")[0]["id"]);
+        assert_eq!(
+            values[0]["parent"]["id"],
+            host.export("canonical", "sensor")[0]["id"]
+        );
     }
 }
 
@@ -136,18 +202,41 @@ fn healing_reaches_through_every_level() {
 fn resending_a_file_changes_nothing() {
     for db in Scratch::both() {
         let host = Host::new(&db.url);
-        let input = line("device", "bms", "D-1", json!({"serial":"sn-001","name":"Chiller 1"}))
-            + &line("device", "oem", "X-9", json!({"serial":"SN-001 ","firmware":"1.2"}))
-            + &line("sensor", "bms", "S-1", json!({"code":"T1","device_id":"D-1"}))
-            + &line("reading", "bms", "R-1", json!({"sensor_id":"S-1","value":1}));
-        assert_eq!(ok(&host.ingest(&input)).trim(), "accepted 4, duplicates 0, refused 0");
+        let input = line(
+            "device",
+            "bms",
+            "D-1",
+            json!({"serial":"sn-001","name":"Chiller 1"}),
+        ) + &line(
+            "device",
+            "oem",
+            "X-9",
+            json!({"serial":"SN-001 ","firmware":"1.2"}),
+        ) + &line(
+            "sensor",
+            "bms",
+            "S-1",
+            json!({"code":"T1","device_id":"D-1"}),
+        ) + &line(
+            "reading",
+            "bms",
+            "R-1",
+            json!({"sensor_id":"S-1","value":1}),
+        );
+        assert_eq!(
+            ok(&host.ingest(&input)).trim(),
+            "accepted 4, duplicates 0, refused 0"
+        );
         host.process();
         let views: Vec<Vec<Value>> = ["canonical", "root", "lineage"]
             .iter()
             .flat_map(|v| ["device", "sensor"].map(|m| host.export(v, m)))
             .collect();
         let values = host.export("values", "reading");
-        assert_eq!(ok(&host.ingest(&input)).trim(), "accepted 0, duplicates 4, refused 0");
+        assert_eq!(
+            ok(&host.ingest(&input)).trim(),
+            "accepted 0, duplicates 4, refused 0"
+        );
         host.process();
         let again: Vec<Vec<Value>> = ["canonical", "root", "lineage"]
             .iter()
@@ -164,10 +253,30 @@ fn readings_from_two_systems_hang_under_the_one_sensor() {
         let host = Host::new(&db.url);
         let input = line("device", "bms", "D-1", json!({"serial":"SN-1"}))
             + &line("device", "oem", "X-1", json!({"serial":"sn-1"}))
-            + &line("sensor", "bms", "S-1", json!({"code":"T1","device_id":"D-1"}))
-            + &line("sensor", "oem", "T-1", json!({"code":"t1 ","device_id":"X-1"}))
-            + &line("reading", "bms", "R-1", json!({"sensor_id":"S-1","value":21.5}))
-            + &line("reading", "oem", "R-9", json!({"sensor_id":"T-1","value":21.7}));
+            + &line(
+                "sensor",
+                "bms",
+                "S-1",
+                json!({"code":"T1","device_id":"D-1"}),
+            )
+            + &line(
+                "sensor",
+                "oem",
+                "T-1",
+                json!({"code":"t1 ","device_id":"X-1"}),
+            )
+            + &line(
+                "reading",
+                "bms",
+                "R-1",
+                json!({"sensor_id":"S-1","value":21.5}),
+            )
+            + &line(
+                "reading",
+                "oem",
+                "R-9",
+                json!({"sensor_id":"T-1","value":21.7}),
+            );
         ok(&host.ingest(&input));
         host.process();
         let sensors = host.export("canonical", "sensor");
@@ -175,10 +284,19 @@ fn readings_from_two_systems_hang_under_the_one_sensor() {
         let values = host.export("values", "reading");
         assert_eq!(values.len(), 2);
         for v in &values {
-            assert_eq!(v["parent"], json!({"model":"sensor","id": sensors[0]["id"]}));
+            assert_eq!(
+                v["parent"],
+                json!({"model":"sensor","id": sensors[0]["id"]})
+            );
         }
-        assert_eq!(values[0]["source"], json!({"system":"bms","adapter":"bms-v1"}));
-        assert_eq!(values[0]["payload"], json!({"sensor_id":"S-1","value":21.5}));
+        assert_eq!(
+            values[0]["source"],
+            json!({"system":"bms","adapter":"bms-v1"})
+        );
+        assert_eq!(
+            values[0]["payload"],
+            json!({"sensor_id":"S-1","value":21.5})
+        );
         let sensor = by_id(&host.export("root", "sensor"), &sensors[0]["id"]).clone();
         assert_eq!(
             sensor["parents"]["device"],
@@ -197,14 +315,23 @@ fn parked_records_can_be_filtered_and_requeued() {
     ));
     host.process();
     let table = ok(&host.run(&["parked"]));
-    assert!(table.contains("REJECTED") && table.contains("BAD_SERIAL"), "{table}");
+    assert!(
+        table.contains("REJECTED") && table.contains("BAD_SERIAL"),
+        "{table}"
+    );
     assert!(table.contains("2 parked"), "{table}");
     let out = ok(&host.run(&["parked", "--reason", "rejected", "--json"]));
     assert_eq!(out.lines().count(), 1);
-    assert_eq!(ok(&host.run(&["parked", "requeue", "--reason", "REJECTED"])).trim(), "requeued 1");
+    assert_eq!(
+        ok(&host.run(&["parked", "requeue", "--reason", "REJECTED"])).trim(),
+        "requeued 1"
+    );
     host.process();
     let parked = host.parked();
-    let rejected: Vec<&Value> = parked.iter().filter(|p| p["reason"] == "REJECTED").collect();
+    let rejected: Vec<&Value> = parked
+        .iter()
+        .filter(|p| p["reason"] == "REJECTED")
+        .collect();
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0]["attempts"], 2, "attempts count up");
     let bad = host.run(&["parked", "--reason", "LOST"]);

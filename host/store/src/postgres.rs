@@ -27,7 +27,7 @@ impl PgStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await
             .map_err(|source| StoreError::Open {
