@@ -25,6 +25,12 @@
 pub mod projection;
 mod types;
 
+// Plugins parse JSON and so allocate a great deal; talc is much faster than the default
+// wasm allocator (dlmalloc). See BENCHMARKS.md for the measured difference.
+#[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[doc(hidden)]
 pub mod glue;
 

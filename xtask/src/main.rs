@@ -127,6 +127,10 @@ fn demo(root: &Path, extra: &[String]) -> Result<()> {
     let demo = root.join("demo");
     let live = demo.join("plugins");
     std::fs::create_dir_all(&live)?;
+    // Each demo starts from an empty database, so its numbers mean something.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(demo.join(format!("flowhost.db{suffix}")));
+    }
     for (_, model) in PLUGINS {
         copy_if_changed(
             &plugins.join(format!("{model}.wasm")),

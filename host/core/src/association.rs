@@ -89,13 +89,13 @@ pub fn decide(
         associations.len(),
         "one association per record"
     );
-    let mut claimed: HashMap<String, String> = HashMap::new();
+    let mut known = Owners {
+        looked_up: owners,
+        claimed: HashMap::new(),
+    };
     let mut decision = Decision::default();
 
     for (index, (record, association)) in records.iter().zip(associations).enumerate() {
-        let owner_of = |key: &str, claimed: &HashMap<String, String>| -> Option<String> {
-            claimed.get(key).or_else(|| owners.get(key)).cloned()
-        };
         let outcome = match association {
             Association::Rejected { code, message } => Outcome::Parked {
                 reason: ParkReason::Rejected,
@@ -109,7 +109,7 @@ pub fn decide(
                 for parent in parents {
                     let found = parent_owners.get(parent).cloned().or_else(|| {
                         (parent.model == model)
-                            .then(|| claimed.get(&parent.key).cloned())
+                            .then(|| known.claimed.get(&parent.key).cloned())
                             .flatten()
                     });
                     match found {
@@ -142,13 +142,11 @@ pub fn decide(
                 } else {
                     decide_entity(
                         model,
-                        index,
-                        record,
+                        (index, record),
                         keys,
                         links,
-                        &mut claimed,
+                        &mut known,
                         &mut decision.claims,
-                        &owner_of,
                         mint,
                     )
                 }
@@ -159,16 +157,29 @@ pub fn decide(
     decision
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The owners known while deciding a batch: those looked up, and the claims made earlier in
+/// the same batch.
+struct Owners<'a> {
+    looked_up: &'a HashMap<String, String>,
+    claimed: HashMap<String, String>,
+}
+
+impl Owners<'_> {
+    fn owner(&self, key: &str) -> Option<String> {
+        self.claimed
+            .get(key)
+            .or_else(|| self.looked_up.get(key))
+            .cloned()
+    }
+}
+
 fn decide_entity(
     model: &str,
-    index: usize,
-    record: &Record,
+    (index, record): (usize, &Record),
     keys: &[String],
     parents: Vec<ParentLink>,
-    claimed: &mut HashMap<String, String>,
+    known: &mut Owners<'_>,
     claims: &mut Vec<Claim>,
-    owner_of: &dyn Fn(&str, &HashMap<String, String>) -> Option<String>,
     mint: &mut dyn FnMut() -> String,
 ) -> Outcome {
     let source_key = record.source_key();
@@ -180,7 +191,7 @@ fn decide_entity(
     }
     let mut owners: Vec<String> = Vec::new();
     for key in &all_keys {
-        if let Some(owner) = owner_of(key, claimed)
+        if let Some(owner) = known.owner(key)
             && !owners.contains(&owner)
         {
             owners.push(owner);
@@ -214,8 +225,8 @@ fn decide_entity(
         }
     };
     for key in all_keys {
-        if owner_of(key, claimed).is_none() {
-            claimed.insert(key.to_string(), reference.clone());
+        if known.owner(key).is_none() {
+            known.claimed.insert(key.to_string(), reference.clone());
             claims.push(Claim {
                 record: index,
                 key: key.to_string(),

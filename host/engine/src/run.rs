@@ -242,7 +242,7 @@ impl Engine {
     /// plugin appears later, until `cancel` fires; in-flight batches finish first.
     pub async fn serve(&self, cancel: CancellationToken) -> Result<RunReport, EngineError> {
         let started = Instant::now();
-        let mut set: JoinSet<(Stage, Result<(StageReport, u64), EngineError>)> = JoinSet::new();
+        let mut set: JoinSet<(Stage, StageReport, u64)> = JoinSet::new();
         let mut running: HashSet<String> = HashSet::new();
         let mut report = RunReport::default();
         let poll = self.inner.config.idle_poll;
@@ -277,7 +277,7 @@ impl Engine {
                                 }
                             }
                         }
-                        (worker.stage, Ok((stage, healed)))
+                        (worker.stage, stage, healed)
                     });
                 }
             }
@@ -287,7 +287,7 @@ impl Engine {
             }
         }
         while let Some(joined) = set.join_next().await {
-            if let Ok((stage, Ok((r, healed)))) = joined {
+            if let Ok((stage, r, healed)) = joined {
                 report.healed += healed;
                 match stage {
                     Stage::Associate => report.associate.add(r),

@@ -28,10 +28,25 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Bulk writes and lookups of the store vs the per-row path, in one run. Uses a fresh
+    /// SQLite file unless `--db postgres://…` is given (it then writes rows of its own
+    /// `bench-…` models into that database).
+    Store {
+        /// Records to write in bulk.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Records written one per transaction (the per-row path, extrapolated).
+        #[arg(long, default_value_t = 2_000)]
+        per_row: usize,
+    },
 }
 
-pub fn run(cmd: BenchCommand, _db: &str, _plugins: &std::path::Path) -> Result<ExitCode> {
+pub fn run(cmd: BenchCommand, db: &str, _plugins: &std::path::Path) -> Result<ExitCode> {
     match cmd {
+        BenchCommand::Store { records, per_row } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(store_bench(db, records, per_row)),
         BenchCommand::Plugin {
             wasm,
             records,
@@ -108,7 +123,7 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-fn plugin(wasm: &PathBuf, n: usize, batch: usize, as_json: bool) -> Result<ExitCode> {
+fn plugin(wasm: &std::path::Path, n: usize, batch: usize, as_json: bool) -> Result<ExitCode> {
     if !wasm.exists() {
         bail!(
             "{}: not found — build the plugins first (cargo xtask build-plugins)",
@@ -215,4 +230,172 @@ fn plugin(wasm: &PathBuf, n: usize, batch: usize, as_json: bool) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Intake records of a model unique to this run.
+fn intake_records(
+    model: &str,
+    n: usize,
+    offset: usize,
+) -> Vec<flowhost_core::intake::IntakeRecord> {
+    let now = chrono::Utc::now();
+    (offset..offset + n)
+        .map(|i| {
+            let line = json!({"model": model, "source": {"system": "bench", "adapter": "bench-v1"},
+                "id": format!("B-{i}"), "occurred_at": "2026-03-01T10:00:00Z",
+                "payload": {"serial": format!("sn-{i:07}"), "name": format!("Chiller {i}"), "site": "Roof"}})
+            .to_string();
+            flowhost_core::intake::parse_line(line.as_bytes(), now).expect("generated line")
+        })
+        .collect()
+}
+
+async fn store_bench(db: &str, records: usize, per_row: usize) -> Result<ExitCode> {
+    use flowhost_store::{AssociationOutcome, Lease, Stage, Store};
+    let scratch = tempfile_dir()?;
+    let url = if db.starts_with("postgres") {
+        db.to_string()
+    } else {
+        format!("sqlite://{}", scratch.join("bench.db").display())
+    };
+    let store = Store::open(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = format!("bench-{}", std::process::id());
+    println!(
+        "store benchmark on {} ({}), {records} records in bulk, {per_row} one per transaction",
+        store.backend(),
+        url
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>10} {:>14}",
+        "operation", "bulk rows/s", "per-row rows/s", "ratio", "stmts/1k rows"
+    );
+
+    // Intake: each record is two rows (intake + queue).
+    let bulk = intake_records(&model, records, 0);
+    let before = store.statements();
+    let started = Instant::now();
+    for chunk in bulk.chunks(2_000) {
+        store
+            .append(chunk)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let bulk_time = started.elapsed();
+    let bulk_stmts = store.statements() - before;
+    let single = intake_records(&model, per_row, records);
+    let started = Instant::now();
+    for r in &single {
+        store
+            .append(std::slice::from_ref(r))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let single_time = started.elapsed();
+    let row = |name: &str, rows: usize, t: Duration, rows1: usize, t1: Duration, stmts: u64| {
+        let (a, b) = (rate(rows, t), rate(rows1, t1));
+        println!(
+            "{name:<28} {a:>14.0} {b:>14.0} {:>9.1}x {:>14.1}",
+            a / b,
+            stmts as f64 * 1000.0 / rows as f64
+        );
+    };
+    row(
+        "append intake (+queue)",
+        records * 2,
+        bulk_time,
+        per_row * 2,
+        single_time,
+        bulk_stmts,
+    );
+
+    // Key claims: one commit per 5,000 keys vs one per key.
+    let lease = Lease {
+        stage: Stage::Associate,
+        model: model.clone(),
+        holder: "bench".into(),
+    };
+    store
+        .acquire_lease(&lease, 600_000_000)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let claims: Vec<(String, String)> = (0..records)
+        .map(|i| (format!("serial:{i:07}"), format!("ref-{i}")))
+        .collect();
+    let before = store.statements();
+    let started = Instant::now();
+    for chunk in claims.chunks(5_000) {
+        let outcome = AssociationOutcome {
+            model: model.clone(),
+            claims: chunk.to_vec(),
+            ..Default::default()
+        };
+        store
+            .commit_association(&lease, &outcome)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let bulk_time = started.elapsed();
+    let bulk_stmts = store.statements() - before;
+    let started = Instant::now();
+    for i in 0..per_row {
+        let outcome = AssociationOutcome {
+            model: model.clone(),
+            claims: vec![(format!("single:{i:07}"), format!("ref-s{i}"))],
+            ..Default::default()
+        };
+        store
+            .commit_association(&lease, &outcome)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    row(
+        "claim keys",
+        records,
+        bulk_time,
+        per_row,
+        started.elapsed(),
+        bulk_stmts,
+    );
+
+    // Lookups: 1,000 keys in one call vs one call per key.
+    let keys: Vec<String> = claims.iter().take(1_000).map(|c| c.0.clone()).collect();
+    let before = store.statements();
+    let started = Instant::now();
+    let found = store
+        .lookup_keys(&model, &keys)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bulk_time = started.elapsed();
+    let bulk_stmts = store.statements() - before;
+    let started = Instant::now();
+    for k in &keys {
+        store
+            .lookup_keys(&model, std::slice::from_ref(k))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    row(
+        "look up 1,000 keys",
+        keys.len(),
+        bulk_time,
+        keys.len(),
+        started.elapsed(),
+        bulk_stmts,
+    );
+    println!(
+        "looking up 1,000 keys: {} found with {} statement(s)",
+        found.len(),
+        bulk_stmts
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("flowhost-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

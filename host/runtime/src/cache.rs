@@ -32,10 +32,10 @@ pub fn compile(
     }
     let component =
         Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-    if let Some(path) = &path {
-        if let Err(e) = store(path, &component) {
-            tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
-        }
+    if let Some(path) = &path
+        && let Err(e) = store(path, &component)
+    {
+        tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e}");
     }
     Ok((component, false))
 }

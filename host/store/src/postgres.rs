@@ -112,27 +112,25 @@ impl PgStore {
             let pick = |f: fn(&IntakeRecord) -> String| -> Vec<String> {
                 chunk.iter().map(|&i| f(&records[i])).collect()
             };
+            // One statement: the new intake rows and their queue entries (in intake order).
             self.stats.add(1);
             let rows = sqlx::query(
-                "INSERT INTO intake (model, system, adapter, external_id, occurred_at, \
-                 occurred_micros, payload, payload_hash, received_micros) \
+                "WITH new AS (INSERT INTO intake (model, system, adapter, external_id, \
+                 occurred_at, occurred_micros, payload, payload_hash, received_micros) \
                  SELECT m, s, a, e, o, om, p, h, $9 FROM UNNEST($1::text[], $2::text[], \
                  $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[]) \
                  AS r(m, s, a, e, o, om, p, h) \
                  ON CONFLICT (model, system, external_id, payload_hash) DO NOTHING \
-                 RETURNING seq, model, system, external_id, payload_hash",
+                 RETURNING seq, model, system, external_id, payload_hash), \
+                 queued AS (INSERT INTO queue (model, seq) SELECT model, seq FROM new ORDER BY seq) \
+                 SELECT seq, model, system, external_id, payload_hash FROM new",
             )
             .bind(pick(|r| r.model.clone()))
             .bind(pick(|r| r.source.system.clone()))
             .bind(pick(|r| r.source.adapter.clone()))
             .bind(pick(|r| r.external_id.clone()))
             .bind(pick(|r| r.occurred_at.clone()))
-            .bind(
-                chunk
-                    .iter()
-                    .map(|&i| records[i].occurred_micros)
-                    .collect::<Vec<i64>>(),
-            )
+            .bind(chunk.iter().map(|&i| records[i].occurred_micros).collect::<Vec<i64>>())
             .bind(pick(|r| r.payload.clone()))
             .bind(pick(|r| r.payload_hash.clone()))
             .bind(now)
@@ -140,7 +138,6 @@ impl PgStore {
             .await
             .map_err(query_error(op, model))?;
             let index = crate::sqlite::identity_index(records, chunk);
-            let mut queued: Vec<(i64, String)> = Vec::with_capacity(rows.len());
             for row in rows {
                 let key: (String, String, String, String) = (
                     row.get("model"),
@@ -148,24 +145,10 @@ impl PgStore {
                     row.get("external_id"),
                     row.get("payload_hash"),
                 );
-                let seq: i64 = row.get("seq");
                 if let Some(&i) = index.get(&key) {
-                    answers[i] = Appended::Accepted(seq);
-                    queued.push((seq, records[i].model.clone()));
+                    answers[i] = Appended::Accepted(row.get("seq"));
                 }
             }
-            queued.sort();
-            self.stats.add(1);
-            sqlx::query(
-                "INSERT INTO queue (model, seq) \
-                 SELECT m, s FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS q(m, s, n) \
-                 ORDER BY n",
-            )
-            .bind(strings(&queued, |q| q.1.clone()))
-            .bind(queued.iter().map(|q| q.0).collect::<Vec<i64>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
         }
         self.commit(tx, op, model).await?;
         Ok(answers)

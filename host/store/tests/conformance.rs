@@ -304,7 +304,10 @@ async fn association_commits_everything_and_heals() {
                 .unwrap()
                 .is_empty()
         );
-        let parents = s.lookup_parents(&[awaited.clone()]).await.unwrap();
+        let parents = s
+            .lookup_parents(std::slice::from_ref(&awaited))
+            .await
+            .unwrap();
         assert_eq!(parents[&awaited], "ref-d7");
     })
     .await;
