@@ -18,6 +18,12 @@ const PLUGINS: &[(&str, &str)] = &[
     ("plugin-reading", "reading"),
 ];
 
+/// Test fixtures (misbehaving plugins), placed at `target/plugins/fixtures/<name>.wasm`.
+const FIXTURES: &[(&str, &str)] = &[
+    ("fixture-faulty", "faulty"),
+    ("fixture-broken-describe", "broken-describe"),
+];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
@@ -86,7 +92,7 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
     ensure_wasm_target()?;
     let mut cmd = cargo();
     cmd.args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"]);
-    for (krate, _) in PLUGINS {
+    for (krate, _) in PLUGINS.iter().chain(FIXTURES) {
         cmd.args(["-p", krate]);
     }
     run(&mut cmd)?;
@@ -97,6 +103,12 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
     for (krate, model) in PLUGINS {
         let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
         copy_if_changed(&from, &out.join(format!("{model}.wasm")))?;
+    }
+    let fixtures = out.join("fixtures");
+    std::fs::create_dir_all(&fixtures)?;
+    for (krate, name) in FIXTURES {
+        let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
+        copy_if_changed(&from, &fixtures.join(format!("{name}.wasm")))?;
     }
     eprintln!("plugins in {}", out.display());
     Ok(out)

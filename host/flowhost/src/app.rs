@@ -4,7 +4,15 @@ use anyhow::{Context, Result};
 use flowhost_engine::{Engine, EngineConfig, PluginSet};
 use flowhost_runtime::{Runtime, RuntimeConfig};
 use flowhost_store::{ModelInfo, Store};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What every command that touches data is given: the database, the plugins folder, and
+/// the plugins' limits.
+pub struct Env {
+    pub db: String,
+    pub plugins: PathBuf,
+    pub limits: RuntimeConfig,
+}
 
 /// Opens the database, with the URL in the error.
 pub async fn open_store(url: &str) -> Result<Store> {
@@ -13,8 +21,8 @@ pub async fn open_store(url: &str) -> Result<Store> {
 
 /// Loads every `*.wasm` of the folder. A file that fails is reported (one line naming it)
 /// and skipped: one broken plugin does not stop the others.
-pub fn load_plugins(dir: &Path) -> Result<PluginSet> {
-    let runtime = Runtime::new(RuntimeConfig::default())?;
+pub fn load_plugins(dir: &Path, limits: &RuntimeConfig) -> Result<PluginSet> {
+    let runtime = Runtime::new(limits.clone())?;
     let set = PluginSet::new();
     if !dir.exists() {
         tracing::warn!("plugins folder {} does not exist", dir.display());
@@ -65,9 +73,9 @@ pub async fn register(store: &Store, plugins: &PluginSet) -> Result<()> {
 }
 
 /// Store, plugins and engine, ready to run.
-pub async fn engine(db: &str, plugins_dir: &Path, config: EngineConfig) -> Result<Engine> {
-    let store = open_store(db).await?;
-    let plugins = load_plugins(plugins_dir)?;
+pub async fn engine(env: &Env, config: EngineConfig) -> Result<Engine> {
+    let store = open_store(&env.db).await?;
+    let plugins = load_plugins(&env.plugins, &env.limits)?;
     register(&store, &plugins).await?;
     Ok(Engine::new(store, plugins, config))
 }

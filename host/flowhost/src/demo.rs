@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Instant;
 
-pub async fn run(db: &str, plugins: &std::path::Path, records: u64) -> Result<ExitCode> {
-    let engine = app::engine(db, plugins, EngineConfig::default()).await?;
+pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
+    let (db, plugins) = (env.db.as_str(), env.plugins.as_path());
+    let engine = app::engine(env, EngineConfig::default()).await?;
     let models = engine.plugins().models();
     println!("flowhost demo on {db}");
     println!("plugins folder {}:", plugins.display());

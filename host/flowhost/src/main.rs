@@ -40,6 +40,22 @@ struct Cli {
         default_value = "./plugins"
     )]
     plugins: PathBuf,
+    /// The longest one plugin call may run, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWHOST_PLUGIN_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    plugin_timeout_ms: u64,
+    /// The most memory one plugin instance may use, in MiB.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWHOST_PLUGIN_MEMORY_MB",
+        default_value_t = 512
+    )]
+    plugin_memory_mb: usize,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flowhost=debug`.
     #[arg(long, global = true, env = "FLOWHOST_LOG", default_value = "warn")]
     log: String,
@@ -152,22 +168,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugins(cmd) => plugins_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd, &cli.db, &cli.plugins),
         command => {
+            let limits = flowhost_runtime::RuntimeConfig {
+                call_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms.max(1)),
+                memory_limit: cli.plugin_memory_mb.max(1) << 20,
+                ..flowhost_runtime::RuntimeConfig::default()
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(run_async(command, &cli.db, &cli.plugins))
+            let env = app::Env {
+                db: cli.db,
+                plugins: cli.plugins,
+                limits,
+            };
+            runtime.block_on(run_async(command, &env))
         }
     }
 }
 
-async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
+async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
+    let db = env.db.as_str();
     match command {
         Command::Ingest {
             input,
             max_line_bytes,
         } => {
             let store = app::open_store(db).await?;
-            let loaded = app::load_plugins(plugins)?;
+            let loaded = app::load_plugins(&env.plugins, &env.limits)?;
             app::register(&store, &loaded).await?;
             let known: BTreeSet<String> = store
                 .models()
@@ -200,7 +227,7 @@ async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Res
                 config.associate = flowhost_core::batch::BatchConfig::fixed(size);
                 config.project = flowhost_core::batch::BatchConfig::fixed(size);
             }
-            let engine = app::engine(db, plugins, config).await?;
+            let engine = app::engine(env, config).await?;
             let spinner = if std::io::stderr().is_terminal() {
                 let s = indicatif::ProgressBar::new_spinner().with_message("processing");
                 s.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -262,7 +289,7 @@ async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Res
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let engine = app::engine(db, plugins, EngineConfig::default()).await?;
+            let engine = app::engine(env, EngineConfig::default()).await?;
             let cancel = CancellationToken::new();
             let signal = cancel.clone();
             tokio::spawn(async move {
@@ -286,7 +313,7 @@ async fn run_async(command: Command, db: &str, plugins: &std::path::Path) -> Res
             engine.store().close().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { records } => demo::run(db, plugins, records).await,
+        Command::Demo { records } => demo::run(env, records).await,
         Command::Generate { records } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

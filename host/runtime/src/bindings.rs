@@ -2,6 +2,7 @@
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
@@ -18,18 +19,24 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// The guest's stderr (where a Rust guest writes its panic message), kept small.
+    stderr: MemoryOutputPipe,
 }
 
 impl HostState {
     pub fn new(model: &str, memory_limit: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(4096);
         Self {
             model: model.to_string(),
-            // Nothing inherited: the guest sees no files, no env, no sockets.
+            // Nothing inherited: the guest sees no files, no env, no sockets; its stderr is
+            // captured so that a failure can say what the guest said.
             wasi: WasiCtx::builder()
                 .allow_ip_name_lookup(false)
                 .allow_tcp(false)
                 .allow_udp(false)
+                .stderr(stderr.clone())
                 .build(),
+            stderr,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_limit)
@@ -40,6 +47,11 @@ impl HostState {
 
     pub fn limits(&mut self) -> &mut StoreLimits {
         &mut self.limits
+    }
+
+    /// What the guest wrote to stderr during this call.
+    pub fn guest_stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
     }
 }
 

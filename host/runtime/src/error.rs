@@ -56,21 +56,43 @@ pub enum CallError {
 }
 
 impl CallError {
-    pub(crate) fn from_wasm(e: wasmtime::Error) -> Self {
+    /// Builds the error of a failed call from wasmtime's error and what the guest wrote to
+    /// stderr (a Rust guest's panic message). The wasm backtrace goes to the debug log only.
+    pub(crate) fn from_wasm(e: wasmtime::Error, guest_stderr: &str) -> Self {
         if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
             && *trap == wasmtime::Trap::Interrupt
         {
             return CallError::Timeout;
         }
-        // The root cause is the trap; the context carries the guest backtrace.
-        let mut message = format!("{e:#}");
-        if message.len() > 2000 {
-            let mut cut = 2000;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        CallError::Trap(message.replace('\n', " "))
+        tracing::debug!("plugin call failed: {e:?}");
+        let cause = e.root_cause().to_string();
+        let said = one_line(guest_stderr, 600);
+        CallError::Trap(if said.is_empty() {
+            cause
+        } else {
+            format!("{said} ({cause})")
+        })
     }
+}
+
+/// The last `max` bytes of `text` on one line.
+fn one_line(text: &str, max: usize) -> String {
+    // A Rust guest's advice to set RUST_BACKTRACE does not apply here.
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let flat: String = kept
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if flat.len() <= max {
+        return flat;
+    }
+    let mut start = flat.len() - max;
+    while !flat.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &flat[start..])
 }

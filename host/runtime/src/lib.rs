@@ -269,14 +269,11 @@ impl Plugin {
 
     fn call_describe(&self) -> Result<Description, CallError> {
         let mut store = self.store();
-        let instance = self
+        let d = self
             .pre
             .instantiate(&mut store)
-            .map_err(CallError::from_wasm)?;
-        let d = instance
-            .flowhost_plugin_model()
-            .call_describe(&mut store)
-            .map_err(CallError::from_wasm)?;
+            .and_then(|i| i.flowhost_plugin_model().call_describe(&mut store))
+            .map_err(|e| CallError::from_wasm(e, &store.data().guest_stderr()))?;
         Ok(convert::description(d))
     }
 
@@ -284,14 +281,11 @@ impl Plugin {
     pub fn associate(&self, records: &[Record]) -> Result<Vec<Association>, CallError> {
         let input: Vec<_> = records.iter().map(convert::input_record).collect();
         let mut store = self.store();
-        let instance = self
+        let out = self
             .pre
             .instantiate(&mut store)
-            .map_err(CallError::from_wasm)?;
-        let out = instance
-            .flowhost_plugin_model()
-            .call_associate(&mut store, &input)
-            .map_err(CallError::from_wasm)?;
+            .and_then(|i| i.flowhost_plugin_model().call_associate(&mut store, &input))
+            .map_err(|e| CallError::from_wasm(e, &store.data().guest_stderr()))?;
         if out.len() != records.len() {
             return Err(CallError::WrongLength {
                 function: "associate",
@@ -306,14 +300,11 @@ impl Plugin {
     pub fn project(&self, groups: &[Group]) -> Result<Vec<Projection>, CallError> {
         let input: Vec<_> = groups.iter().map(convert::group).collect();
         let mut store = self.store();
-        let instance = self
+        let out = self
             .pre
             .instantiate(&mut store)
-            .map_err(CallError::from_wasm)?;
-        let out = instance
-            .flowhost_plugin_model()
-            .call_project(&mut store, &input)
-            .map_err(CallError::from_wasm)?;
+            .and_then(|i| i.flowhost_plugin_model().call_project(&mut store, &input))
+            .map_err(|e| CallError::from_wasm(e, &store.data().guest_stderr()))?;
         if out.len() != groups.len() {
             return Err(CallError::WrongLength {
                 function: "project",
