@@ -211,6 +211,11 @@ impl Host {
 
     /// Ingests NDJSON text through standard input.
     pub fn ingest(&self, ndjson: &str) -> Output {
+        self.ingest_bytes(ndjson.as_bytes())
+    }
+
+    /// Ingests raw bytes (which may be invalid UTF-8) through standard input.
+    pub fn ingest_bytes(&self, ndjson: &[u8]) -> Output {
         use std::io::Write;
         let mut child = self
             .command()
@@ -224,7 +229,7 @@ impl Host {
             .stdin
             .take()
             .expect("stdin")
-            .write_all(ndjson.as_bytes())
+            .write_all(ndjson)
             .expect("write stdin");
         child.wait_with_output().expect("ingest output")
     }

@@ -32,19 +32,7 @@ fn every_kind_of_bad_line_is_named_and_good_lines_are_kept() {
         "accepted 2, duplicates 0, refused 8"
     );
     // The same input as raw bytes (the text above replaced the invalid UTF-8).
-    let raw = {
-        use std::io::Write;
-        let mut child = host
-            .command()
-            .args(["ingest", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let raw = host.ingest_bytes(&input);
     assert!(
         !raw.status.success(),
         "refused lines make the exit non-zero"

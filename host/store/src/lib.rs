@@ -9,6 +9,7 @@
 //! The store counts the statements it executes ([`Store::statements`]) so that benchmarks
 //! and metrics can report statements per record.
 
+mod common;
 mod error;
 mod postgres;
 mod rows;

@@ -5,8 +5,10 @@
 use crate::error::query_error;
 use crate::rows::{self, RECORD_COLUMNS, now_micros};
 use crate::*;
+
+crate::common::impl_shared!(PgStore, Postgres);
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 
 /// Rows per bulk statement: bounds memory per statement, not parameters.
 const ROWS_PER_STATEMENT: usize = 10_000;
@@ -81,23 +83,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
-        self.stats.add(1);
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT name, kind, plugin_version FROM models ORDER BY name")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("list models", "*"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, kind, plugin_version)| ModelInfo {
-                name,
-                kind,
-                plugin_version,
-            })
-            .collect())
-    }
-
     pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
         let mut answers = vec![Appended::Duplicate; records.len()];
         let fresh = crate::sqlite::first_of_each(records);
@@ -154,100 +139,6 @@ impl PgStore {
         Ok(answers)
     }
 
-    pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
-        let now = now_micros();
-        self.stats.add(1);
-        let done = sqlx::query(
-            "INSERT INTO leases (stage, model, holder, expires_micros) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (stage, model) DO UPDATE SET holder = excluded.holder, \
-             expires_micros = excluded.expires_micros \
-             WHERE leases.holder = excluded.holder OR leases.expires_micros < $5",
-        )
-        .bind(lease.stage.as_str())
-        .bind(&lease.model)
-        .bind(&lease.holder)
-        .bind(now + ttl_micros)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("acquire lease", &lease.model))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    pub async fn lease_holder(
-        &self,
-        stage: Stage,
-        model: &str,
-    ) -> Result<Option<String>, StoreError> {
-        self.stats.add(1);
-        sqlx::query_scalar("SELECT holder FROM leases WHERE stage = $1 AND model = $2")
-            .bind(stage.as_str())
-            .bind(model)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("read lease", model))
-    }
-
-    pub async fn take_over_lease(
-        &self,
-        lease: &Lease,
-        from: &str,
-        ttl_micros: i64,
-    ) -> Result<bool, StoreError> {
-        self.stats.add(1);
-        let done = sqlx::query(
-            "UPDATE leases SET holder = $1, expires_micros = $2 \
-             WHERE stage = $3 AND model = $4 AND holder = $5",
-        )
-        .bind(&lease.holder)
-        .bind(now_micros() + ttl_micros)
-        .bind(lease.stage.as_str())
-        .bind(&lease.model)
-        .bind(from)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("take over lease", &lease.model))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.stats.add(1);
-        sqlx::query("DELETE FROM leases WHERE stage = $1 AND model = $2 AND holder = $3")
-            .bind(lease.stage.as_str())
-            .bind(&lease.model)
-            .bind(&lease.holder)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("release lease", &lease.model))?;
-        Ok(())
-    }
-
-    pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
-        self.stats.add(1);
-        let sql = format!(
-            "SELECT q.pos, q.attempts, q.first_parked_micros, {RECORD_COLUMNS} \
-             FROM queue q JOIN intake i ON i.seq = q.seq \
-             WHERE q.model = $1 ORDER BY q.pos LIMIT $2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(model)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("read pending", model))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Pending {
-                    pos: r.try_get("pos")?,
-                    attempts: r.try_get("attempts")?,
-                    first_parked_micros: r.try_get("first_parked_micros")?,
-                    record: rows::record(r)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error("read pending", model))
-    }
-
     pub async fn lookup_keys(
         &self,
         model: &str,
@@ -289,28 +180,6 @@ impl PgStore {
             .into_iter()
             .map(|(model, key, reference)| (ParentKey { model, key }, reference))
             .collect())
-    }
-
-    async fn check_lease(&self, tx: &mut Tx, lease: &Lease) -> Result<(), CommitError> {
-        self.stats.add(1);
-        let done = sqlx::query(
-            "UPDATE leases SET expires_micros = GREATEST(expires_micros, $1) \
-             WHERE stage = $2 AND model = $3 AND holder = $4",
-        )
-        .bind(now_micros())
-        .bind(lease.stage.as_str())
-        .bind(&lease.model)
-        .bind(&lease.holder)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_error("check lease", &lease.model))?;
-        if done.rows_affected() != 1 {
-            return Err(CommitError::LeaseLost {
-                stage: lease.stage.as_str(),
-                model: lease.model.clone(),
-            });
-        }
-        Ok(())
     }
 
     pub async fn commit_association(
@@ -591,155 +460,5 @@ impl PgStore {
         }
         self.commit(tx, op, model).await?;
         Ok(())
-    }
-
-    pub async fn views(
-        &self,
-        model: &str,
-        after: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<Vec<ViewRow>, StoreError> {
-        let op = "read views";
-        let (seq, reference) = after
-            .map(|c| (c.first_seq, c.reference.clone()))
-            .unwrap_or((i64::MIN, String::new()));
-        self.stats.add(1);
-        let rows = sqlx::query(
-            "SELECT reference, model, first_seq, canonical, root, lineage, parents, plugin_version \
-             FROM views WHERE model = $1 AND (first_seq, reference) > ($2, $3) \
-             ORDER BY first_seq, reference LIMIT $4",
-        )
-        .bind(model)
-        .bind(seq)
-        .bind(reference)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error(op, model))?;
-        rows.iter()
-            .map(rows::view_row)
-            .collect::<Result<_, _>>()
-            .map_err(query_error(op, model))
-    }
-
-    pub async fn values(
-        &self,
-        model: &str,
-        offset: usize,
-        limit: usize,
-    ) -> Result<Vec<ValueRow>, StoreError> {
-        let op = "read values";
-        self.stats.add(1);
-        let sql = format!(
-            "SELECT k.parents, {RECORD_COLUMNS} FROM keyed k JOIN intake i ON i.seq = k.seq \
-             LEFT JOIN views v ON v.reference = k.parent_ref \
-             WHERE k.model = $1 \
-             ORDER BY COALESCE(v.first_seq, 9223372036854775807), k.parent_ref, \
-             i.occurred_micros, i.seq LIMIT $2 OFFSET $3"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(model)
-            .bind(limit as i64)
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(op, model))?;
-        rows::value_rows(&rows, op, model)
-    }
-
-    pub async fn parked(
-        &self,
-        filter: &ParkedFilter,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<ParkedRow>, StoreError> {
-        let op = "read parked";
-        let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT p.reason, p.details, p.awaited_model, p.awaited_key, p.attempts, \
-             p.first_micros, p.last_micros, {RECORD_COLUMNS} \
-             FROM parked p JOIN intake i ON i.seq = p.seq WHERE p.seq > "
-        ));
-        qb.push_bind(after_seq);
-        push_filter(&mut qb, filter);
-        qb.push(" ORDER BY p.seq LIMIT ").push_bind(limit as i64);
-        self.stats.add(1);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))?;
-        rows.iter()
-            .map(rows::parked_row)
-            .collect::<Result<_, _>>()
-            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))
-    }
-
-    pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
-        let op = "requeue parked";
-        let model = filter.model.as_deref().unwrap_or("*");
-        let mut tx = self.begin(op, model).await?;
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-             SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE 1 = 1",
-        );
-        push_filter(&mut qb, filter);
-        qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
-        self.stats.add(1);
-        let moved = qb
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?
-            .rows_affected();
-        let mut qb = QueryBuilder::<Postgres>::new("DELETE FROM parked AS p WHERE 1 = 1");
-        push_filter(&mut qb, filter);
-        self.stats.add(1);
-        qb.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
-        self.commit(tx, op, model).await?;
-        Ok(moved)
-    }
-
-    pub async fn counts(&self) -> Result<Counts, StoreError> {
-        let err = || query_error("count", "*");
-        self.stats.add(6);
-        let pairs =
-            |sql: &'static str| sqlx::query_as::<_, (String, i64)>(sql).fetch_all(&self.pool);
-        Ok(Counts {
-            intake: sqlx::query_scalar("SELECT COUNT(*) FROM intake")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(err())?,
-            queued: pairs("SELECT model, COUNT(*) FROM queue GROUP BY model ORDER BY model")
-                .await
-                .map_err(err())?,
-            dirty: pairs("SELECT model, COUNT(*) FROM dirty GROUP BY model ORDER BY model")
-                .await
-                .map_err(err())?,
-            references: pairs("SELECT model, COUNT(*) FROM views GROUP BY model ORDER BY model")
-                .await
-                .map_err(err())?,
-            keyed: pairs("SELECT model, COUNT(*) FROM keyed GROUP BY model ORDER BY model")
-                .await
-                .map_err(err())?,
-            parked: sqlx::query_as::<_, (String, String, i64)>(
-                "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
-                 ORDER BY model, reason",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err())?,
-        })
-    }
-}
-
-fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &ParkedFilter) {
-    if let Some(model) = &filter.model {
-        qb.push(" AND p.model = ").push_bind(model.clone());
-    }
-    if let Some(reason) = filter.reason {
-        qb.push(" AND p.reason = ").push_bind(reason.as_str());
     }
 }

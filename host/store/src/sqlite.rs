@@ -6,6 +6,8 @@
 use crate::error::query_error;
 use crate::rows::{self, RECORD_COLUMNS, now_micros};
 use crate::*;
+
+crate::common::impl_shared!(SqliteStore, Sqlite);
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
@@ -94,24 +96,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
-        self.stats.add(1);
-        let rows = sqlx::query("SELECT name, kind, plugin_version FROM models ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("list models", "*"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(ModelInfo {
-                    name: r.try_get("name")?,
-                    kind: r.try_get("kind")?,
-                    plugin_version: r.try_get("plugin_version")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error("list models", "*"))
-    }
-
     pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
         let mut answers = vec![Appended::Duplicate; records.len()];
         let fresh = first_of_each(records);
@@ -170,109 +154,11 @@ impl SqliteStore {
                 qb.push_values(part, |mut b, (seq, model)| {
                     b.push_bind(model.clone()).push_bind(*seq);
                 });
-                self.stats.add(1);
-                qb.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query_error(op, model))?;
+                self.exec(&mut qb, &mut tx, op, model).await?;
             }
         }
         self.commit(tx, op, model).await?;
         Ok(answers)
-    }
-
-    pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
-        let now = now_micros();
-        self.stats.add(1);
-        let done = sqlx::query(
-            "INSERT INTO leases (stage, model, holder, expires_micros) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (stage, model) DO UPDATE SET holder = excluded.holder, \
-             expires_micros = excluded.expires_micros \
-             WHERE leases.holder = excluded.holder OR leases.expires_micros < ?",
-        )
-        .bind(lease.stage.as_str())
-        .bind(&lease.model)
-        .bind(&lease.holder)
-        .bind(now + ttl_micros)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("acquire lease", &lease.model))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    pub async fn lease_holder(
-        &self,
-        stage: Stage,
-        model: &str,
-    ) -> Result<Option<String>, StoreError> {
-        self.stats.add(1);
-        sqlx::query_scalar("SELECT holder FROM leases WHERE stage = ? AND model = ?")
-            .bind(stage.as_str())
-            .bind(model)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_error("read lease", model))
-    }
-
-    pub async fn take_over_lease(
-        &self,
-        lease: &Lease,
-        from: &str,
-        ttl_micros: i64,
-    ) -> Result<bool, StoreError> {
-        self.stats.add(1);
-        let done = sqlx::query(
-            "UPDATE leases SET holder = ?, expires_micros = ? \
-             WHERE stage = ? AND model = ? AND holder = ?",
-        )
-        .bind(&lease.holder)
-        .bind(now_micros() + ttl_micros)
-        .bind(lease.stage.as_str())
-        .bind(&lease.model)
-        .bind(from)
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("take over lease", &lease.model))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.stats.add(1);
-        sqlx::query("DELETE FROM leases WHERE stage = ? AND model = ? AND holder = ?")
-            .bind(lease.stage.as_str())
-            .bind(&lease.model)
-            .bind(&lease.holder)
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("release lease", &lease.model))?;
-        Ok(())
-    }
-
-    pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
-        self.stats.add(1);
-        let sql = format!(
-            "SELECT q.pos, q.attempts, q.first_parked_micros, {RECORD_COLUMNS} \
-             FROM queue q JOIN intake i ON i.seq = q.seq \
-             WHERE q.model = ? ORDER BY q.pos LIMIT ?"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(model)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("read pending", model))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Pending {
-                    pos: r.try_get("pos")?,
-                    attempts: r.try_get("attempts")?,
-                    first_parked_micros: r.try_get("first_parked_micros")?,
-                    record: rows::record(r)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error("read pending", model))
     }
 
     pub async fn lookup_keys(
@@ -335,28 +221,6 @@ impl SqliteStore {
         Ok(owners)
     }
 
-    async fn check_lease(&self, tx: &mut Tx, lease: &Lease) -> Result<(), CommitError> {
-        self.stats.add(1);
-        let done = sqlx::query(
-            "UPDATE leases SET expires_micros = MAX(expires_micros, ?) \
-             WHERE stage = ? AND model = ? AND holder = ?",
-        )
-        .bind(now_micros())
-        .bind(lease.stage.as_str())
-        .bind(&lease.model)
-        .bind(&lease.holder)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_error("check lease", &lease.model))?;
-        if done.rows_affected() != 1 {
-            return Err(CommitError::LeaseLost {
-                stage: lease.stage.as_str(),
-                model: lease.model.clone(),
-            });
-        }
-        Ok(())
-    }
-
     pub async fn commit_association(
         &self,
         lease: &Lease,
@@ -408,11 +272,7 @@ impl SqliteStore {
                     .push_bind(o.now_micros);
             });
             qb.push(" ON CONFLICT (seq) DO NOTHING");
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, &mut tx, op, model).await?;
         }
 
         for chunk in o.parked.chunks(MAX_PARAMS / 9) {
@@ -437,11 +297,7 @@ impl SqliteStore {
                  awaited_key = excluded.awaited_key, attempts = excluded.attempts, \
                  last_micros = excluded.last_micros",
             );
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, &mut tx, op, model).await?;
         }
 
         for chunk in o.done.chunks(MAX_PARAMS) {
@@ -451,11 +307,7 @@ impl SqliteStore {
                 list.push_bind(*pos);
             }
             qb.push(")");
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, &mut tx, op, model).await?;
         }
 
         // A record parked for a parent that another model's batch claimed after this batch
@@ -489,11 +341,7 @@ impl SqliteStore {
                     .push_bind(o.stamp);
             });
             qb.push(" ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp");
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, &mut tx, op, model).await?;
         }
 
         self.commit(tx, op, model).await?;
@@ -520,23 +368,13 @@ impl SqliteStore {
         );
         found(&mut qb);
         qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
-        self.stats.add(1);
-        let moved = qb
-            .build()
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error(op, model))?
-            .rows_affected();
+        let moved = self.exec(&mut qb, tx, op, model).await?;
         if moved > 0 {
             let mut qb =
                 QueryBuilder::<Sqlite>::new("DELETE FROM parked WHERE seq IN (SELECT p.seq");
             found(&mut qb);
             qb.push(")");
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, tx, op, model).await?;
         }
         Ok(moved)
     }
@@ -564,23 +402,13 @@ impl SqliteStore {
         );
         awaited(&mut qb);
         qb.push(" ORDER BY seq ON CONFLICT (seq) DO NOTHING");
-        self.stats.add(1);
-        let moved = qb
-            .build()
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error(op, model))?
-            .rows_affected();
+        let moved = self.exec(&mut qb, tx, op, model).await?;
         if moved == 0 {
             return Ok(0);
         }
         let mut qb = QueryBuilder::<Sqlite>::new("DELETE");
         awaited(&mut qb);
-        self.stats.add(1);
-        qb.build()
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error(op, model))?;
+        self.exec(&mut qb, tx, op, model).await?;
         Ok(moved)
     }
 
@@ -650,11 +478,7 @@ impl SqliteStore {
                  lineage = excluded.lineage, parents = excluded.parents, \
                  plugin_version = excluded.plugin_version, updated_micros = excluded.updated_micros",
             );
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, &mut tx, op, model).await?;
         }
         for chunk in seen.chunks(MAX_PARAMS / 2) {
             let mut qb =
@@ -663,172 +487,10 @@ impl SqliteStore {
                 b.push_bind(reference.clone()).push_bind(*stamp);
             });
             qb.push(")");
-            self.stats.add(1);
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            self.exec(&mut qb, &mut tx, op, model).await?;
         }
         self.commit(tx, op, model).await?;
         Ok(())
-    }
-
-    pub async fn views(
-        &self,
-        model: &str,
-        after: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<Vec<ViewRow>, StoreError> {
-        let op = "read views";
-        let (seq, reference) = after
-            .map(|c| (c.first_seq, c.reference.clone()))
-            .unwrap_or((i64::MIN, String::new()));
-        self.stats.add(1);
-        let rows = sqlx::query(
-            "SELECT reference, model, first_seq, canonical, root, lineage, parents, plugin_version \
-             FROM views WHERE model = ? AND (first_seq, reference) > (?, ?) \
-             ORDER BY first_seq, reference LIMIT ?",
-        )
-        .bind(model)
-        .bind(seq)
-        .bind(reference)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error(op, model))?;
-        rows.iter()
-            .map(rows::view_row)
-            .collect::<Result<_, _>>()
-            .map_err(query_error(op, model))
-    }
-
-    pub async fn values(
-        &self,
-        model: &str,
-        offset: usize,
-        limit: usize,
-    ) -> Result<Vec<ValueRow>, StoreError> {
-        let op = "read values";
-        self.stats.add(1);
-        let sql = format!(
-            "SELECT k.parents, {RECORD_COLUMNS} FROM keyed k JOIN intake i ON i.seq = k.seq \
-             LEFT JOIN views v ON v.reference = k.parent_ref \
-             WHERE k.model = ? \
-             ORDER BY COALESCE(v.first_seq, 9223372036854775807), k.parent_ref, \
-             i.occurred_micros, i.seq LIMIT ? OFFSET ?"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(model)
-            .bind(limit as i64)
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(op, model))?;
-        rows::value_rows(&rows, op, model)
-    }
-
-    pub async fn parked(
-        &self,
-        filter: &ParkedFilter,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<ParkedRow>, StoreError> {
-        let op = "read parked";
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT p.reason, p.details, p.awaited_model, p.awaited_key, p.attempts, \
-             p.first_micros, p.last_micros, {RECORD_COLUMNS} \
-             FROM parked p JOIN intake i ON i.seq = p.seq WHERE p.seq > "
-        ));
-        qb.push_bind(after_seq);
-        push_filter(&mut qb, filter);
-        qb.push(" ORDER BY p.seq LIMIT ").push_bind(limit as i64);
-        self.stats.add(1);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))?;
-        rows.iter()
-            .map(rows::parked_row)
-            .collect::<Result<_, _>>()
-            .map_err(query_error(op, filter.model.as_deref().unwrap_or("*")))
-    }
-
-    pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
-        let op = "requeue parked";
-        let model = filter.model.as_deref().unwrap_or("*");
-        let mut tx = self.begin(op, model).await?;
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-             SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE 1 = 1",
-        );
-        push_filter(&mut qb, filter);
-        qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
-        self.stats.add(1);
-        let moved = qb
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?
-            .rows_affected();
-        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM parked AS p WHERE 1 = 1");
-        push_filter(&mut qb, filter);
-        self.stats.add(1);
-        qb.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
-        self.commit(tx, op, model).await?;
-        Ok(moved)
-    }
-
-    pub async fn counts(&self) -> Result<Counts, StoreError> {
-        let op = "count";
-        let err = query_error(op, "*");
-        self.stats.add(6);
-        let pairs = |sql: &'static str| {
-            let pool = self.pool.clone();
-            async move {
-                sqlx::query_as::<_, (String, i64)>(sql)
-                    .fetch_all(&pool)
-                    .await
-            }
-        };
-        let intake: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM intake")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_error(op, "*"))?;
-        Ok(Counts {
-            intake,
-            queued: pairs("SELECT model, COUNT(*) FROM queue GROUP BY model ORDER BY model")
-                .await
-                .map_err(query_error(op, "*"))?,
-            dirty: pairs("SELECT model, COUNT(*) FROM dirty GROUP BY model ORDER BY model")
-                .await
-                .map_err(query_error(op, "*"))?,
-            references: pairs("SELECT model, COUNT(*) FROM views GROUP BY model ORDER BY model")
-                .await
-                .map_err(query_error(op, "*"))?,
-            keyed: pairs("SELECT model, COUNT(*) FROM keyed GROUP BY model ORDER BY model")
-                .await
-                .map_err(query_error(op, "*"))?,
-            parked: sqlx::query_as::<_, (String, String, i64)>(
-                "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
-                 ORDER BY model, reason",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?,
-        })
-    }
-}
-
-fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &ParkedFilter) {
-    if let Some(model) = &filter.model {
-        qb.push(" AND p.model = ").push_bind(model.clone());
-    }
-    if let Some(reason) = filter.reason {
-        qb.push(" AND p.reason = ").push_bind(reason.as_str());
     }
 }
 

@@ -1,0 +1,304 @@
+//! The store methods whose SQL is the same on both backends, written once. `QueryBuilder`
+//! writes each backend's placeholders (`?` or `$n`), so the macro below expands the same code
+//! for `SqliteStore` over `Sqlite` and for `PgStore` over `Postgres`.
+
+/// Implements the shared methods for a backend: `impl_shared!(SqliteStore, Sqlite)`.
+macro_rules! impl_shared {
+    ($store:ident, $db:ident) => {
+        impl $store {
+            fn query(sql: &str) -> sqlx::QueryBuilder<$db> {
+                sqlx::QueryBuilder::<$db>::new(sql)
+            }
+
+            /// Executes a built statement inside a transaction, counting it; returns the
+            /// rows it affected.
+            async fn exec(
+                &self,
+                qb: &mut sqlx::QueryBuilder<$db>,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                operation: &'static str,
+                model: &str,
+            ) -> Result<u64, StoreError> {
+                self.stats.add(1);
+                Ok(qb
+                    .build()
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(query_error(operation, model))?
+                    .rows_affected())
+            }
+
+            pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
+                self.stats.add(1);
+                let rows: Vec<(String, String, String)> =
+                    sqlx::query_as("SELECT name, kind, plugin_version FROM models ORDER BY name")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(query_error("list models", "*"))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, kind, plugin_version)| ModelInfo {
+                        name,
+                        kind,
+                        plugin_version,
+                    })
+                    .collect())
+            }
+
+            pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
+                let now = now_micros();
+                let mut qb = Self::query("INSERT INTO leases (stage, model, holder, expires_micros) VALUES (");
+                qb.push_bind(lease.stage.as_str())
+                    .push(", ")
+                    .push_bind(lease.model.clone())
+                    .push(", ")
+                    .push_bind(lease.holder.clone())
+                    .push(", ")
+                    .push_bind(now + ttl_micros)
+                    .push(
+                        ") ON CONFLICT (stage, model) DO UPDATE SET holder = excluded.holder, \
+                         expires_micros = excluded.expires_micros \
+                         WHERE leases.holder = excluded.holder OR leases.expires_micros < ",
+                    )
+                    .push_bind(now);
+                self.stats.add(1);
+                let done = qb
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("acquire lease", &lease.model))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn lease_holder(&self, stage: Stage, model: &str) -> Result<Option<String>, StoreError> {
+                let mut qb = Self::query("SELECT holder FROM leases WHERE stage = ");
+                qb.push_bind(stage.as_str()).push(" AND model = ").push_bind(model.to_string());
+                self.stats.add(1);
+                qb.build_query_scalar()
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(query_error("read lease", model))
+            }
+
+            pub async fn take_over_lease(&self, lease: &Lease, from: &str, ttl_micros: i64) -> Result<bool, StoreError> {
+                let mut qb = Self::query("UPDATE leases SET holder = ");
+                qb.push_bind(lease.holder.clone())
+                    .push(", expires_micros = ")
+                    .push_bind(now_micros() + ttl_micros);
+                Self::push_lease(&mut qb, lease.stage, &lease.model, from);
+                self.stats.add(1);
+                let done = qb
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("take over lease", &lease.model))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+                let mut qb = Self::query("DELETE FROM leases");
+                Self::push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
+                self.stats.add(1);
+                qb.build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("release lease", &lease.model))?;
+                Ok(())
+            }
+
+            fn push_lease(qb: &mut sqlx::QueryBuilder<$db>, stage: Stage, model: &str, holder: &str) {
+                qb.push(" WHERE stage = ")
+                    .push_bind(stage.as_str())
+                    .push(" AND model = ")
+                    .push_bind(model.to_string())
+                    .push(" AND holder = ")
+                    .push_bind(holder.to_string());
+            }
+
+            /// Inside a commit: the lease must still be ours (and is kept from expiring).
+            async fn check_lease(&self, tx: &mut sqlx::Transaction<'static, $db>, lease: &Lease) -> Result<(), CommitError> {
+                let now = now_micros();
+                let mut qb = Self::query("UPDATE leases SET expires_micros = CASE WHEN expires_micros < ");
+                qb.push_bind(now).push(" THEN ").push_bind(now).push(" ELSE expires_micros END");
+                Self::push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
+                self.stats.add(1);
+                let done = qb
+                    .build()
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(query_error("check lease", &lease.model))?;
+                if done.rows_affected() != 1 {
+                    return Err(CommitError::LeaseLost {
+                        stage: lease.stage.as_str(),
+                        model: lease.model.clone(),
+                    });
+                }
+                Ok(())
+            }
+
+            pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+                let mut qb = Self::query(&format!(
+                    "SELECT q.pos, q.attempts, q.first_parked_micros, {RECORD_COLUMNS} \
+                     FROM queue q JOIN intake i ON i.seq = q.seq WHERE q.model = "
+                ));
+                qb.push_bind(model.to_string())
+                    .push(" ORDER BY q.pos LIMIT ")
+                    .push_bind(limit as i64);
+                self.stats.add(1);
+                let rows = qb
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error("read pending", model))?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Pending {
+                            pos: r.try_get("pos")?,
+                            attempts: r.try_get("attempts")?,
+                            first_parked_micros: r.try_get("first_parked_micros")?,
+                            record: rows::record(r)?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(query_error("read pending", model))
+            }
+
+            pub async fn views(&self, model: &str, after: Option<&Cursor>, limit: usize) -> Result<Vec<ViewRow>, StoreError> {
+                let op = "read views";
+                let (seq, reference) = after
+                    .map(|c| (c.first_seq, c.reference.clone()))
+                    .unwrap_or((i64::MIN, String::new()));
+                let mut qb = Self::query(
+                    "SELECT reference, model, first_seq, canonical, root, lineage, parents, \
+                     plugin_version FROM views WHERE model = ",
+                );
+                qb.push_bind(model.to_string())
+                    .push(" AND (first_seq, reference) > (")
+                    .push_bind(seq)
+                    .push(", ")
+                    .push_bind(reference)
+                    .push(") ORDER BY first_seq, reference LIMIT ")
+                    .push_bind(limit as i64);
+                self.stats.add(1);
+                let rows = qb
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error(op, model))?;
+                rows.iter()
+                    .map(rows::view_row)
+                    .collect::<Result<_, _>>()
+                    .map_err(query_error(op, model))
+            }
+
+            pub async fn values(&self, model: &str, offset: usize, limit: usize) -> Result<Vec<ValueRow>, StoreError> {
+                let op = "read values";
+                // Parents not projected yet sort last on both backends.
+                let mut qb = Self::query(&format!(
+                    "SELECT k.parents, {RECORD_COLUMNS} FROM keyed k JOIN intake i ON i.seq = k.seq \
+                     LEFT JOIN views v ON v.reference = k.parent_ref WHERE k.model = "
+                ));
+                qb.push_bind(model.to_string())
+                    .push(
+                        " ORDER BY COALESCE(v.first_seq, 9223372036854775807), k.parent_ref, \
+                         i.occurred_micros, i.seq LIMIT ",
+                    )
+                    .push_bind(limit as i64)
+                    .push(" OFFSET ")
+                    .push_bind(offset as i64);
+                self.stats.add(1);
+                let rows = qb
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error(op, model))?;
+                rows::value_rows(&rows, op, model)
+            }
+
+            fn push_filter(qb: &mut sqlx::QueryBuilder<$db>, filter: &ParkedFilter) {
+                if let Some(model) = &filter.model {
+                    qb.push(" AND p.model = ").push_bind(model.clone());
+                }
+                if let Some(reason) = filter.reason {
+                    qb.push(" AND p.reason = ").push_bind(reason.as_str());
+                }
+            }
+
+            pub async fn parked(&self, filter: &ParkedFilter, after_seq: i64, limit: usize) -> Result<Vec<ParkedRow>, StoreError> {
+                let op = "read parked";
+                let model = filter.model.as_deref().unwrap_or("*");
+                let mut qb = Self::query(&format!(
+                    "SELECT p.reason, p.details, p.awaited_model, p.awaited_key, p.attempts, \
+                     p.first_micros, p.last_micros, {RECORD_COLUMNS} \
+                     FROM parked p JOIN intake i ON i.seq = p.seq WHERE p.seq > "
+                ));
+                qb.push_bind(after_seq);
+                Self::push_filter(&mut qb, filter);
+                qb.push(" ORDER BY p.seq LIMIT ").push_bind(limit as i64);
+                self.stats.add(1);
+                let rows = qb
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error(op, model))?;
+                rows.iter()
+                    .map(rows::parked_row)
+                    .collect::<Result<_, _>>()
+                    .map_err(query_error(op, model))
+            }
+
+            pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
+                let op = "requeue parked";
+                let model = filter.model.as_deref().unwrap_or("*");
+                let mut tx = self.begin(op, model).await?;
+                let mut qb = Self::query(
+                    "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+                     SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE 1 = 1",
+                );
+                Self::push_filter(&mut qb, filter);
+                qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
+                let moved = self.exec(&mut qb, &mut tx, op, model).await?;
+                let mut qb = Self::query("DELETE FROM parked AS p WHERE 1 = 1");
+                Self::push_filter(&mut qb, filter);
+                self.exec(&mut qb, &mut tx, op, model).await?;
+                self.commit(tx, op, model).await?;
+                Ok(moved)
+            }
+
+            pub async fn counts(&self) -> Result<Counts, StoreError> {
+                let err = || query_error("count", "*");
+                self.stats.add(6);
+                let pairs = |sql: &'static str| {
+                    sqlx::query_as::<_, (String, i64)>(sql).fetch_all(&self.pool)
+                };
+                Ok(Counts {
+                    intake: sqlx::query_scalar("SELECT COUNT(*) FROM intake")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(err())?,
+                    queued: pairs("SELECT model, COUNT(*) FROM queue GROUP BY model ORDER BY model")
+                        .await
+                        .map_err(err())?,
+                    dirty: pairs("SELECT model, COUNT(*) FROM dirty GROUP BY model ORDER BY model")
+                        .await
+                        .map_err(err())?,
+                    references: pairs("SELECT model, COUNT(*) FROM views GROUP BY model ORDER BY model")
+                        .await
+                        .map_err(err())?,
+                    keyed: pairs("SELECT model, COUNT(*) FROM keyed GROUP BY model ORDER BY model")
+                        .await
+                        .map_err(err())?,
+                    parked: sqlx::query_as::<_, (String, String, i64)>(
+                        "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
+                         ORDER BY model, reason",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(err())?,
+                })
+            }
+        }
+    };
+}
+
+pub(crate) use impl_shared;
