@@ -256,3 +256,40 @@ fn test_command_shows_decisions_and_projection() {
         json!(["bms/bms-v1/D-1", "oem/oem-v1/X-9"])
     );
 }
+
+#[test]
+fn a_cached_plugin_loads_without_compiling() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let first = runtime.load(&plugin("device")).unwrap();
+    assert!(!first.load_info().from_cache, "compiled the first time");
+    let artefacts = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(
+        artefacts, 1,
+        "one artefact, named by content hash and engine"
+    );
+    let second = runtime.load(&plugin("device")).unwrap();
+    assert!(
+        second.load_info().from_cache,
+        "loaded from the cache the second time"
+    );
+    assert_eq!(second.version(), first.version());
+    // A corrupt artefact is recompiled, not trusted. It is replaced (a new file renamed
+    // over it), as the cache itself writes: loaded plugins map the old file.
+    let path = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let tmp = cache.path().join("corrupt.tmp");
+    std::fs::write(&tmp, b"garbage").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let third = runtime.load(&plugin("device")).unwrap();
+    assert!(!third.load_info().from_cache);
+    assert_eq!(third.associate(&[]).unwrap().len(), 0);
+}

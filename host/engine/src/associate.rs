@@ -98,9 +98,6 @@ impl Engine {
             let outcome = self.decide(plugin, &pending, &records, &results).await?;
             match self.inner.store.commit_association(lease, &outcome).await {
                 Ok(summary) => {
-                    self.inner
-                        .cache
-                        .remember(&lease.model, outcome.claims.iter().map(|(k, r)| (k, r)));
                     return Ok(BatchDone {
                         records: records.len(),
                         healed: summary.healed,
@@ -120,7 +117,7 @@ impl Engine {
         unreachable!("the last attempt returns")
     }
 
-    /// Looks up the batch's keys and parents (one statement each, after the cache) and
+    /// Looks up the batch's keys and parents (one statement each) and
     /// decides every record.
     async fn decide(
         &self,
@@ -141,42 +138,10 @@ impl Engine {
             .filter_map(|&i| results[i].as_ref().ok().cloned())
             .collect();
 
+        // One statement for the batch's own keys, one for all its parents.
         let (own, parent_keys) = association::lookups(description.kind, &ok_records, &ok_assocs);
-        let (mut owners, missing) = self.inner.cache.split(model, own);
-        let found = self.inner.store.lookup_keys(model, &missing).await?;
-        self.inner.cache.remember(model, found.iter());
-        owners.extend(found);
-
-        let mut parents = std::collections::HashMap::new();
-        let mut by_model: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for p in &parent_keys {
-            by_model
-                .entry(p.model.clone())
-                .or_default()
-                .push(p.key.clone());
-        }
-        let mut to_fetch = Vec::new();
-        for (parent_model, keys) in by_model {
-            let (known, missing) = self.inner.cache.split(&parent_model, keys);
-            for (key, reference) in known {
-                parents.insert(
-                    flowhost_core::ParentKey {
-                        model: parent_model.clone(),
-                        key,
-                    },
-                    reference,
-                );
-            }
-            to_fetch.extend(missing.into_iter().map(|key| flowhost_core::ParentKey {
-                model: parent_model.clone(),
-                key,
-            }));
-        }
-        let fetched = self.inner.store.lookup_parents(&to_fetch).await?;
-        for (k, r) in &fetched {
-            self.inner.cache.remember(&k.model, [(&k.key, r)]);
-        }
-        parents.extend(fetched);
+        let owners = self.inner.store.lookup_keys(model, &own).await?;
+        let parents = self.inner.store.lookup_parents(&parent_keys).await?;
 
         let mut mint = || uuid::Uuid::now_v7().to_string();
         let decision = association::decide(

@@ -7,13 +7,11 @@
 //! run in parallel.
 
 mod associate;
-mod cache;
 mod holder;
 mod plugins;
 mod project;
 mod run;
 
-pub use cache::KeyCache;
 pub use plugins::PluginSet;
 pub use run::{RunReport, StageReport};
 
@@ -31,8 +29,6 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// How often an idle worker looks for new work (records ingested by other processes).
     pub idle_poll: Duration,
-    /// Entries kept in the in-process key cache (0 disables it).
-    pub key_cache: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,7 +48,6 @@ impl Default for EngineConfig {
             },
             lease_ttl: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),
-            key_cache: 200_000,
         }
     }
 }
@@ -79,19 +74,16 @@ struct Inner {
     plugins: PluginSet,
     config: EngineConfig,
     holder: String,
-    cache: KeyCache,
 }
 
 impl Engine {
     pub fn new(store: Store, plugins: PluginSet, config: EngineConfig) -> Self {
-        let cache = KeyCache::new(config.key_cache);
         Self {
             inner: Arc::new(Inner {
                 store,
                 plugins,
                 config,
                 holder: holder::new_holder_id(),
-                cache,
             }),
         }
     }
@@ -111,10 +103,5 @@ impl Engine {
     /// This worker's lease holder id (`host/pid/random`).
     pub fn holder(&self) -> &str {
         &self.inner.holder
-    }
-
-    /// Key-cache hits and misses so far.
-    pub fn cache_stats(&self) -> (u64, u64) {
-        self.inner.cache.stats()
     }
 }

@@ -94,6 +94,7 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
         report.project.percentile(0.99).as_secs_f64() * 1e3,
     );
     let statements = store.statements() - statements_before;
+
     println!(
         "total    {} lines end to end in {:.2} s: {:.0} records/s, {:.1} statements per 1,000 records",
         stats.lines,

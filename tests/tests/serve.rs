@@ -1,0 +1,52 @@
+//! `flowhost serve`: runs the stages continuously, picks up what another process ingests
+//! into the same database, and on SIGTERM finishes in-flight batches and exits 0.
+
+use flowhost_tests::{Host, Scratch, block_until_ok, line, wait_for};
+use serde_json::json;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[test]
+fn serve_processes_what_another_process_ingests_and_stops_cleanly() {
+    for db in Scratch::both() {
+        let host = Host::new(&db.url);
+        // The database exists (and knows the models) before the service starts.
+        block_until_ok(&host.ingest(&line("device", "bms", "D-1", json!({"serial":"A"}))));
+        let mut server = host
+            .command()
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start serve");
+        wait_for("the first device", Duration::from_secs(60), || {
+            host.export("canonical", "device").len() == 1
+        });
+        // Another process ingests while the service runs: devices, and a sensor before
+        // its device.
+        block_until_ok(&host.ingest(
+            &(line(
+                "sensor",
+                "bms",
+                "S-2",
+                json!({"code":"T2","device_id":"D-2"}),
+            ) + &line("device", "bms", "D-2", json!({"serial":"B"}))
+                + &line("device", "oem", "X-2", json!({"serial":"b "}))),
+        ));
+        wait_for("the service to catch up", Duration::from_secs(60), || {
+            host.export("canonical", "device").len() == 2
+                && host.export("root", "sensor").len() == 1
+                && host.parked().is_empty()
+        });
+        // SAFETY: kill(2) with SIGTERM on our own child.
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        let status = server.wait().expect("serve exits");
+        assert!(
+            status.success(),
+            "{}: serve exits 0 on SIGTERM: {status}",
+            db.backend
+        );
+        let devices = host.export("canonical", "device");
+        assert_eq!(devices[1]["canonical"]["serial"], json!(["B"]));
+    }
+}
