@@ -101,3 +101,31 @@ fn traps_timeouts_and_runaway_memory_park_only_the_poison_records() {
         "the rest is keyed and projected"
     );
 }
+
+#[test]
+fn guest_log_lines_reach_the_host_log_with_the_model() {
+    let db = Scratch::sqlite();
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("faulty"), folder.path().join("faulty.wasm")).unwrap();
+    let host = Host {
+        db: db.url.clone(),
+        plugins: folder.path().to_path_buf(),
+    };
+    let input = json!({"model":"faulty","source":{"system":"s"},"id":"L-1",
+                       "payload":{"key":"k","log":"hello from the guest"}})
+    .to_string();
+    block_until_ok(&host.ingest(&input));
+    let out = host
+        .command()
+        .args(["--log", "flowhost=warn", "process", "--until-idle"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("hello from the guest"))
+        .unwrap_or_else(|| panic!("no guest log line in:\n{stderr}"));
+    assert!(line.contains("WARN") && line.contains("faulty"), "{line}");
+}
