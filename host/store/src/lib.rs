@@ -247,8 +247,3 @@ impl Store {
         backend!(self.counts())
     }
 }
-
-/// A parked record's reason, as stored.
-pub fn reason_code(reason: ParkReason) -> &'static str {
-    reason.as_str()
-}

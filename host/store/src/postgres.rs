@@ -85,7 +85,7 @@ impl PgStore {
 
     pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
         let mut answers = vec![Appended::Duplicate; records.len()];
-        let fresh = crate::sqlite::first_of_each(records);
+        let fresh = rows::first_of_each(records);
         if fresh.is_empty() {
             return Ok(answers);
         }
@@ -122,7 +122,7 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(query_error(op, model))?;
-            let index = crate::sqlite::identity_index(records, chunk);
+            let index = rows::identity_index(records, chunk);
             for row in rows {
                 let key: (String, String, String, String) = (
                     row.get("model"),

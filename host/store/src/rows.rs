@@ -191,3 +191,42 @@ where
         })
         .collect())
 }
+
+/// The indices of the first record of each identity (model, system, id, payload hash):
+/// later copies in the same batch are duplicates of it.
+pub fn first_of_each(records: &[flowhost_core::intake::IntakeRecord]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
+    (0..records.len())
+        .filter(|&i| {
+            let r = &records[i];
+            seen.insert((
+                r.model.as_str(),
+                r.source.system.as_str(),
+                r.external_id.as_str(),
+                r.payload_hash.as_str(),
+            ))
+        })
+        .collect()
+}
+
+/// Identity → index, for matching `RETURNING` rows back to a chunk's records.
+pub fn identity_index(
+    records: &[flowhost_core::intake::IntakeRecord],
+    chunk: &[usize],
+) -> HashMap<(String, String, String, String), usize> {
+    chunk
+        .iter()
+        .map(|&i| {
+            let r = &records[i];
+            (
+                (
+                    r.model.clone(),
+                    r.source.system.clone(),
+                    r.external_id.clone(),
+                    r.payload_hash.clone(),
+                ),
+                i,
+            )
+        })
+        .collect()
+}

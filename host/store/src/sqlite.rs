@@ -98,7 +98,7 @@ impl SqliteStore {
 
     pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
         let mut answers = vec![Appended::Duplicate; records.len()];
-        let fresh = first_of_each(records);
+        let fresh = rows::first_of_each(records);
         if fresh.is_empty() {
             return Ok(answers);
         }
@@ -134,7 +134,7 @@ impl SqliteStore {
                 .await
                 .map_err(query_error(op, model))?;
             let mut queued: Vec<(i64, String)> = Vec::with_capacity(rows.len());
-            let index = identity_index(records, chunk);
+            let index = rows::identity_index(records, chunk);
             for row in rows {
                 let key: (String, String, String, String) = (
                     row.get("model"),
@@ -492,43 +492,4 @@ impl SqliteStore {
         self.commit(tx, op, model).await?;
         Ok(())
     }
-}
-
-/// The indices of the first record of each identity (model, system, id, payload hash):
-/// later copies in the same batch are duplicates of it.
-pub(crate) fn first_of_each(records: &[IntakeRecord]) -> Vec<usize> {
-    let mut seen = std::collections::HashSet::with_capacity(records.len());
-    (0..records.len())
-        .filter(|&i| {
-            let r = &records[i];
-            seen.insert((
-                r.model.as_str(),
-                r.source.system.as_str(),
-                r.external_id.as_str(),
-                r.payload_hash.as_str(),
-            ))
-        })
-        .collect()
-}
-
-/// Identity → index, for matching `RETURNING` rows back to a chunk's records.
-pub(crate) fn identity_index(
-    records: &[IntakeRecord],
-    chunk: &[usize],
-) -> HashMap<(String, String, String, String), usize> {
-    chunk
-        .iter()
-        .map(|&i| {
-            let r = &records[i];
-            (
-                (
-                    r.model.clone(),
-                    r.source.system.clone(),
-                    r.external_id.clone(),
-                    r.payload_hash.clone(),
-                ),
-                i,
-            )
-        })
-        .collect()
 }
