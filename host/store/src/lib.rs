@@ -19,8 +19,8 @@ mod types;
 pub use error::{CommitError, StoreError};
 pub use types::*;
 
+use flowhost_core::ParentKey;
 use flowhost_core::intake::IntakeRecord;
-use flowhost_core::{ParentKey, ParkReason};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
