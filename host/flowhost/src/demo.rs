@@ -119,15 +119,18 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
     for (model, reason, n) in &counts.parked {
         println!("  {model:<8} {reason:<17} {n}");
     }
+    let bin = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "flowhost".into());
     let flags = format!("--db {db} --plugins {}", plugins.display());
     println!("\nwhere to look next:");
-    println!("  flowhost {flags} export canonical device | head");
-    println!("  flowhost {flags} export lineage device | head -3");
-    println!("  flowhost {flags} export root sensor | head -3");
-    println!("  flowhost {flags} export values reading | head -3");
-    println!("  flowhost {flags} parked");
+    println!("  {bin} {flags} export canonical device | head");
+    println!("  {bin} {flags} export lineage device | head -3");
+    println!("  {bin} {flags} export root sensor | head -3");
+    println!("  {bin} {flags} export values reading | head -3");
+    println!("  {bin} {flags} parked");
     println!(
-        "  flowhost plugins test {}/device.wasm {}",
+        "  {bin} plugins test {}/device.wasm {}",
         plugins.display(),
         file.display()
     );

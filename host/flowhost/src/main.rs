@@ -147,6 +147,15 @@ fn main() -> ExitCode {
     init_tracing(&cli.log);
     match run(cli) {
         Ok(code) => code,
+        // A reader that stopped early (`… | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
