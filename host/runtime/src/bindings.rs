@@ -8,6 +8,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "plugin",
+    // Batches are lowered straight from the host's records: no owned copy of every payload
+    // before the canonical ABI copies it into the guest.
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });
 
 pub use flowhost::plugin::types as wit;

@@ -29,17 +29,18 @@ pub fn description(d: wit::Description) -> core::Description {
     }
 }
 
-pub fn input_record(r: &core::Record) -> wit::InputRecord {
+/// Borrows a record as the component's input type (lowering copies it into the guest).
+pub fn input_record(r: &core::Record) -> wit::InputRecord<'_> {
     wit::InputRecord {
         seq: r.seq as u64,
         source: wit::Source {
-            system: r.source.system.clone(),
-            adapter: r.source.adapter.clone(),
+            system: &r.source.system,
+            adapter: &r.source.adapter,
         },
-        external_id: r.external_id.clone(),
-        occurred_at: r.occurred_at.clone(),
+        external_id: &r.external_id,
+        occurred_at: &r.occurred_at,
         occurred_micros: r.occurred_micros,
-        payload: r.payload.clone(),
+        payload: &r.payload,
     }
 }
 
@@ -63,24 +64,10 @@ pub fn association(a: wit::Association) -> core::Association {
     }
 }
 
-fn link_in(l: &core::ParentLink) -> wit::ParentLink {
-    wit::ParentLink {
-        model: l.model.clone(),
-        reference: l.reference.clone(),
-    }
-}
-
-pub fn group(g: &core::Group) -> wit::Group {
-    wit::Group {
-        reference: g.reference.clone(),
-        records: g
-            .records
-            .iter()
-            .map(|k| wit::KeyedRecord {
-                record: input_record(&k.record),
-                parents: k.parents.iter().map(link_in).collect(),
-            })
-            .collect(),
+pub fn link_in(l: &core::ParentLink) -> wit::ParentLinkParam<'_> {
+    wit::ParentLinkParam {
+        model: &l.model,
+        reference: &l.reference,
     }
 }
 

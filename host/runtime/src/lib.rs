@@ -298,7 +298,38 @@ impl Plugin {
 
     /// Projects a batch of groups: one call, one projection per group, same order.
     pub fn project(&self, groups: &[Group]) -> Result<Vec<Projection>, CallError> {
-        let input: Vec<_> = groups.iter().map(convert::group).collect();
+        // Borrowed bindings take slices, so each level of nesting is built (and owned) here.
+        let links: Vec<Vec<Vec<_>>> = groups
+            .iter()
+            .map(|g| {
+                g.records
+                    .iter()
+                    .map(|k| k.parents.iter().map(convert::link_in).collect())
+                    .collect()
+            })
+            .collect();
+        let keyed: Vec<Vec<_>> = groups
+            .iter()
+            .zip(&links)
+            .map(|(g, links)| {
+                g.records
+                    .iter()
+                    .zip(links)
+                    .map(|(k, parents)| bindings::wit::KeyedRecord {
+                        record: convert::input_record(&k.record),
+                        parents,
+                    })
+                    .collect()
+            })
+            .collect();
+        let input: Vec<_> = groups
+            .iter()
+            .zip(&keyed)
+            .map(|(g, records)| bindings::wit::Group {
+                reference: &g.reference,
+                records,
+            })
+            .collect();
         let mut store = self.store();
         let out = self
             .pre
