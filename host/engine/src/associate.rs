@@ -94,8 +94,9 @@ impl Engine {
             message: e.to_string(),
         })?;
 
+        let input = Input::new(&records, &results);
         for attempt in 1..=MAX_DECISIONS {
-            let outcome = self.decide(plugin, &pending, &records, &results).await?;
+            let outcome = self.decide(plugin, &pending, &input).await?;
             match self.inner.store.commit_association(lease, &outcome).await {
                 Ok(summary) => {
                     return Ok(BatchDone {
@@ -123,23 +124,16 @@ impl Engine {
         &self,
         plugin: &Plugin,
         pending: &[Pending],
-        records: &[Record],
-        results: &[Result<Association, String>],
+        input: &Input<'_>,
     ) -> Result<AssociationOutcome, EngineError> {
         let description = plugin.description();
         let model = description.model.as_str();
         let now = now_micros();
-
-        // Records the plugin failed on take no part in the decision: they claim nothing.
-        let ok: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_ok()).collect();
-        let ok_records: Vec<Record> = ok.iter().map(|&i| records[i].clone()).collect();
-        let ok_assocs: Vec<Association> = ok
-            .iter()
-            .filter_map(|&i| results[i].as_ref().ok().cloned())
-            .collect();
+        let (records, results) = (input.records, input.results);
+        let (ok, ok_records, ok_assocs) = (&input.ok, &input.ok_records[..], &input.ok_assocs[..]);
 
         // One statement for the batch's own keys, one for all its parents.
-        let (own, parent_keys) = association::lookups(description.kind, &ok_records, &ok_assocs);
+        let (own, parent_keys) = association::lookups(description.kind, ok_records, ok_assocs);
         let owners = self.inner.store.lookup_keys(model, &own).await?;
         let parents = self.inner.store.lookup_parents(&parent_keys).await?;
 
@@ -147,8 +141,8 @@ impl Engine {
         let decision = association::decide(
             model,
             description.kind,
-            &ok_records,
-            &ok_assocs,
+            ok_records,
+            ok_assocs,
             &owners,
             &parents,
             &mut mint,
@@ -224,6 +218,39 @@ impl Engine {
             outcome.dirty = dirty.into_iter().collect();
         }
         Ok(outcome)
+    }
+}
+
+/// A batch's records with the plugin's results, and the part the plugin succeeded on
+/// (which takes part in the decision; records it failed on claim nothing). Built once per
+/// batch, not per decision attempt; borrowed when nothing failed.
+struct Input<'a> {
+    records: &'a [Record],
+    results: &'a [Result<Association, String>],
+    ok: Vec<usize>,
+    ok_records: std::borrow::Cow<'a, [Record]>,
+    ok_assocs: Vec<Association>,
+}
+
+impl<'a> Input<'a> {
+    fn new(records: &'a [Record], results: &'a [Result<Association, String>]) -> Self {
+        let ok: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_ok()).collect();
+        let ok_records = if ok.len() == records.len() {
+            std::borrow::Cow::Borrowed(records)
+        } else {
+            std::borrow::Cow::Owned(ok.iter().map(|&i| records[i].clone()).collect())
+        };
+        let ok_assocs = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        Self {
+            records,
+            results,
+            ok,
+            ok_records,
+            ok_assocs,
+        }
     }
 }
 

@@ -10,6 +10,20 @@ macro_rules! impl_shared {
                 sqlx::QueryBuilder::<$db>::new(sql)
             }
 
+            /// Runs a built query on the pool, counting it; returns its rows.
+            async fn fetch(
+                &self,
+                qb: &mut sqlx::QueryBuilder<$db>,
+                operation: &'static str,
+                model: &str,
+            ) -> Result<Vec<<$db as sqlx::Database>::Row>, StoreError> {
+                self.stats.add(1);
+                qb.build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(query_error(operation, model))
+            }
+
             /// Executes a built statement inside a transaction, counting it; returns the
             /// rows it affected.
             async fn exec(
@@ -144,12 +158,7 @@ macro_rules! impl_shared {
                 qb.push_bind(model.to_string())
                     .push(" ORDER BY q.pos LIMIT ")
                     .push_bind(limit as i64);
-                self.stats.add(1);
-                let rows = qb
-                    .build()
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(query_error("read pending", model))?;
+                let rows = self.fetch(&mut qb, "read pending", model).await?;
                 rows.iter()
                     .map(|r| {
                         Ok(Pending {
@@ -179,12 +188,7 @@ macro_rules! impl_shared {
                     .push_bind(reference)
                     .push(") ORDER BY first_seq, reference LIMIT ")
                     .push_bind(limit as i64);
-                self.stats.add(1);
-                let rows = qb
-                    .build()
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(query_error(op, model))?;
+                let rows = self.fetch(&mut qb, op, model).await?;
                 rows.iter()
                     .map(rows::view_row)
                     .collect::<Result<_, _>>()
@@ -206,12 +210,7 @@ macro_rules! impl_shared {
                     .push_bind(limit as i64)
                     .push(" OFFSET ")
                     .push_bind(offset as i64);
-                self.stats.add(1);
-                let rows = qb
-                    .build()
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(query_error(op, model))?;
+                let rows = self.fetch(&mut qb, op, model).await?;
                 rows::value_rows(&rows, op, model)
             }
 
@@ -235,32 +234,97 @@ macro_rules! impl_shared {
                 qb.push_bind(after_seq);
                 Self::push_filter(&mut qb, filter);
                 qb.push(" ORDER BY p.seq LIMIT ").push_bind(limit as i64);
-                self.stats.add(1);
-                let rows = qb
-                    .build()
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(query_error(op, model))?;
+                let rows = self.fetch(&mut qb, op, model).await?;
                 rows.iter()
                     .map(rows::parked_row)
                     .collect::<Result<_, _>>()
                     .map_err(query_error(op, model))
             }
 
+            /// Moves the parked records matching `condition` (a predicate over `parked p`) to
+            /// the back of the queue, in intake order, keeping their attempts; returns how many.
+            async fn move_parked(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                operation: &'static str,
+                model: &str,
+                condition: impl Fn(&mut sqlx::QueryBuilder<$db>),
+            ) -> Result<u64, StoreError> {
+                let mut qb = Self::query(
+                    "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
+                     SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE ",
+                );
+                condition(&mut qb);
+                qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
+                let moved = self.exec(&mut qb, tx, operation, model).await?;
+                if moved > 0 {
+                    let mut qb =
+                        Self::query("DELETE FROM parked WHERE seq IN (SELECT p.seq FROM parked p WHERE ");
+                    condition(&mut qb);
+                    qb.push(")");
+                    self.exec(&mut qb, tx, operation, model).await?;
+                }
+                Ok(moved)
+            }
+
+            /// Healing, inside an association commit, after the batch left the queue:
+            /// - records this batch parked for a key that exists by now (another model's
+            ///   batch claimed it after this batch's lookup, and that batch's healing ran
+            ///   before these records were parked) go back to the queue;
+            /// - records parked anywhere waiting for a key this batch claimed go back to
+            ///   the queue, found through the index on the awaited key.
+            ///
+            /// Association commits are serialised (SQLite's single writer, PostgreSQL's
+            /// advisory lock), so the two halves never miss each other.
+            async fn heal(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                model: &str,
+                claims: &[(String, String)],
+                parked: &[ParkRow],
+            ) -> Result<u64, StoreError> {
+                let op = "heal parked records";
+                let mut healed = 0;
+                let waiting: Vec<i64> = parked
+                    .iter()
+                    .filter(|p| p.awaiting.is_some())
+                    .map(|p| p.seq)
+                    .collect();
+                for chunk in waiting.chunks(IN_LIST_MAX) {
+                    healed += self
+                        .move_parked(tx, op, model, |qb| {
+                            qb.push(
+                                "EXISTS (SELECT 1 FROM keys k WHERE k.model = p.awaited_model \
+                                 AND k.key = p.awaited_key) AND ",
+                            );
+                            push_in_ints(qb, "p.seq", chunk);
+                        })
+                        .await?;
+                }
+                let keys: Vec<String> = claims.iter().map(|(key, _)| key.clone()).collect();
+                for chunk in keys.chunks(IN_LIST_MAX - 1) {
+                    healed += self
+                        .move_parked(tx, op, model, |qb| {
+                            qb.push("p.awaited_model = ")
+                                .push_bind(model.to_string())
+                                .push(" AND ");
+                            push_in_strings(qb, "p.awaited_key", chunk);
+                        })
+                        .await?;
+                }
+                Ok(healed)
+            }
+
             pub async fn requeue(&self, filter: &ParkedFilter) -> Result<u64, StoreError> {
                 let op = "requeue parked";
                 let model = filter.model.as_deref().unwrap_or("*");
                 let mut tx = self.begin(op, model).await?;
-                let mut qb = Self::query(
-                    "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-                     SELECT p.model, p.seq, p.attempts, p.first_micros FROM parked p WHERE 1 = 1",
-                );
-                Self::push_filter(&mut qb, filter);
-                qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
-                let moved = self.exec(&mut qb, &mut tx, op, model).await?;
-                let mut qb = Self::query("DELETE FROM parked AS p WHERE 1 = 1");
-                Self::push_filter(&mut qb, filter);
-                self.exec(&mut qb, &mut tx, op, model).await?;
+                let moved = self
+                    .move_parked(&mut tx, op, model, |qb| {
+                        qb.push("1 = 1");
+                        Self::push_filter(qb, filter);
+                    })
+                    .await?;
                 self.commit(tx, op, model).await?;
                 Ok(moved)
             }

@@ -13,6 +13,25 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 /// Rows per bulk statement: bounds memory per statement, not parameters.
 const ROWS_PER_STATEMENT: usize = 10_000;
 
+/// Values per `= ANY($n)` list: one parameter whatever its length, so only memory bounds it.
+const IN_LIST_MAX: usize = 100_000;
+
+/// `column = ANY($n)`.
+fn push_in_ints(qb: &mut sqlx::QueryBuilder<Postgres>, column: &str, values: &[i64]) {
+    qb.push(column)
+        .push(" = ANY(")
+        .push_bind(values.to_vec())
+        .push(")");
+}
+
+/// `column = ANY($n)`.
+fn push_in_strings(qb: &mut sqlx::QueryBuilder<Postgres>, column: &str, values: &[String]) {
+    qb.push(column)
+        .push(" = ANY(")
+        .push_bind(values.to_vec())
+        .push(")");
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
@@ -307,60 +326,7 @@ impl PgStore {
                 .map_err(query_error(op, model))?;
         }
 
-        // Parked for a key claimed since this batch looked it up: re-queue now, after
-        // the batch left the queue.
-        let waiting: Vec<i64> = o
-            .parked
-            .iter()
-            .filter(|p| p.awaiting.is_some())
-            .map(|p| p.seq)
-            .collect();
-        let mut healed = 0;
-        if !waiting.is_empty() {
-            self.stats.add(1);
-            healed = sqlx::query(
-                "WITH found AS (DELETE FROM parked p WHERE p.seq = ANY($1) AND EXISTS \
-                 (SELECT 1 FROM keys k WHERE k.model = p.awaited_model AND k.key = p.awaited_key) \
-                 RETURNING p.model, p.seq, p.attempts, p.first_micros) \
-                 INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-                 SELECT model, seq, attempts, first_micros FROM found ORDER BY seq \
-                 ON CONFLICT (seq) DO NOTHING",
-            )
-            .bind(&waiting)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?
-            .rows_affected();
-        }
-
-        if !o.claims.is_empty() {
-            let keys = strings(&o.claims, |c| c.0.clone());
-            self.stats.add(1);
-            let moved = sqlx::query(
-                "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-                 SELECT model, seq, attempts, first_micros FROM parked \
-                 WHERE awaited_model = $1 AND awaited_key = ANY($2) \
-                 ORDER BY seq ON CONFLICT (seq) DO NOTHING",
-            )
-            .bind(model)
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?
-            .rows_affected();
-            healed += moved;
-            if moved > 0 {
-                self.stats.add(1);
-                sqlx::query(
-                    "DELETE FROM parked WHERE awaited_model = $1 AND awaited_key = ANY($2)",
-                )
-                .bind(model)
-                .bind(&keys)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
-            }
-        }
+        let healed = self.heal(&mut tx, model, &o.claims, &o.parked).await?;
 
         if !o.dirty.is_empty() {
             self.stats.add(1);

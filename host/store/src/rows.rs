@@ -132,11 +132,10 @@ where
 {
     rows.iter()
         .map(|r| {
-            let record = record(r).map_err(query_error(op, model))?;
-            let parents: String = r.try_get("parents").map_err(query_error(op, model))?;
-            let parent = parse_parents(&parents)
-                .ok()
-                .and_then(|p| p.into_iter().next())
+            let KeyedRecord { record, parents } = keyed_record(r, op, model)?;
+            let parent = parents
+                .into_iter()
+                .next()
                 .ok_or_else(|| StoreError::Corrupt {
                     operation: op,
                     model: model.to_string(),
@@ -149,6 +148,26 @@ where
             })
         })
         .collect()
+}
+
+/// Decodes a keyed record: the [`RECORD_COLUMNS`] and the `parents` column.
+fn keyed_record<'r, R>(row: &'r R, op: &'static str, model: &str) -> Result<KeyedRecord, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let parents: String = row.try_get("parents").map_err(query_error(op, model))?;
+    let parents = parse_parents(&parents).map_err(|detail| StoreError::Corrupt {
+        operation: op,
+        model: model.to_string(),
+        detail,
+    })?;
+    let record = record(row).map_err(query_error(op, model))?;
+    Ok(KeyedRecord { record, parents })
 }
 
 /// Builds groups, in the order of `seen`, from rows ordered by reference then sequence.
@@ -169,17 +188,10 @@ where
     let mut by_ref: HashMap<String, Vec<KeyedRecord>> = HashMap::with_capacity(seen.len());
     for row in rows {
         let reference: String = row.try_get("reference").map_err(query_error(op, model))?;
-        let parents: String = row.try_get("parents").map_err(query_error(op, model))?;
-        let parents = parse_parents(&parents).map_err(|detail| StoreError::Corrupt {
-            operation: op,
-            model: model.to_string(),
-            detail,
-        })?;
-        let record = record(row).map_err(query_error(op, model))?;
         by_ref
             .entry(reference)
             .or_default()
-            .push(KeyedRecord { record, parents });
+            .push(keyed_record(row, op, model)?);
     }
     Ok(seen
         .iter()

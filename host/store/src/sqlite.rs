@@ -15,6 +15,29 @@ use std::str::FromStr;
 /// SQLite's bound-parameter limit is 32,766; every statement stays under this.
 const MAX_PARAMS: usize = 32_000;
 
+/// Values per `IN (…)` list (one parameter each).
+const IN_LIST_MAX: usize = MAX_PARAMS;
+
+/// `column IN (?, ?, …)`.
+fn push_in_ints(qb: &mut QueryBuilder<Sqlite>, column: &str, values: &[i64]) {
+    qb.push(column).push(" IN (");
+    let mut list = qb.separated(", ");
+    for v in values {
+        list.push_bind(*v);
+    }
+    qb.push(")");
+}
+
+/// `column IN (?, ?, …)`.
+fn push_in_strings(qb: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]) {
+    qb.push(column).push(" IN (");
+    let mut list = qb.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+    qb.push(")");
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
@@ -176,12 +199,7 @@ impl SqliteStore {
                 list.push_bind(key.clone());
             }
             qb.push(")");
-            self.stats.add(1);
-            let rows = qb
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("look up keys", model))?;
+            let rows = self.fetch(&mut qb, "look up keys", model).await?;
             for row in rows {
                 owners.insert(row.get("key"), row.get("reference"));
             }
@@ -310,27 +328,7 @@ impl SqliteStore {
             self.exec(&mut qb, &mut tx, op, model).await?;
         }
 
-        // A record parked for a parent that another model's batch claimed after this batch
-        // looked it up would never be woken by that batch's healing (it ran before this
-        // record was parked): re-queue it now, after the batch left the queue. Writers are serialised, so either that batch
-        // committed first (the key is visible here) or it commits later (its healing sees
-        // this record).
-        let waiting: Vec<i64> = o
-            .parked
-            .iter()
-            .filter(|p| p.awaiting.is_some())
-            .map(|p| p.seq)
-            .collect();
-        let mut healed = 0;
-        for chunk in waiting.chunks(MAX_PARAMS) {
-            healed += self.heal_found(&mut tx, model, chunk).await?;
-        }
-
-        // Healing: the parked records waiting for any key claimed here go to the back of
-        // the queue, found through the index on the awaited key.
-        for chunk in o.claims.chunks(MAX_PARAMS - 1) {
-            healed += self.heal(&mut tx, model, chunk).await?;
-        }
+        let healed = self.heal(&mut tx, model, &o.claims, &o.parked).await?;
 
         for chunk in o.dirty.chunks(MAX_PARAMS / 3) {
             let mut qb =
@@ -346,70 +344,6 @@ impl SqliteStore {
 
         self.commit(tx, op, model).await?;
         Ok(CommitSummary { healed })
-    }
-
-    /// Re-queues the given parked records whose awaited key is owned already.
-    async fn heal_found(&self, tx: &mut Tx, model: &str, seqs: &[i64]) -> Result<u64, StoreError> {
-        let op = "heal parked records";
-        let found = |qb: &mut QueryBuilder<Sqlite>| {
-            qb.push(
-                " FROM parked p WHERE EXISTS (SELECT 1 FROM keys k \
-                 WHERE k.model = p.awaited_model AND k.key = p.awaited_key) AND p.seq IN (",
-            );
-            let mut list = qb.separated(", ");
-            for seq in seqs {
-                list.push_bind(*seq);
-            }
-            qb.push(")");
-        };
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-             SELECT p.model, p.seq, p.attempts, p.first_micros",
-        );
-        found(&mut qb);
-        qb.push(" ORDER BY p.seq ON CONFLICT (seq) DO NOTHING");
-        let moved = self.exec(&mut qb, tx, op, model).await?;
-        if moved > 0 {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("DELETE FROM parked WHERE seq IN (SELECT p.seq");
-            found(&mut qb);
-            qb.push(")");
-            self.exec(&mut qb, tx, op, model).await?;
-        }
-        Ok(moved)
-    }
-
-    async fn heal(
-        &self,
-        tx: &mut Tx,
-        model: &str,
-        claims: &[(String, String)],
-    ) -> Result<u64, StoreError> {
-        let op = "heal parked records";
-        let awaited = |qb: &mut QueryBuilder<Sqlite>| {
-            qb.push(" FROM parked WHERE awaited_model = ");
-            qb.push_bind(model.to_string())
-                .push(" AND awaited_key IN (");
-            let mut list = qb.separated(", ");
-            for (key, _) in claims {
-                list.push_bind(key.clone());
-            }
-            qb.push(")");
-        };
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO queue (model, seq, attempts, first_parked_micros) \
-             SELECT model, seq, attempts, first_micros",
-        );
-        awaited(&mut qb);
-        qb.push(" ORDER BY seq ON CONFLICT (seq) DO NOTHING");
-        let moved = self.exec(&mut qb, tx, op, model).await?;
-        if moved == 0 {
-            return Ok(0);
-        }
-        let mut qb = QueryBuilder::<Sqlite>::new("DELETE");
-        awaited(&mut qb);
-        self.exec(&mut qb, tx, op, model).await?;
-        Ok(moved)
     }
 
     pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
@@ -435,12 +369,7 @@ impl SqliteStore {
             list.push_bind(reference.clone());
         }
         qb.push(") ORDER BY k.reference, k.seq");
-        self.stats.add(1);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(op, model))?;
+        let rows = self.fetch(&mut qb, op, model).await?;
         let groups = rows::group_rows(&seen, &rows, op, model)?;
         Ok(DirtyBatch { groups, seen })
     }
