@@ -125,13 +125,26 @@ pub async fn ingest(
             }
         }
         if batch.len() >= BATCH {
-            flush(store, &mut batch, &mut summary).await?;
+            flush(store, &mut batch, &mut summary)
+                .await
+                .with_context(|| stopped_at(line_no, &summary))?;
             bar.set_position(bytes);
         }
     }
-    flush(store, &mut batch, &mut summary).await?;
+    flush(store, &mut batch, &mut summary)
+        .await
+        .with_context(|| stopped_at(line_no, &summary))?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// Says how far an interrupted intake got: every batch before the failing one is durable.
+fn stopped_at(line: u64, summary: &IngestSummary) -> String {
+    format!(
+        "storing the batch that ends at line {line} failed; the {} records accepted before it \
+         ({} duplicates, {} refused) are durable, and re-sending the file is safe",
+        summary.accepted, summary.duplicates, summary.refused
+    )
 }
 
 async fn flush(
