@@ -22,6 +22,8 @@ const PLUGINS: &[(&str, &str)] = &[
 const FIXTURES: &[(&str, &str)] = &[
     ("fixture-faulty", "faulty"),
     ("fixture-broken-describe", "broken-describe"),
+    ("fixture-other-world", "other-world"),
+    ("fixture-device-v2", "device-v2"),
 ];
 
 fn main() -> Result<()> {

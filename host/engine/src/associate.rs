@@ -1,10 +1,13 @@
 //! The association stage: one batch of one model.
 
+use crate::isolate::isolate;
 use crate::{Engine, EngineError};
 use flowhost_core::association::{self, Outcome};
 use flowhost_core::{Association, Kind, ParkReason, Record};
 use flowhost_runtime::Plugin;
-use flowhost_store::{AssociationOutcome, CommitError, KeyedRow, Lease, ParkRow, Pending, Stage};
+use flowhost_store::{
+    AssociationOutcome, CommitError, KeyedRow, Lease, ParkRow, Pending, Stage, now_micros,
+};
 use std::collections::BTreeSet;
 use tracing::Instrument;
 
@@ -56,9 +59,13 @@ impl Engine {
         let Some(plugin) = self.inner.plugins.get(model) else {
             return Ok(BatchDone::default());
         };
+        if !self.breaker_allows(Stage::Associate, &plugin) {
+            return Ok(BatchDone::default());
+        }
         let Some(lease) = self.lease(Stage::Associate, model).await? else {
             return Ok(BatchDone::default());
         };
+        let size = size.min(plugin.limits().max_batch);
         let pending = self.inner.store.pending(model, size).await?;
         if pending.is_empty() {
             return Ok(BatchDone::default());
@@ -85,7 +92,7 @@ impl Engine {
         let call = plugin.clone();
         let (records, results, calls) = tokio::task::spawn_blocking(move || {
             let mut calls = 0;
-            let results = associate_isolating(&call, &records, &mut calls);
+            let results = isolate(&records, &|r: &[Record]| call.associate(r), &mut calls);
             (records, results, calls)
         })
         .await
@@ -93,6 +100,17 @@ impl Engine {
             model: lease.model.clone(),
             message: e.to_string(),
         })?;
+
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        let error = results.iter().find_map(|r| r.as_ref().err());
+        self.after_batch(
+            Stage::Associate,
+            plugin,
+            records.len(),
+            failed,
+            error.map(String::as_str),
+        )
+        .await;
 
         let input = Input::new(&records, &results);
         for attempt in 1..=MAX_DECISIONS {
@@ -252,32 +270,4 @@ impl<'a> Input<'a> {
             ok_assocs,
         }
     }
-}
-
-/// Calls `associate` on the whole batch; when the call fails, splits the batch and retries
-/// the halves until the failing records are found (O(k log n) calls for k bad records).
-pub(crate) fn associate_isolating(
-    plugin: &Plugin,
-    records: &[Record],
-    calls: &mut usize,
-) -> Vec<Result<Association, String>> {
-    *calls += 1;
-    match plugin.associate(records) {
-        Ok(out) => out.into_iter().map(Ok).collect(),
-        Err(e) if records.len() == 1 => vec![Err(e.to_string())],
-        Err(e) => {
-            tracing::warn!(model = %plugin.description().model, size = records.len(), "associate failed ({e}); narrowing the batch down");
-            let (left, right) = records.split_at(records.len() / 2);
-            let mut out = associate_isolating(plugin, left, calls);
-            out.extend(associate_isolating(plugin, right, calls));
-            out
-        }
-    }
-}
-
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

@@ -7,16 +7,20 @@
 //! run in parallel.
 
 mod associate;
+mod breaker;
 mod holder;
+mod isolate;
 mod plugins;
 mod project;
 mod run;
 
+pub use breaker::{BreakerConfig, BreakerStatus};
 pub use plugins::PluginSet;
 pub use run::{RunReport, StageReport};
 
 use flowhost_core::batch::BatchConfig;
-use flowhost_store::{CommitError, Store, StoreError};
+use flowhost_runtime::Plugin;
+use flowhost_store::{CommitError, Stage, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +33,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// How often an idle worker looks for new work (records ingested by other processes).
     pub idle_poll: Duration,
+    /// When a failing plugin is rested.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +54,7 @@ impl Default for EngineConfig {
             },
             lease_ttl: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -74,6 +81,7 @@ struct Inner {
     plugins: PluginSet,
     config: EngineConfig,
     holder: String,
+    breakers: breaker::Breakers,
 }
 
 impl Engine {
@@ -82,6 +90,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 plugins,
+                breakers: breaker::Breakers::new(config.breaker),
                 config,
                 holder: holder::new_holder_id(),
             }),
@@ -98,6 +107,59 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Stages whose plugin is failing: counting wholly failed batches or cooling down.
+    pub fn breakers(&self) -> Vec<BreakerStatus> {
+        self.inner.breakers.status()
+    }
+
+    /// Whether a stage of a model may run a batch with `plugin` now (not cooling down).
+    pub(crate) fn breaker_allows(&self, stage: Stage, plugin: &Plugin) -> bool {
+        self.inner
+            .breakers
+            .allows(stage, &plugin.description().model, plugin.version())
+    }
+
+    /// Feeds a batch's outcome to the breaker; a trip or a recovery is logged and recorded
+    /// as the model's state (rare: not on the hot path).
+    pub(crate) async fn after_batch(
+        &self,
+        stage: Stage,
+        plugin: &Plugin,
+        items: usize,
+        failed: usize,
+        error: Option<&str>,
+    ) {
+        let model = &plugin.description().model;
+        let change = self.inner.breakers.record(
+            stage,
+            model,
+            plugin.version(),
+            items,
+            failed,
+            error,
+        );
+        let state = match change {
+            breaker::Change::None => return,
+            breaker::Change::Opened(rest) => {
+                tracing::warn!(model = %model, stage = stage.as_str(), version = &plugin.version()[..12], rest_s = rest.as_secs(), "plugin fails on every record; cooling down (records wait in the queue)");
+                format!(
+                    "cool-down: {} failed on every record of {} batches in a row; resting {} s; last error: {}",
+                    stage.as_str(),
+                    self.inner.config.breaker.failed_batches,
+                    rest.as_secs(),
+                    error.unwrap_or("?")
+                )
+            }
+            breaker::Change::Closed => {
+                tracing::info!(model = %model, stage = stage.as_str(), "plugin works again; cool-down over");
+                "serving".to_string()
+            }
+        };
+        if let Err(e) = self.inner.store.set_plugin_state(model, &state).await {
+            tracing::warn!(model = %model, "cannot record the plugin state: {e}");
+        }
     }
 
     /// This worker's lease holder id (`host/pid/random`).

@@ -1,10 +1,11 @@
 //! The projection stage: one batch of dirty references of one model.
 
 use crate::associate::BatchDone;
+use crate::isolate::isolate;
 use crate::{Engine, EngineError};
 use flowhost_core::{Group, Kind, Projection};
 use flowhost_runtime::Plugin;
-use flowhost_store::{CommitError, Stage, ViewRow};
+use flowhost_store::{CommitError, ProjectFailure, Stage, ViewRow};
 use tracing::Instrument;
 
 impl Engine {
@@ -13,12 +14,15 @@ impl Engine {
         let Some(plugin) = self.inner.plugins.get(model) else {
             return Ok(BatchDone::default());
         };
-        if plugin.description().kind == Kind::ValueObject {
+        if plugin.description().kind == Kind::ValueObject
+            || !self.breaker_allows(Stage::Project, &plugin)
+        {
             return Ok(BatchDone::default());
         }
         let Some(lease) = self.lease(Stage::Project, model).await? else {
             return Ok(BatchDone::default());
         };
+        let size = size.min(plugin.limits().max_batch);
         let batch = self.inner.store.dirty_groups(model, size).await?;
         if batch.groups.is_empty() {
             return Ok(BatchDone::default());
@@ -35,7 +39,7 @@ impl Engine {
             let groups = batch.groups;
             let (groups, results, calls) = tokio::task::spawn_blocking(move || {
                 let mut calls = 0;
-                let results = project_isolating(&call, &groups, &mut calls);
+                let results = isolate(&groups, &|g: &[Group]| call.project(g), &mut calls);
                 (groups, results, calls)
             })
             .await
@@ -45,34 +49,85 @@ impl Engine {
             })?;
 
             let mut views = Vec::with_capacity(groups.len());
-            let mut failed = std::collections::HashSet::new();
+            let mut errors = std::collections::HashMap::new();
             for (group, result) in groups.iter().zip(results) {
                 match result {
                     Ok(p) => views.push(view_row(model, &plugin, group, p)),
                     Err(error) => {
-                        // The reference stays dirty: a fixed plugin projects it later.
-                        tracing::error!(model, reference = %group.reference, "project failed: {error}");
-                        failed.insert(group.reference.clone());
+                        errors.insert(group.reference.clone(), error);
                     }
                 }
             }
-            let seen: Vec<(String, i64)> = batch
+            // A failed reference keeps its mark with the error: skipped until new records,
+            // a new plugin version or a re-queue give it another try.
+            let (failed, seen): (Vec<(String, i64)>, Vec<(String, i64)>) = batch
                 .seen
                 .into_iter()
-                .filter(|(r, _)| !failed.contains(r))
+                .partition(|(r, _)| errors.contains_key(r));
+            let failed: Vec<ProjectFailure> = failed
+                .into_iter()
+                .map(|(reference, stamp)| ProjectFailure {
+                    error: format!(
+                        "plugin {} ({}): {}",
+                        plugin.file(),
+                        &plugin.version()[..12],
+                        errors[&reference]
+                    ),
+                    reference,
+                    stamp,
+                })
                 .collect();
-            match self.inner.store.commit_projection(&lease, &views, &seen).await {
-                Ok(()) => Ok(BatchDone {
-                    records: views.len(),
-                    healed: 0,
-                    calls,
-                }),
+            if let Some(first) = failed.first() {
+                tracing::warn!(model, failed = failed.len(), of = groups.len(), "projection failed for some references; they keep their mark with the error: {}", first.error);
+            }
+            let first_error = failed.first().map(|f| f.error.clone());
+            self.after_batch(
+                Stage::Project,
+                &plugin,
+                groups.len(),
+                failed.len(),
+                first_error.as_deref(),
+            )
+            .await;
+            match self
+                .inner
+                .store
+                .commit_projection(&lease, &views, &seen, &failed)
+                .await
+            {
+                Ok(()) => {
+                    self.reproject_if_swapped(model, &plugin).await?;
+                    Ok(BatchDone {
+                        records: views.len(),
+                        healed: 0,
+                        calls,
+                    })
+                }
                 Err(CommitError::LeaseLost { .. }) => Ok(BatchDone::default()),
                 Err(e) => Err(e.into()),
             }
         }
         .instrument(span)
         .await
+    }
+}
+
+impl Engine {
+    /// A batch that ran on a version swapped out meanwhile wrote views of the old logic
+    /// after the swap marked the stale ones: mark them again (one statement), so views never
+    /// keep a mix of versions silently.
+    async fn reproject_if_swapped(&self, model: &str, used: &Plugin) -> Result<(), EngineError> {
+        if let Some(current) = self.inner.plugins.get(model)
+            && current.version() != used.version()
+        {
+            let marked = self
+                .inner
+                .store
+                .mark_stale_views(model, current.version())
+                .await?;
+            tracing::debug!(model, marked, "batch ran on a replaced version; its views are marked again");
+        }
+        Ok(())
     }
 }
 
@@ -90,25 +145,5 @@ fn view_row(model: &str, plugin: &Plugin, group: &Group, p: Projection) -> ViewR
         lineage: p.lineage,
         parents: serde_json::Value::Object(parents).to_string(),
         plugin_version: plugin.version().to_string(),
-    }
-}
-
-/// Calls `project` on the whole batch, splitting on failure like association does.
-fn project_isolating(
-    plugin: &Plugin,
-    groups: &[Group],
-    calls: &mut usize,
-) -> Vec<Result<Projection, String>> {
-    *calls += 1;
-    match plugin.project(groups) {
-        Ok(out) => out.into_iter().map(Ok).collect(),
-        Err(e) if groups.len() == 1 => vec![Err(e.to_string())],
-        Err(e) => {
-            tracing::warn!(model = %plugin.description().model, size = groups.len(), "project failed ({e}); narrowing the batch down");
-            let (left, right) = groups.split_at(groups.len() / 2);
-            let mut out = project_isolating(plugin, left, calls);
-            out.extend(project_isolating(plugin, right, calls));
-            out
-        }
     }
 }

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
-    let (db, plugins) = (env.db.as_str(), env.plugins.as_path());
-    let engine = app::engine(env, EngineConfig::default()).await?;
+    let (db, plugins) = (env.db.as_str(), env.registry.dir.as_path());
+    let (engine, _registry) = app::engine(env, EngineConfig::default()).await?;
     let models = engine.plugins().models();
     println!("flowhost demo on {db}");
     println!("plugins folder {}:", plugins.display());

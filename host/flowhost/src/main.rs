@@ -56,6 +56,22 @@ struct Cli {
         default_value_t = 512
     )]
     plugin_memory_mb: usize,
+    /// The most records (or references) in one plugin call.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWHOST_PLUGIN_MAX_BATCH",
+        default_value_t = flowhost_runtime::Limits::DEFAULT_MAX_BATCH
+    )]
+    plugin_max_batch: usize,
+    /// Limits of one model, over the defaults above: `MODEL:timeout_ms=N,memory_mb=N,max_batch=N`
+    /// (any of the three). Repeat for several models.
+    #[arg(long = "model-limit", global = true, value_parser = plugins_cmd::parse_model_limit)]
+    model_limit: Vec<(String, plugins_cmd::ModelLimit)>,
+    /// Where every plugin version that has been current is kept, for rollback
+    /// (default: `<plugins>/.versions`).
+    #[arg(long, global = true, env = "FLOWHOST_VERSIONS_DIR")]
+    versions_dir: Option<PathBuf>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flowhost=debug`.
     #[arg(long, global = true, env = "FLOWHOST_LOG", default_value = "warn")]
     log: String,
@@ -175,7 +191,7 @@ fn init_tracing(filter: &str) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Plugins(cmd) => plugins_cmd::run(cmd),
+        Command::Plugins(cmd) if !cmd.needs_database() => plugins_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd, &cli.db, &cli.plugins),
         command => {
             let limits = flowhost_runtime::RuntimeConfig {
@@ -186,9 +202,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let mut registry = flowhost_registry::RegistryConfig::new(cli.plugins);
+            if let Some(dir) = cli.versions_dir {
+                registry.versions_dir = dir;
+            }
+            registry.max_batch = cli.plugin_max_batch.max(1);
+            for (model, limit) in cli.model_limit {
+                let entry = registry.limits.entry(model).or_default();
+                *entry = limit.over(*entry);
+            }
             let env = app::Env {
                 db: cli.db,
-                plugins: cli.plugins,
+                registry,
                 limits,
             };
             runtime.block_on(run_async(command, &env))
@@ -204,8 +229,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             max_line_bytes,
         } => {
             let store = app::open_store(db).await?;
-            let loaded = app::load_plugins(&env.plugins, &env.limits)?;
-            app::register(&store, &loaded).await?;
+            app::open_registry(env, &store).await?;
             let known: BTreeSet<String> = store
                 .models()
                 .await
@@ -237,7 +261,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
                 config.associate = flowhost_core::batch::BatchConfig::fixed(size);
                 config.project = flowhost_core::batch::BatchConfig::fixed(size);
             }
-            let engine = app::engine(env, config).await?;
+            let (engine, _registry) = app::engine(env, config).await?;
             let spinner = if std::io::stderr().is_terminal() {
                 let s = indicatif::ProgressBar::new_spinner().with_message("processing");
                 s.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -299,7 +323,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let engine = app::engine(env, EngineConfig::default()).await?;
+            let (engine, registry) = app::engine(env, EngineConfig::default()).await?;
             let cancel = CancellationToken::new();
             let signal = cancel.clone();
             tokio::spawn(async move {
@@ -307,6 +331,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
                 tracing::info!("shutting down: finishing in-flight batches");
                 signal.cancel();
             });
+            let watcher = registry.watch(cancel.clone()).await?;
             eprintln!(
                 "flowhost serving {} with models {}",
                 db,
@@ -316,6 +341,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
                 .serve(cancel)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let _ = watcher.await;
             eprintln!(
                 "stopped: associated {} records, projected {} references",
                 report.associate.items, report.project.items
@@ -331,7 +357,8 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins(_) | Command::Bench(_) => unreachable!("handled without a runtime"),
+        Command::Plugins(cmd) => plugins_cmd::run_with_database(cmd, env).await,
+        Command::Bench(_) => unreachable!("handled without a runtime"),
     }
 }
 

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum PluginsCommand {
@@ -31,13 +30,262 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Per model: the current version, when and from where it was loaded, its state, how far
+    /// re-projection has come, the last refusal, and the earlier versions kept.
+    List {
+        /// One JSON object per model instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version of a model current, at once (a running host picks it up
+    /// within a fraction of a second; a restart keeps it until a new file arrives).
+    Rollback {
+        model: String,
+        /// The version (or a unique prefix of it) to return to; default: the version that
+        /// was current before the present one.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+impl PluginsCommand {
+    /// Whether the command works on the database (and runs on the async runtime).
+    pub fn needs_database(&self) -> bool {
+        matches!(self, Self::List { .. } | Self::Rollback { .. })
+    }
 }
 
 pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
     match cmd {
         PluginsCommand::Check { file } => check(&file),
         PluginsCommand::Test { file, input, json } => test(&file, &input, json),
+        PluginsCommand::List { .. } | PluginsCommand::Rollback { .. } => {
+            unreachable!("run with the database")
+        }
     }
+}
+
+pub async fn run_with_database(cmd: PluginsCommand, env: &crate::app::Env) -> Result<ExitCode> {
+    let store = crate::app::open_store(&env.db).await?;
+    let code = match cmd {
+        PluginsCommand::List { json } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            list(&store, json, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            ExitCode::SUCCESS
+        }
+        PluginsCommand::Rollback { model, to } => {
+            let runtime = Runtime::new(env.limits.clone())?;
+            let before = store
+                .plugin_states()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into_iter()
+                .find(|s| s.model == model)
+                .map(|s| s.version);
+            match flowhost_registry::rollback(
+                &store,
+                &runtime,
+                &env.registry.versions_dir,
+                &model,
+                to.as_deref(),
+            )
+            .await
+            {
+                Ok(version) => {
+                    println!(
+                        "{model}: now {} (was {})",
+                        short(&version),
+                        before.as_deref().map(short).unwrap_or("none")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        PluginsCommand::Check { .. } | PluginsCommand::Test { .. } => unreachable!("no database"),
+    };
+    store.close().await;
+    Ok(code)
+}
+
+use flowhost_registry::short;
+
+fn when(micros: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `flowhost plugins list`, from the database (what every host recorded).
+async fn list(
+    store: &flowhost_store::Store,
+    as_json: bool,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let err = |e: flowhost_store::StoreError| anyhow::anyhow!("{e}");
+    let states = store.plugin_states().await.map_err(err)?;
+    let versions = store.plugin_versions(None).await.map_err(err)?;
+    let files = store.plugin_files().await.map_err(err)?;
+    for s in &states {
+        let progress = store.reprojection(&s.model, &s.version).await.map_err(err)?;
+        let file = versions
+            .iter()
+            .find(|v| v.model == s.model && v.version == s.version)
+            .map(|v| v.file.clone());
+        let previous: Vec<_> = versions
+            .iter()
+            .filter(|v| v.model == s.model && v.version != s.version)
+            .collect();
+        let errors: Vec<_> = files
+            .iter()
+            .filter(|f| f.model.as_deref() == Some(&s.model) && f.error.is_some())
+            .collect();
+        if as_json {
+            let line = json!({
+                "model": s.model,
+                "kind": s.kind,
+                "version": s.version,
+                "source": s.source.as_str(),
+                "since": when(s.since_micros),
+                "file": file,
+                "state": s.state,
+                "views": {"current": progress.current, "total": progress.total, "failed": progress.failed},
+                "last_error": errors.first().map(|f| json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)})),
+                "previous": previous.iter().map(|v| json!({"version": v.version, "file": v.file, "last_current": when(v.last_current_micros)})).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{line}")?;
+            continue;
+        }
+        writeln!(
+            out,
+            "{}  {}  {} ({})  since {}",
+            s.model,
+            s.kind,
+            short(&s.version),
+            s.source.as_str(),
+            when(s.since_micros)
+        )?;
+        writeln!(out, "  file        {}", file.as_deref().unwrap_or("?"))?;
+        writeln!(out, "  state       {}", s.state)?;
+        if s.kind == "entity" {
+            let done = if progress.current == progress.total {
+                "all by the current version".to_string()
+            } else {
+                format!("re-projection {} to go", progress.total - progress.current)
+            };
+            writeln!(
+                out,
+                "  views       {} of {} ({done})",
+                progress.current, progress.total
+            )?;
+        }
+        if progress.failed > 0 {
+            writeln!(
+                out,
+                "  failed      {} references whose projection failed (re-tried on new records, a new version, or `parked requeue`)",
+                progress.failed
+            )?;
+        }
+        for f in &errors {
+            writeln!(
+                out,
+                "  last error  {}: {} ({})",
+                f.file,
+                f.error.as_deref().unwrap_or(""),
+                when(f.checked_micros)
+            )?;
+        }
+        for (i, v) in previous.iter().enumerate() {
+            let label = if i == 0 { "previous" } else { "" };
+            writeln!(
+                out,
+                "  {label:<11} {}  {}  (current until {})",
+                short(&v.version),
+                v.file,
+                when(v.last_current_micros)
+            )?;
+        }
+    }
+    let orphans: Vec<_> = files
+        .iter()
+        .filter(|f| f.model.is_none() && f.error.is_some())
+        .collect();
+    for f in orphans {
+        if as_json {
+            writeln!(
+                out,
+                "{}",
+                json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)})
+            )?;
+        } else {
+            writeln!(
+                out,
+                "refused  {}: {} ({})",
+                f.file,
+                f.error.as_deref().unwrap_or(""),
+                when(f.checked_micros)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One model's limits from `--model-limit`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelLimit {
+    timeout_ms: Option<u64>,
+    memory_mb: Option<usize>,
+    max_batch: Option<usize>,
+}
+
+impl ModelLimit {
+    /// These limits over earlier ones for the same model.
+    pub fn over(self, earlier: flowhost_registry::LimitOverride) -> flowhost_registry::LimitOverride {
+        flowhost_registry::LimitOverride {
+            call_timeout: self
+                .timeout_ms
+                .map(|ms| std::time::Duration::from_millis(ms.max(1)))
+                .or(earlier.call_timeout),
+            memory_limit: self.memory_mb.map(|mb| mb.max(1) << 20).or(earlier.memory_limit),
+            max_batch: self.max_batch.map(|n| n.max(1)).or(earlier.max_batch),
+        }
+    }
+}
+
+/// Parses `MODEL:timeout_ms=N,memory_mb=N,max_batch=N`.
+pub fn parse_model_limit(text: &str) -> Result<(String, ModelLimit), String> {
+    let (model, settings) = text
+        .split_once(':')
+        .ok_or_else(|| format!("'{text}': expected MODEL:KEY=VALUE[,KEY=VALUE]"))?;
+    if model.is_empty() {
+        return Err(format!("'{text}': the model name is missing"));
+    }
+    let mut limit = ModelLimit::default();
+    for setting in settings.split(',').filter(|s| !s.is_empty()) {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("'{setting}': expected KEY=VALUE"))?;
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{key}: '{v}' is not a whole number"))
+        };
+        match key {
+            "timeout_ms" => limit.timeout_ms = Some(number(value)?),
+            "memory_mb" => limit.memory_mb = Some(number(value)? as usize),
+            "max_batch" => limit.max_batch = Some(number(value)? as usize),
+            other => {
+                return Err(format!(
+                    "unknown limit '{other}'; one of timeout_ms, memory_mb, max_batch"
+                ));
+            }
+        }
+    }
+    Ok((model.to_string(), limit))
 }
 
 /// Loads a plugin, or prints the one-line reason and returns `None`.
@@ -91,7 +339,7 @@ fn check(file: &Path) -> Result<ExitCode> {
             "compiled"
         }
     );
-    match probe(&plugin) {
+    match plugin.probe() {
         Ok(summary) => {
             println!("  probe     {summary}");
             Ok(ExitCode::SUCCESS)
@@ -101,48 +349,6 @@ fn check(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-/// A small batch through `associate` and `project`; the runtime checks lengths and JSON.
-fn probe(plugin: &Plugin) -> Result<String, flowhost_runtime::CallError> {
-    let model = &plugin.description().model;
-    let records: Vec<Record> = (1..=3)
-        .map(|i| Record {
-            seq: i,
-            model: model.clone(),
-            source: flowhost_core::Source {
-                system: "probe".into(),
-                adapter: "probe".into(),
-            },
-            external_id: format!("P-{i}"),
-            occurred_at: "2026-01-01T00:00:00Z".into(),
-            occurred_micros: 1_767_225_600_000_000 + i,
-            payload: json!({"name": format!("probe {i}"), "n": i}).to_string(),
-        })
-        .collect();
-    let started = Instant::now();
-    let associations = plugin.associate(&records)?;
-    let keyed = associations
-        .iter()
-        .filter(|a| matches!(a, Association::Keyed { .. }))
-        .count();
-    let groups = vec![Group {
-        reference: "00000000-0000-7000-8000-000000000000".into(),
-        records: records
-            .into_iter()
-            .map(|record| KeyedRecord {
-                record,
-                parents: Vec::new(),
-            })
-            .collect(),
-    }];
-    let projections = plugin.project(&groups)?;
-    Ok(format!(
-        "associate 3 records → {} results ({keyed} keyed); project 1 group → {} projection ({:.1} ms)",
-        associations.len(),
-        projections.len(),
-        started.elapsed().as_secs_f64() * 1e3
-    ))
 }
 
 fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {

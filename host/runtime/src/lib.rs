@@ -28,9 +28,9 @@ use wasmtime::{Config, Engine, Store};
 pub struct RuntimeConfig {
     /// Where compiled artefacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// The longest one plugin call may run.
+    /// The longest one plugin call may run (default for every plugin).
     pub call_timeout: Duration,
-    /// The most linear memory one instance may grow to, in bytes.
+    /// The most linear memory one instance may grow to, in bytes (default for every plugin).
     pub memory_limit: usize,
 }
 
@@ -42,6 +42,23 @@ impl Default for RuntimeConfig {
             memory_limit: 512 << 20,
         }
     }
+}
+
+/// The limits one plugin runs under. Every plugin starts with the runtime's defaults;
+/// [`Plugin::with_limits`] overrides them per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest one call may run (epoch interruption).
+    pub call_timeout: Duration,
+    /// The most linear memory one instance may grow to, in bytes (resource limiter).
+    pub memory_limit: usize,
+    /// The most records (association) or references (projection) in one call.
+    pub max_batch: usize,
+}
+
+impl Limits {
+    /// No more records per call than this unless a model's limits say otherwise.
+    pub const DEFAULT_MAX_BATCH: usize = 10_000;
 }
 
 /// `$FLOWHOST_CACHE_DIR`, else `$XDG_CACHE_HOME/flowhost`, else `~/.cache/flowhost`.
@@ -90,6 +107,7 @@ pub struct Plugin {
     version: String,
     description: Arc<Description>,
     info: LoadInfo,
+    limits: Limits,
 }
 
 impl Runtime {
@@ -177,6 +195,11 @@ impl Runtime {
             version,
             description: Arc::new(placeholder_description()),
             info,
+            limits: Limits {
+                call_timeout: self.inner.config.call_timeout,
+                memory_limit: self.inner.config.memory_limit,
+                max_batch: Limits::DEFAULT_MAX_BATCH,
+            },
         };
         let description = plugin
             .call_describe()
@@ -254,14 +277,74 @@ impl Plugin {
         self.info
     }
 
+    /// The limits its calls run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The same plugin under other limits (cheap: the compiled component is shared).
+    pub fn with_limits(&self, limits: Limits) -> Plugin {
+        Plugin {
+            limits: Limits {
+                max_batch: limits.max_batch.max(1),
+                ..limits
+            },
+            ..self.clone()
+        }
+    }
+
+    /// Runs a small probe batch through `associate` and `project`: both must answer with
+    /// well-formed results of the right length (the calls check lengths and JSON). Returns
+    /// a one-line summary.
+    pub fn probe(&self) -> Result<String, CallError> {
+        let model = &self.description.model;
+        let records: Vec<Record> = (1..=3)
+            .map(|i| Record {
+                seq: i,
+                model: model.clone(),
+                source: flowhost_core::Source {
+                    system: "probe".into(),
+                    adapter: "probe".into(),
+                },
+                external_id: format!("P-{i}"),
+                occurred_at: "2026-01-01T00:00:00Z".into(),
+                occurred_micros: 1_767_225_600_000_000 + i,
+                payload: format!(r#"{{"name":"probe {i}","n":{i}}}"#),
+            })
+            .collect();
+        let started = Instant::now();
+        let associations = self.associate(&records)?;
+        let keyed = associations
+            .iter()
+            .filter(|a| matches!(a, Association::Keyed { .. }))
+            .count();
+        let groups = vec![Group {
+            reference: "00000000-0000-7000-8000-000000000000".into(),
+            records: records
+                .into_iter()
+                .map(|record| flowhost_core::KeyedRecord {
+                    record,
+                    parents: Vec::new(),
+                })
+                .collect(),
+        }];
+        let projections = self.project(&groups)?;
+        Ok(format!(
+            "associate 3 records → {} results ({keyed} keyed); project 1 group → {} projection ({:.1} ms)",
+            associations.len(),
+            projections.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        ))
+    }
+
     fn store(&self) -> Store<HostState> {
         let inner = &self.runtime;
         let mut store = Store::new(
             &inner.engine,
-            HostState::new(&self.description.model, inner.config.memory_limit),
+            HostState::new(&self.description.model, self.limits.memory_limit),
         );
         store.limiter(|s| s.limits());
-        let ticks = (inner.config.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
+        let ticks = (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store

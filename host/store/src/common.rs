@@ -329,6 +329,286 @@ macro_rules! impl_shared {
                 Ok(moved)
             }
 
+            /// Inside a projection commit: the failed references keep their mark, with the
+            /// error. One statement per failed reference (each has its own message);
+            /// failures are rare and a batch with many is narrowed down first anyway.
+            async fn mark_projection_failed(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                model: &str,
+                failed: &[ProjectFailure],
+            ) -> Result<(), StoreError> {
+                for f in failed {
+                    let mut qb = Self::query("UPDATE dirty SET error = ");
+                    qb.push_bind(f.error.clone())
+                        .push(" WHERE reference = ")
+                        .push_bind(f.reference.clone())
+                        .push(" AND stamp = ")
+                        .push_bind(f.stamp);
+                    self.exec(&mut qb, tx, "record a failed projection", model).await?;
+                }
+                Ok(())
+            }
+
+            pub async fn record_version(&self, row: &PluginVersionRow) -> Result<(), StoreError> {
+                let mut qb = Self::query(
+                    "INSERT INTO plugin_versions (model, version, file, archive, description, \
+                     first_loaded_micros, last_current_micros) VALUES (",
+                );
+                let mut values = qb.separated(", ");
+                values
+                    .push_bind(row.model.clone())
+                    .push_bind(row.version.clone())
+                    .push_bind(row.file.clone())
+                    .push_bind(row.archive.clone())
+                    .push_bind(row.description.clone())
+                    .push_bind(row.first_loaded_micros)
+                    .push_bind(row.last_current_micros);
+                qb.push(
+                    ") ON CONFLICT (model, version) DO UPDATE SET file = excluded.file, \
+                     archive = excluded.archive",
+                );
+                self.execute(&mut qb, "record a plugin version", &row.model).await?;
+                Ok(())
+            }
+
+            pub async fn plugin_versions(&self, model: Option<&str>) -> Result<Vec<PluginVersionRow>, StoreError> {
+                let op = "read plugin versions";
+                let mut qb = Self::query(
+                    "SELECT model, version, file, archive, description, first_loaded_micros, \
+                     last_current_micros FROM plugin_versions",
+                );
+                if let Some(model) = model {
+                    qb.push(" WHERE model = ").push_bind(model.to_string());
+                }
+                qb.push(" ORDER BY model, last_current_micros DESC, version");
+                let rows = self.fetch(&mut qb, op, model.unwrap_or("*")).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(PluginVersionRow {
+                            model: r.try_get("model")?,
+                            version: r.try_get("version")?,
+                            file: r.try_get("file")?,
+                            archive: r.try_get("archive")?,
+                            description: r.try_get("description")?,
+                            first_loaded_micros: r.try_get("first_loaded_micros")?,
+                            last_current_micros: r.try_get("last_current_micros")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(query_error(op, model.unwrap_or("*")))
+            }
+
+            pub async fn set_current(&self, change: &CurrentChange) -> Result<Switched, StoreError> {
+                let op = "make a plugin version current";
+                let model = change.model.as_str();
+                let mut tx = self.begin(op, model).await?;
+                let mut qb = Self::query("SELECT plugin_version FROM models WHERE name = ");
+                qb.push_bind(model.to_string());
+                self.stats.add(1);
+                let before: Option<String> = qb
+                    .build_query_scalar()
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_error(op, model))?;
+                let changed = before.as_deref() != Some(change.version.as_str());
+                let now = now_micros();
+                let mut qb = Self::query(
+                    "INSERT INTO models (name, kind, plugin_version, known_since, source, \
+                     folder_version, since_micros, state) VALUES (",
+                );
+                let mut values = qb.separated(", ");
+                values
+                    .push_bind(model.to_string())
+                    .push_bind(change.kind.clone())
+                    .push_bind(change.version.clone())
+                    .push_bind(now)
+                    .push_bind(change.source.as_str())
+                    .push_bind(change.folder_version.clone())
+                    .push_bind(now)
+                    .push_bind("serving");
+                qb.push(
+                    ") ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, \
+                     plugin_version = excluded.plugin_version, source = excluded.source, \
+                     folder_version = excluded.folder_version, state = excluded.state, \
+                     since_micros = CASE WHEN models.plugin_version = excluded.plugin_version \
+                     THEN models.since_micros ELSE excluded.since_micros END",
+                );
+                self.exec(&mut qb, &mut tx, op, model).await?;
+                let mut switched = Switched { changed, ..Switched::default() };
+                if changed {
+                    let mut qb = Self::query("UPDATE plugin_versions SET last_current_micros = ");
+                    qb.push_bind(now)
+                        .push(" WHERE model = ")
+                        .push_bind(model.to_string())
+                        .push(" AND version = ")
+                        .push_bind(change.version.clone());
+                    self.exec(&mut qb, &mut tx, op, model).await?;
+                    let mut qb = Self::stale_views(model, &change.version);
+                    switched.marked = self.exec(&mut qb, &mut tx, op, model).await?;
+                    let mut qb = Self::query("UPDATE dirty SET error = NULL WHERE model = ");
+                    qb.push_bind(model.to_string()).push(" AND error IS NOT NULL");
+                    self.exec(&mut qb, &mut tx, op, model).await?;
+                    switched.requeued = self
+                        .move_parked(&mut tx, op, model, |qb| {
+                            qb.push("p.model = ")
+                                .push_bind(model.to_string())
+                                .push(" AND p.reason = ")
+                                .push_bind(ParkReason::PluginFailed.as_str());
+                        })
+                        .await?;
+                }
+                self.commit(tx, op, model).await?;
+                Ok(switched)
+            }
+
+            /// Marks the views of `model` not made by `version` dirty. A reference already
+            /// dirty gets a new stamp (a projection in flight with the old version will not
+            /// clear it); a new mark sorts after fresh work, so re-projection runs in the
+            /// background of intake.
+            fn stale_views(model: &str, version: &str) -> sqlx::QueryBuilder<$db> {
+                let mut qb = Self::query(
+                    "INSERT INTO dirty (reference, model, stamp) SELECT reference, model, ",
+                );
+                qb.push_bind(REPROJECT_STAMP)
+                    .push(" FROM views WHERE model = ")
+                    .push_bind(model.to_string())
+                    .push(" AND plugin_version <> ")
+                    .push_bind(version.to_string())
+                    .push(" ON CONFLICT (reference) DO UPDATE SET stamp = dirty.stamp + 1, error = NULL");
+                qb
+            }
+
+            pub async fn mark_stale_views(&self, model: &str, version: &str) -> Result<u64, StoreError> {
+                let mut qb = Self::stale_views(model, version);
+                self.execute(&mut qb, "mark stale views", model).await
+            }
+
+            pub async fn plugin_states(&self) -> Result<Vec<PluginState>, StoreError> {
+                let op = "read plugin states";
+                let mut qb = Self::query(
+                    "SELECT name, kind, plugin_version, source, folder_version, since_micros, state \
+                     FROM models ORDER BY name",
+                );
+                let rows = self.fetch(&mut qb, op, "*").await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(PluginState {
+                            model: r.try_get("name")?,
+                            kind: r.try_get("kind")?,
+                            version: r.try_get("plugin_version")?,
+                            source: VersionSource::parse(r.try_get::<&str, _>("source")?),
+                            folder_version: r.try_get("folder_version")?,
+                            since_micros: r.try_get("since_micros")?,
+                            state: r.try_get("state")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(query_error(op, "*"))
+            }
+
+            pub async fn set_plugin_state(&self, model: &str, state: &str) -> Result<(), StoreError> {
+                let mut qb = Self::query("UPDATE models SET state = ");
+                qb.push_bind(state.to_string())
+                    .push(" WHERE name = ")
+                    .push_bind(model.to_string());
+                self.execute(&mut qb, "record a plugin state", model).await?;
+                Ok(())
+            }
+
+            pub async fn record_file(&self, row: &PluginFileRow) -> Result<(), StoreError> {
+                let mut qb = Self::query(
+                    "INSERT INTO plugin_files (file, model, version, error, checked_micros) VALUES (",
+                );
+                let mut values = qb.separated(", ");
+                values
+                    .push_bind(row.file.clone())
+                    .push_bind(row.model.clone())
+                    .push_bind(row.version.clone())
+                    .push_bind(row.error.clone())
+                    .push_bind(row.checked_micros);
+                qb.push(
+                    ") ON CONFLICT (file) DO UPDATE SET model = COALESCE(excluded.model, plugin_files.model), \
+                     version = COALESCE(excluded.version, plugin_files.version), \
+                     error = excluded.error, checked_micros = excluded.checked_micros",
+                );
+                self.execute(&mut qb, "record a plugin file", row.model.as_deref().unwrap_or("*")).await?;
+                Ok(())
+            }
+
+            pub async fn forget_file(&self, file: &str) -> Result<(), StoreError> {
+                let mut qb = Self::query("DELETE FROM plugin_files WHERE file = ");
+                qb.push_bind(file.to_string());
+                self.execute(&mut qb, "forget a plugin file", "*").await?;
+                Ok(())
+            }
+
+            pub async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, StoreError> {
+                let op = "read plugin files";
+                let mut qb = Self::query(
+                    "SELECT file, model, version, error, checked_micros FROM plugin_files ORDER BY file",
+                );
+                let rows = self.fetch(&mut qb, op, "*").await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(PluginFileRow {
+                            file: r.try_get("file")?,
+                            model: r.try_get("model")?,
+                            version: r.try_get("version")?,
+                            error: r.try_get("error")?,
+                            checked_micros: r.try_get("checked_micros")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(query_error(op, "*"))
+            }
+
+            pub async fn reprojection(&self, model: &str, version: &str) -> Result<Progress, StoreError> {
+                let op = "read re-projection progress";
+                let mut qb = Self::query(
+                    "SELECT CAST(COUNT(*) AS BIGINT) AS total, \
+                     CAST(COALESCE(SUM(CASE WHEN plugin_version = ",
+                );
+                qb.push_bind(version.to_string())
+                    .push(
+                        " THEN 1 ELSE 0 END), 0) AS BIGINT) AS current, \
+                         (SELECT CAST(COUNT(*) AS BIGINT) FROM dirty WHERE model = ",
+                    )
+                    .push_bind(model.to_string())
+                    .push(" AND error IS NOT NULL) AS failed FROM views WHERE model = ")
+                    .push_bind(model.to_string());
+                let rows = self.fetch(&mut qb, op, model).await?;
+                let row = rows.first().ok_or_else(|| {
+                    query_error(op, model)(sqlx::Error::RowNotFound)
+                })?;
+                let get = |name: &str| -> Result<u64, StoreError> {
+                    row.try_get::<i64, _>(name)
+                        .map(|v| v.max(0) as u64)
+                        .map_err(query_error(op, model))
+                };
+                Ok(Progress {
+                    current: get("current")?,
+                    total: get("total")?,
+                    failed: get("failed")?,
+                })
+            }
+
+            /// Runs one statement on the pool, counting it; returns the rows it affected.
+            async fn execute(
+                &self,
+                qb: &mut sqlx::QueryBuilder<$db>,
+                operation: &'static str,
+                model: &str,
+            ) -> Result<u64, StoreError> {
+                self.stats.add(1);
+                Ok(qb
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error(operation, model))?
+                    .rows_affected())
+            }
+
             pub async fn counts(&self) -> Result<Counts, StoreError> {
                 let err = || query_error("count", "*");
                 self.stats.add(6);

@@ -17,6 +17,7 @@ mod sqlite;
 mod types;
 
 pub use error::{CommitError, StoreError};
+pub use rows::{REPROJECT_STAMP, now_micros};
 pub use types::*;
 
 use flowhost_core::ParentKey;
@@ -194,14 +195,75 @@ impl Store {
     }
 
     /// Commits a projection batch in one transaction: checks the lease, upserts the views,
-    /// and clears the dirty marks it has seen (a reference marked again meanwhile stays dirty).
+    /// clears the dirty marks it has seen (a reference marked again meanwhile stays dirty),
+    /// and keeps the error on the marks of references whose projection failed (they are
+    /// skipped until new records, a new plugin version, or a re-queue).
     pub async fn commit_projection(
         &self,
         lease: &Lease,
         views: &[ViewRow],
         seen: &[(String, i64)],
+        failed: &[ProjectFailure],
     ) -> Result<(), CommitError> {
-        backend!(self.commit_projection(lease, views, seen))
+        backend!(self.commit_projection(lease, views, seen, failed))
+    }
+
+    /// Records a plugin version that passed validation (kept for rollback).
+    pub async fn record_version(&self, row: &PluginVersionRow) -> Result<(), StoreError> {
+        backend!(self.record_version(row))
+    }
+
+    /// The versions of one model (or of all), most recently current first.
+    pub async fn plugin_versions(
+        &self,
+        model: Option<&str>,
+    ) -> Result<Vec<PluginVersionRow>, StoreError> {
+        backend!(self.plugin_versions(model))
+    }
+
+    /// Makes a version current for its model, in one transaction. When the version changes,
+    /// the model's views made by other versions are marked for re-projection, and the
+    /// failures of the old version (records parked `PLUGIN_FAILED`, references whose
+    /// projection failed) are given another try. Returns what changed.
+    pub async fn set_current(&self, change: &CurrentChange) -> Result<Switched, StoreError> {
+        backend!(self.set_current(change))
+    }
+
+    /// Marks for re-projection the views of a model made by another version than `version`
+    /// (one statement); returns how many.
+    pub async fn mark_stale_views(&self, model: &str, version: &str) -> Result<u64, StoreError> {
+        backend!(self.mark_stale_views(model, version))
+    }
+
+    /// Every model's current plugin, as the hosts last recorded it.
+    pub async fn plugin_states(&self) -> Result<Vec<PluginState>, StoreError> {
+        backend!(self.plugin_states())
+    }
+
+    /// Records a model's state as a running host sees it (serving, paused, cool-down).
+    pub async fn set_plugin_state(&self, model: &str, state: &str) -> Result<(), StoreError> {
+        backend!(self.set_plugin_state(model, state))
+    }
+
+    /// Records the last outcome of a file of the plugins folder.
+    pub async fn record_file(&self, row: &PluginFileRow) -> Result<(), StoreError> {
+        backend!(self.record_file(row))
+    }
+
+    /// Forgets a file that left the plugins folder.
+    pub async fn forget_file(&self, file: &str) -> Result<(), StoreError> {
+        backend!(self.forget_file(file))
+    }
+
+    /// The last outcome of every file of the plugins folder.
+    pub async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, StoreError> {
+        backend!(self.plugin_files())
+    }
+
+    /// How far re-projection of a model has come: views made by `version`, views in all,
+    /// and references whose projection failed.
+    pub async fn reprojection(&self, model: &str, version: &str) -> Result<Progress, StoreError> {
+        backend!(self.reprojection(model, version))
     }
 
     /// One page of views of a model, ordered by each reference's first intake, after

@@ -3,7 +3,8 @@
 //! and leases taken with an atomic upsert that only succeeds for the holder or after expiry.
 
 use crate::error::query_error;
-use crate::rows::{self, RECORD_COLUMNS, now_micros};
+use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, now_micros};
+use flowhost_core::ParkReason;
 use crate::*;
 
 crate::common::impl_shared!(PgStore, Postgres);
@@ -333,7 +334,7 @@ impl PgStore {
             sqlx::query(
                 "INSERT INTO dirty (reference, model, stamp) \
                  SELECT r, $1, $2 FROM UNNEST($3::text[]) AS d(r) \
-                 ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp",
+                 ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp, error = NULL",
             )
             .bind(model)
             .bind(o.stamp)
@@ -351,7 +352,8 @@ impl PgStore {
         let op = "read dirty references";
         self.stats.add(1);
         let seen: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT reference, stamp FROM dirty WHERE model = $1 ORDER BY stamp, reference LIMIT $2",
+            "SELECT reference, stamp FROM dirty WHERE model = $1 AND error IS NULL \
+             ORDER BY stamp, reference LIMIT $2",
         )
         .bind(model)
         .bind(limit as i64)
@@ -381,11 +383,13 @@ impl PgStore {
         lease: &Lease,
         views: &[ViewRow],
         seen: &[(String, i64)],
+        failed: &[ProjectFailure],
     ) -> Result<(), CommitError> {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
         self.check_lease(&mut tx, lease).await?;
+        self.mark_projection_failed(&mut tx, model, failed).await?;
         if !views.is_empty() {
             self.stats.add(1);
             sqlx::query(

@@ -242,3 +242,7 @@ pub fn identity_index(
         })
         .collect()
 }
+
+/// The stamp of a re-projection mark: after every stamp fresh work gets (queue positions),
+/// so re-projection yields to new records.
+pub const REPROJECT_STAMP: i64 = 1 << 62;

@@ -4,7 +4,8 @@
 //! lock upgrade.
 
 use crate::error::query_error;
-use crate::rows::{self, RECORD_COLUMNS, now_micros};
+use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, now_micros};
+use flowhost_core::ParkReason;
 use crate::*;
 
 crate::common::impl_shared!(SqliteStore, Sqlite);
@@ -338,7 +339,7 @@ impl SqliteStore {
                     .push_bind(model.to_string())
                     .push_bind(o.stamp);
             });
-            qb.push(" ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp");
+            qb.push(" ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp, error = NULL");
             self.exec(&mut qb, &mut tx, op, model).await?;
         }
 
@@ -350,7 +351,8 @@ impl SqliteStore {
         let op = "read dirty references";
         self.stats.add(1);
         let seen: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT reference, stamp FROM dirty WHERE model = ? ORDER BY stamp, reference LIMIT ?",
+            "SELECT reference, stamp FROM dirty WHERE model = ? AND error IS NULL \
+             ORDER BY stamp, reference LIMIT ?",
         )
         .bind(model)
         .bind(limit.min(MAX_PARAMS) as i64)
@@ -379,11 +381,13 @@ impl SqliteStore {
         lease: &Lease,
         views: &[ViewRow],
         seen: &[(String, i64)],
+        failed: &[ProjectFailure],
     ) -> Result<(), CommitError> {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
         self.check_lease(&mut tx, lease).await?;
+        self.mark_projection_failed(&mut tx, model, failed).await?;
         let now = now_micros();
         for chunk in views.chunks(MAX_PARAMS / 9) {
             let mut qb = QueryBuilder::<Sqlite>::new(

@@ -189,3 +189,111 @@ pub struct Counts {
     /// Parked records per model and reason.
     pub parked: Vec<(String, String, i64)>,
 }
+
+/// A reference whose projection failed, as read (its mark keeps the error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectFailure {
+    pub reference: String,
+    pub stamp: i64,
+    pub error: String,
+}
+
+/// A plugin version that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginVersionRow {
+    pub model: String,
+    /// Content hash of the component.
+    pub version: String,
+    /// The file it was loaded from.
+    pub file: String,
+    /// Where the host keeps a copy of its bytes.
+    pub archive: String,
+    /// Its `describe` answer, as JSON.
+    pub description: String,
+    pub first_loaded_micros: i64,
+    /// When it was last made current.
+    pub last_current_micros: i64,
+}
+
+/// How a version became current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    /// The file in the plugins folder.
+    Folder,
+    /// An operator chose an earlier version.
+    Rollback,
+}
+
+impl VersionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionSource::Folder => "folder",
+            VersionSource::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        if text == "rollback" {
+            VersionSource::Rollback
+        } else {
+            VersionSource::Folder
+        }
+    }
+}
+
+/// Making a version current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentChange {
+    pub model: String,
+    pub kind: String,
+    pub version: String,
+    pub source: VersionSource,
+    /// For a rollback: the folder's version it overrides.
+    pub folder_version: Option<String>,
+}
+
+/// What [`Store::set_current`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switched {
+    /// The version differs from the one that was current.
+    pub changed: bool,
+    /// Views marked for re-projection.
+    pub marked: u64,
+    /// Records parked `PLUGIN_FAILED` given back to the queue.
+    pub requeued: u64,
+}
+
+/// A model's current plugin as recorded in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginState {
+    pub model: String,
+    pub kind: String,
+    pub version: String,
+    pub source: VersionSource,
+    pub folder_version: Option<String>,
+    pub since_micros: i64,
+    /// `serving`, `paused: …` or `cool-down: …`.
+    pub state: String,
+}
+
+/// The last outcome of one file of the plugins folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFileRow {
+    pub file: String,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    /// Why it was refused: `<stage>: <message>`.
+    pub error: Option<String>,
+    pub checked_micros: i64,
+}
+
+/// Re-projection progress of a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Views made by the current version.
+    pub current: u64,
+    /// Views in all.
+    pub total: u64,
+    /// References whose projection failed (kept dirty with the error).
+    pub failed: u64,
+}

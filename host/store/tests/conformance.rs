@@ -474,7 +474,7 @@ async fn projection_reads_groups_writes_views_and_keeps_new_marks() {
             parents: "{}".into(),
             plugin_version: "v1".into(),
         };
-        s.commit_projection(&pl, &[view("ref-b", 3), view("ref-a", 1)], &batch.seen)
+        s.commit_projection(&pl, &[view("ref-b", 3), view("ref-a", 1)], &batch.seen, &[])
             .await
             .unwrap();
         let still = s.dirty_groups("device", 10).await.unwrap();
@@ -635,7 +635,7 @@ async fn values_are_listed_under_parents_by_first_intake_then_time() {
             parents: "{}".into(),
             plugin_version: "v1".into(),
         };
-        s.commit_projection(&pl, &[view("p1", 1), view("p2", 2)], &[])
+        s.commit_projection(&pl, &[view("p1", 1), view("p2", 2)], &[], &[])
             .await
             .unwrap();
         let values = s.values("reading", 0, 10).await.unwrap();
@@ -732,6 +732,159 @@ async fn a_record_parked_for_a_key_claimed_meanwhile_is_requeued_at_once() {
                 .unwrap()
                 .is_empty()
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
+    on_both(|s| async move {
+        let change = |version: &str, source: VersionSource| CurrentChange {
+            model: "device".into(),
+            kind: "entity".into(),
+            version: version.into(),
+            source,
+            folder_version: None,
+        };
+        for (i, v) in ["v1", "v2"].into_iter().enumerate() {
+            s.record_version(&PluginVersionRow {
+                model: "device".into(),
+                version: v.into(),
+                file: format!("plugins/device-{v}.wasm"),
+                archive: format!("/versions/device/{v}.wasm"),
+                description: "{}".into(),
+                first_loaded_micros: i as i64,
+                last_current_micros: i as i64,
+            })
+            .await
+            .unwrap();
+        }
+        let first = s.set_current(&change("v1", VersionSource::Folder)).await.unwrap();
+        assert!(first.changed);
+        let again = s.set_current(&change("v1", VersionSource::Folder)).await.unwrap();
+        assert!(!again.changed, "the same version again changes nothing");
+
+        // Two views by v1, one of which will fail to project under v2.
+        let al = lease(Stage::Associate, "device", "h");
+        assert!(s.acquire_lease(&al, TTL).await.unwrap());
+        s.append(&[record("device", "bms", "P-1", r#"{"serial":"x"}"#)])
+            .await
+            .unwrap();
+        let pending = s.pending("device", 10).await.unwrap();
+        s.commit_association(
+            &al,
+            &AssociationOutcome {
+                model: "device".into(),
+                plugin_version: "v1".into(),
+                done: pending.iter().map(|p| p.pos).collect(),
+                parked: vec![ParkRow {
+                    seq: pending[0].record.seq,
+                    reason: ParkReason::PluginFailed,
+                    details: "trap".into(),
+                    awaiting: None,
+                    attempts: 1,
+                    first_micros: 1,
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let pl = lease(Stage::Project, "device", "h");
+        assert!(s.acquire_lease(&pl, TTL).await.unwrap());
+        let view = |r: &str, version: &str| ViewRow {
+            reference: r.into(),
+            model: "device".into(),
+            first_seq: 1,
+            canonical: "{}".into(),
+            root: "{}".into(),
+            lineage: "{}".into(),
+            parents: "{}".into(),
+            plugin_version: version.into(),
+        };
+        s.commit_projection(&pl, &[view("r1", "v1"), view("r2", "v1")], &[], &[])
+            .await
+            .unwrap();
+        let p = s.reprojection("device", "v1").await.unwrap();
+        assert_eq!((p.current, p.total, p.failed), (2, 2, 0));
+
+        // v2 becomes current: both views are stale, the failed record goes back to the queue.
+        let switched = s.set_current(&change("v2", VersionSource::Folder)).await.unwrap();
+        assert_eq!(
+            (switched.changed, switched.marked, switched.requeued),
+            (true, 2, 1)
+        );
+        assert_eq!(s.pending("device", 10).await.unwrap().len(), 1);
+        let batch = s.dirty_groups("device", 10).await.unwrap();
+        assert_eq!(batch.seen.len(), 2);
+        assert!(batch.seen.iter().all(|(_, stamp)| *stamp >= REPROJECT_STAMP));
+
+        // r1 projects under v2; r2 fails and keeps its mark with the error, skipped.
+        let r2 = batch.seen.iter().find(|(r, _)| r == "r2").unwrap().clone();
+        let r1 = batch.seen.iter().find(|(r, _)| r == "r1").unwrap().clone();
+        s.commit_projection(
+            &pl,
+            &[view("r1", "v2")],
+            &[r1],
+            &[ProjectFailure {
+                reference: r2.0.clone(),
+                stamp: r2.1,
+                error: "bad json".into(),
+            }],
+        )
+        .await
+        .unwrap();
+        assert!(s.dirty_groups("device", 10).await.unwrap().seen.is_empty());
+        let p = s.reprojection("device", "v2").await.unwrap();
+        assert_eq!((p.current, p.total, p.failed), (1, 2, 1));
+
+        // A view written by the old version after the switch is marked again.
+        s.commit_projection(&pl, &[view("r1", "v1")], &[], &[])
+            .await
+            .unwrap();
+        assert_eq!(s.mark_stale_views("device", "v2").await.unwrap(), 2);
+        let seen = s.dirty_groups("device", 10).await.unwrap().seen;
+        assert_eq!(seen.len(), 2, "r2's error is cleared by a new mark: {seen:?}");
+
+        // Rolling back: the state says so and the versions keep their order.
+        s.set_current(&CurrentChange {
+            folder_version: Some("v2".into()),
+            ..change("v1", VersionSource::Rollback)
+        })
+        .await
+        .unwrap();
+        let state = s.plugin_states().await.unwrap();
+        assert_eq!(state.len(), 1);
+        assert_eq!(state[0].version, "v1");
+        assert_eq!(state[0].source, VersionSource::Rollback);
+        assert_eq!(state[0].folder_version.as_deref(), Some("v2"));
+        let versions = s.plugin_versions(Some("device")).await.unwrap();
+        assert_eq!(versions[0].version, "v1", "most recently current first");
+        s.set_plugin_state("device", "paused: gone").await.unwrap();
+        assert_eq!(s.plugin_states().await.unwrap()[0].state, "paused: gone");
+
+        // Files of the folder: the last outcome of each.
+        let file = |error: Option<&str>| PluginFileRow {
+            file: "plugins/device.wasm".into(),
+            model: None,
+            version: None,
+            error: error.map(str::to_string),
+            checked_micros: 5,
+        };
+        s.record_file(&PluginFileRow {
+            model: Some("device".into()),
+            version: Some("v2".into()),
+            ..file(None)
+        })
+        .await
+        .unwrap();
+        s.record_file(&file(Some("load: not a component"))).await.unwrap();
+        let files = s.plugin_files().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].model.as_deref(), Some("device"), "the model is kept");
+        assert_eq!(files[0].error.as_deref(), Some("load: not a component"));
+        s.forget_file("plugins/device.wasm").await.unwrap();
+        assert!(s.plugin_files().await.unwrap().is_empty());
     })
     .await;
 }
