@@ -364,3 +364,82 @@ pub fn snapshot(host: &Host) -> serde_json::Value {
     parked.sort();
     json!({"views": views, "values": values, "parked": parked})
 }
+
+/// Rows of `(text, count)` from a query on a scratch database (SQLite or PostgreSQL), for
+/// checks the CLI does not expose (which plugin version keyed each record, say).
+pub fn count_by(url: &str, sql: &str) -> Vec<(String, i64)> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    block_on_thread(async move {
+        if url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&url).await.expect("open sqlite");
+            let rows = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&pool)
+                .await
+                .expect("query");
+            pool.close().await;
+            rows
+        } else {
+            let pool = sqlx::PgPool::connect(&url).await.expect("open postgres");
+            let rows = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&pool)
+                .await
+                .expect("query");
+            pool.close().await;
+            rows
+        }
+    })
+}
+
+/// A running `flowhost serve`, its log in a file; stopped (SIGKILL) when dropped.
+pub struct Server {
+    child: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `serve` for `host` with extra global arguments, logging at info.
+    pub fn start(host: &Host, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("serve.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = host
+            .command()
+            .args(["--log", "info"])
+            .args(args)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start serve");
+        Server {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What the service has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with SIGTERM on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("serve exits")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -21,6 +21,9 @@ pub struct BatchDone {
     pub healed: u64,
     /// Plugin calls made (more than one only when a failure was narrowed down).
     pub calls: usize,
+    /// Nothing was committed but work is waiting: the batch ran on a plugin version that
+    /// another process replaced; it runs again on the current one.
+    pub retry: bool,
 }
 
 impl Engine {
@@ -121,7 +124,11 @@ impl Engine {
                         records: records.len(),
                         healed: summary.healed,
                         calls,
+                        retry: false,
                     });
+                }
+                Err(CommitError::VersionChanged { model, current }) => {
+                    return Ok(self.version_changed(&model, &current).await);
                 }
                 Err(CommitError::KeyConflict(keys)) if attempt < MAX_DECISIONS => {
                     tracing::debug!(model = %lease.model, ?keys, "keys claimed elsewhere first; deciding the batch again");

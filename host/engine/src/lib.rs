@@ -70,6 +70,12 @@ pub enum EngineError {
     Worker { model: String, message: String },
 }
 
+/// Brings the plugin set up to date with the database's current versions (the registry
+/// does; an engine without one only waits for the next batch).
+pub trait Refresh: Send + Sync {
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
 /// The stage workers over one store and one set of plugins. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -82,6 +88,7 @@ struct Inner {
     config: EngineConfig,
     holder: String,
     breakers: breaker::Breakers,
+    refresh: std::sync::OnceLock<Arc<dyn Refresh>>,
 }
 
 impl Engine {
@@ -93,6 +100,7 @@ impl Engine {
                 breakers: breaker::Breakers::new(config.breaker),
                 config,
                 holder: holder::new_holder_id(),
+                refresh: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -107,6 +115,25 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Sets what brings the plugins up to date when a commit finds that another process
+    /// changed a model's current version (once; later calls are ignored).
+    pub fn set_refresh(&self, refresh: Arc<dyn Refresh>) {
+        let _ = self.inner.refresh.set(refresh);
+    }
+
+    /// A commit found the batch's plugin version replaced elsewhere: nothing was written;
+    /// bring the plugins up to date and have the batch run again.
+    pub(crate) async fn version_changed(&self, model: &str, current: &str) -> associate::BatchDone {
+        tracing::info!(model, current = &current[..current.len().min(12)], "plugin version changed by another process; running the batch again on it");
+        if let Some(refresh) = self.inner.refresh.get() {
+            refresh.refresh().await;
+        }
+        associate::BatchDone {
+            retry: true,
+            ..Default::default()
+        }
     }
 
     /// Stages whose plugin is failing: counting wholly failed batches or cooling down.

@@ -95,13 +95,14 @@ impl Engine {
                 .commit_projection(&lease, &views, &seen, &failed)
                 .await
             {
-                Ok(()) => {
-                    self.reproject_if_swapped(model, &plugin).await?;
-                    Ok(BatchDone {
-                        records: views.len(),
-                        healed: 0,
-                        calls,
-                    })
+                Ok(()) => Ok(BatchDone {
+                    records: views.len(),
+                    healed: 0,
+                    calls,
+                    retry: false,
+                }),
+                Err(CommitError::VersionChanged { model, current }) => {
+                    Ok(self.version_changed(&model, &current).await)
                 }
                 Err(CommitError::LeaseLost { .. }) => Ok(BatchDone::default()),
                 Err(e) => Err(e.into()),
@@ -109,25 +110,6 @@ impl Engine {
         }
         .instrument(span)
         .await
-    }
-}
-
-impl Engine {
-    /// A batch that ran on a version swapped out meanwhile wrote views of the old logic
-    /// after the swap marked the stale ones: mark them again (one statement), so views never
-    /// keep a mix of versions silently.
-    async fn reproject_if_swapped(&self, model: &str, used: &Plugin) -> Result<(), EngineError> {
-        if let Some(current) = self.inner.plugins.get(model)
-            && current.version() != used.version()
-        {
-            let marked = self
-                .inner
-                .store
-                .mark_stale_views(model, current.version())
-                .await?;
-            tracing::debug!(model, marked, "batch ran on a replaced version; its views are marked again");
-        }
-        Ok(())
     }
 }
 

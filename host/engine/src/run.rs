@@ -81,7 +81,8 @@ impl Engine {
             Stage::Project => self.project_batch(&worker.model, size).await?,
         };
         if done.records == 0 {
-            return Ok(0);
+            // A batch to run again counts as work, so that `run_until_idle` goes on.
+            return Ok(usize::from(done.retry));
         }
         let took = started.elapsed();
         let next = worker.sizer.observe(done.records, took);

@@ -42,5 +42,6 @@ pub async fn engine(env: &Env, config: EngineConfig) -> Result<(Engine, Registry
     let store = open_store(&env.db).await?;
     let registry = open_registry(env, &store).await?;
     let engine = Engine::new(store, registry.plugins().clone(), config);
+    engine.set_refresh(std::sync::Arc::new(registry.clone()));
     Ok((engine, registry))
 }

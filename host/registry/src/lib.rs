@@ -705,6 +705,16 @@ impl Registry {
     }
 }
 
+impl flowhost_engine::Refresh for Registry {
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Err(e) = self.sync().await {
+                tracing::warn!("cannot read the current plugin versions: {e}");
+            }
+        })
+    }
+}
+
 fn checked_version(folder_version: &Option<String>, version: &str) -> String {
     folder_version.clone().unwrap_or_else(|| version.to_string())
 }

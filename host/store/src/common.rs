@@ -129,25 +129,58 @@ macro_rules! impl_shared {
                     .push_bind(holder.to_string());
             }
 
-            /// Inside a commit: the lease must still be ours (and is kept from expiring).
-            async fn check_lease(&self, tx: &mut sqlx::Transaction<'static, $db>, lease: &Lease) -> Result<(), CommitError> {
+            /// Inside a commit: the lease must still be ours (and is kept from expiring), and
+            /// the batch's plugin version, when given, must still be the model's current one.
+            /// Both are checked by one statement; telling the two failures apart costs a
+            /// second one only when the check fails.
+            async fn check_lease(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                lease: &Lease,
+                version: Option<&str>,
+            ) -> Result<(), CommitError> {
                 let now = now_micros();
                 let mut qb = Self::query("UPDATE leases SET expires_micros = CASE WHEN expires_micros < ");
                 qb.push_bind(now).push(" THEN ").push_bind(now).push(" ELSE expires_micros END");
                 Self::push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
+                if let Some(version) = version {
+                    qb.push(" AND NOT EXISTS (SELECT 1 FROM models WHERE name = ")
+                        .push_bind(lease.model.clone())
+                        .push(" AND plugin_version <> ")
+                        .push_bind(version.to_string())
+                        .push(")");
+                }
                 self.stats.add(1);
                 let done = qb
                     .build()
                     .execute(&mut **tx)
                     .await
                     .map_err(query_error("check lease", &lease.model))?;
-                if done.rows_affected() != 1 {
-                    return Err(CommitError::LeaseLost {
-                        stage: lease.stage.as_str(),
-                        model: lease.model.clone(),
-                    });
+                if done.rows_affected() == 1 {
+                    return Ok(());
                 }
-                Ok(())
+                if version.is_some() {
+                    let mut qb = Self::query("SELECT plugin_version FROM models WHERE name = ");
+                    qb.push_bind(lease.model.clone());
+                    self.stats.add(1);
+                    let current: Option<String> = qb
+                        .build_query_scalar()
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err(query_error("check plugin version", &lease.model))?;
+                    if let Some(current) = current
+                        && Some(current.as_str()) != version
+                    {
+                        return Err(CommitError::VersionChanged {
+                            model: lease.model.clone(),
+                            current,
+                        });
+                    }
+                }
+                Err(CommitError::LeaseLost {
+                    stage: lease.stage.as_str(),
+                    model: lease.model.clone(),
+                })
             }
 
             pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {

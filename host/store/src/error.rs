@@ -41,6 +41,10 @@ pub enum CommitError {
     /// Another worker claimed some of the keys first; decide the batch again.
     #[error("keys already claimed by another worker: {0:?}")]
     KeyConflict(Vec<String>),
+    /// The batch ran on a plugin version that is no longer the model's current one (another
+    /// process made another version current); run it again on the current version.
+    #[error("the current plugin version of {model} is now {current}")]
+    VersionChanged { model: String, current: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

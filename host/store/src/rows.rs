@@ -246,3 +246,8 @@ pub fn identity_index(
 /// The stamp of a re-projection mark: after every stamp fresh work gets (queue positions),
 /// so re-projection yields to new records.
 pub const REPROJECT_STAMP: i64 = 1 << 62;
+
+/// `Some(text)` unless it is empty.
+pub fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}

@@ -4,7 +4,7 @@
 //! lock upgrade.
 
 use crate::error::query_error;
-use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, now_micros};
+use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, non_empty, now_micros};
 use flowhost_core::ParkReason;
 use crate::*;
 
@@ -68,13 +68,23 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                url: url.to_string(),
-                source,
-            })?;
+        // Two processes opening a new file at once both try to migrate it; the second finds
+        // the tables made by the first (its migration fails, nothing of it is applied) and
+        // succeeds on the next attempt, which sees the migrations as applied.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match sqlx::migrate!("./migrations/sqlite").run(&pool).await {
+                Ok(()) => break,
+                Err(_) if attempt < 3 => continue,
+                Err(source) => {
+                    return Err(StoreError::Migrate {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
         Ok(Self {
             pool,
             stats: Arc::default(),
@@ -248,7 +258,7 @@ impl SqliteStore {
         let op = "commit association";
         let model = o.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(&mut tx, lease).await?;
+        self.check_lease(&mut tx, lease, non_empty(&o.plugin_version)).await?;
 
         // Claims: all or nothing. A key another worker claimed first fails the batch.
         for chunk in o.claims.chunks(MAX_PARAMS / 3) {
@@ -386,7 +396,8 @@ impl SqliteStore {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(&mut tx, lease).await?;
+        self.check_lease(&mut tx, lease, views.first().map(|v| v.plugin_version.as_str()))
+            .await?;
         self.mark_projection_failed(&mut tx, model, failed).await?;
         let now = now_micros();
         for chunk in views.chunks(MAX_PARAMS / 9) {

@@ -838,13 +838,27 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         let p = s.reprojection("device", "v2").await.unwrap();
         assert_eq!((p.current, p.total, p.failed), (1, 2, 1));
 
-        // A view written by the old version after the switch is marked again.
-        s.commit_projection(&pl, &[view("r1", "v1")], &[], &[])
-            .await
-            .unwrap();
-        assert_eq!(s.mark_stale_views("device", "v2").await.unwrap(), 2);
+        // A batch that ran on the old version cannot commit after the switch.
+        let late = s.commit_projection(&pl, &[view("r1", "v1")], &[], &[]).await;
+        assert!(
+            matches!(&late, Err(CommitError::VersionChanged { current, .. }) if current == "v2"),
+            "{late:?}"
+        );
+        let late = s
+            .commit_association(
+                &al,
+                &AssociationOutcome {
+                    model: "device".into(),
+                    plugin_version: "v1".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(matches!(late, Err(CommitError::VersionChanged { .. })), "{late:?}");
+        // Marking stale views again is idempotent and clears a failure's error.
+        assert_eq!(s.mark_stale_views("device", "v2").await.unwrap(), 1);
         let seen = s.dirty_groups("device", 10).await.unwrap().seen;
-        assert_eq!(seen.len(), 2, "r2's error is cleared by a new mark: {seen:?}");
+        assert_eq!(seen.len(), 1, "r2's error is cleared by a new mark: {seen:?}");
 
         // Rolling back: the state says so and the versions keep their order.
         s.set_current(&CurrentChange {
