@@ -403,9 +403,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("serve.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let child = host
-            .command()
-            .args(["--log", "info"])
+        let mut command = host.command();
+        if !args.contains(&"--log") {
+            command.args(["--log", "info"]);
+        }
+        let child = command
             .args(args)
             .arg("serve")
             .stdout(std::process::Stdio::null())

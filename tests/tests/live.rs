@@ -75,7 +75,11 @@ fn every_fixture_against_a_running_host() {
         ("P-spin", json!({"spin": true}), "time limit"),
         ("P-grow", json!({"grow": true}), "memory"),
         ("P-recurse", json!({"recurse": true}), "wasm trap"),
-        ("P-short", json!({"short": true}), "returned 0 results for 1"),
+        (
+            "P-short",
+            json!({"short": true}),
+            "returned 0 results for 1",
+        ),
     ];
     let mut input = String::new();
     for i in 0..60 {
@@ -90,7 +94,11 @@ fn every_fixture_against_a_running_host() {
 
     // Files that must never serve, dropped in while it runs.
     std::fs::copy(fixture("other-world"), folder.path().join("other.wasm")).unwrap();
-    std::fs::copy(fixture("broken-describe"), folder.path().join("broken.wasm")).unwrap();
+    std::fs::copy(
+        fixture("broken-describe"),
+        folder.path().join("broken.wasm"),
+    )
+    .unwrap();
     std::fs::write(folder.path().join("garbage.wasm"), b"\0asm garbage").unwrap();
 
     wait_for("the poison records to park", WAIT, || {
@@ -113,13 +121,20 @@ fn every_fixture_against_a_running_host() {
     // Every good record is keyed and projected; the bad-JSON reference is not, and says why.
     let canonical = host.export("canonical", "faulty");
     assert_eq!(canonical.len(), 60);
-    assert!(canonical.iter().all(|v| v["canonical"].get("badjson").is_none()));
+    assert!(
+        canonical
+            .iter()
+            .all(|v| v["canonical"].get("badjson").is_none())
+    );
 
     let (models, refused) = plugins_list(&host);
     assert_eq!(models.len(), 1, "only faulty serves: {models:?}");
     let refused_text = serde_json::to_string(&refused).unwrap();
     for (file, why) in [
-        ("other.wasm", "does not target world flowhost:plugin/plugin@0.1.0"),
+        (
+            "other.wasm",
+            "does not target world flowhost:plugin/plugin@0.1.0",
+        ),
         ("broken.wasm", "describe is broken on purpose"),
         ("garbage.wasm", "load"),
     ] {
@@ -150,7 +165,10 @@ fn live_swaps_under_load_key_every_record_once_by_one_version() {
         db: db.url.clone(),
         plugins: folder.path().to_path_buf(),
     });
-    let (v1, v2) = (version_of(&plugin("device")), version_of(&fixture("device-v2")));
+    let (v1, v2) = (
+        version_of(&plugin("device")),
+        version_of(&fixture("device-v2")),
+    );
     let mut server = Server::start(&host, &[]);
     wait_for("device v1 to serve", WAIT, || {
         assert!(server.running(), "serve stopped: {}", server.log());
@@ -235,7 +253,10 @@ fn live_swaps_under_load_key_every_record_once_by_one_version() {
         "SELECT plugin_version, COUNT(*) FROM keyed GROUP BY plugin_version",
     );
     let total: i64 = keyed.iter().map(|(_, n)| n).sum();
-    assert_eq!(total, intake, "every record keyed (exactly once: seq is the key)");
+    assert_eq!(
+        total, intake,
+        "every record keyed (exactly once: seq is the key)"
+    );
     let versions: Vec<&str> = keyed.iter().map(|(v, _)| v.as_str()).collect();
     assert!(
         versions.iter().all(|v| *v == v1 || *v == v2),
@@ -258,7 +279,9 @@ fn live_swaps_under_load_key_every_record_once_by_one_version() {
     assert_eq!(line["views"]["current"], line["views"]["total"], "{line}");
     let stale = count_by(
         &db.url,
-        &format!("SELECT plugin_version, COUNT(*) FROM views WHERE plugin_version <> '{v1}' GROUP BY plugin_version"),
+        &format!(
+            "SELECT plugin_version, COUNT(*) FROM views WHERE plugin_version <> '{v1}' GROUP BY plugin_version"
+        ),
     );
     assert!(stale.is_empty(), "views by other versions: {stale:?}");
     assert!(server.stop().success());
@@ -274,7 +297,10 @@ fn rollback_returns_to_the_previous_version_at_once_and_survives_a_restart() {
         db: db.url.clone(),
         plugins: folder.path().to_path_buf(),
     };
-    let (v1, v2) = (version_of(&plugin("device")), version_of(&fixture("device-v2")));
+    let (v1, v2) = (
+        version_of(&plugin("device")),
+        version_of(&fixture("device-v2")),
+    );
     let keyed_by = |id: &str| {
         count_by(
             &db.url,
@@ -296,11 +322,15 @@ fn rollback_returns_to_the_previous_version_at_once_and_survives_a_restart() {
     };
 
     let server = Server::start(&host, &[]);
-    wait_for("v1", WAIT, || model_line(&host, "device")["version"] == v1.as_str());
+    wait_for("v1", WAIT, || {
+        model_line(&host, "device")["version"] == v1.as_str()
+    });
     send("A");
     wait_for("A keyed", WAIT, || keyed_by("A").is_some());
     replace_atomically(&fixture("device-v2"), &live);
-    wait_for("v2", WAIT, || model_line(&host, "device")["version"] == v2.as_str());
+    wait_for("v2", WAIT, || {
+        model_line(&host, "device")["version"] == v2.as_str()
+    });
     send("B");
     wait_for("B keyed", WAIT, || keyed_by("B").is_some());
     assert_eq!(keyed_by("B").as_deref(), Some(v2.as_str()));
@@ -335,7 +365,9 @@ fn rollback_returns_to_the_previous_version_at_once_and_survives_a_restart() {
     // Forward again with --to and a prefix; bad requests say what is wrong.
     let out = host.run(&["plugins", "rollback", "device", "--to", &v2[..8]]);
     block_until_ok(&out);
-    wait_for("v2 again", WAIT, || model_line(&host, "device")["version"] == v2.as_str());
+    wait_for("v2 again", WAIT, || {
+        model_line(&host, "device")["version"] == v2.as_str()
+    });
     let out = host.run(&["plugins", "rollback", "device", "--to", "zzz"]);
     assert!(!out.status.success());
     assert!(
@@ -359,5 +391,74 @@ fn rollback_returns_to_the_previous_version_at_once_and_survives_a_restart() {
     wait_for("E keyed after the plugin returns", WAIT, || {
         keyed_by("E").is_some()
     });
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_plugin_failing_on_everything_cools_down_and_per_model_batch_limits_hold() {
+    let db = Scratch::sqlite();
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("faulty"), folder.path().join("faulty.wasm")).unwrap();
+    let host = Host {
+        db: db.url.clone(),
+        plugins: folder.path().to_path_buf(),
+    };
+    let mut server = Server::start(
+        &host,
+        &[
+            "--log",
+            "info,flowhost_engine=debug",
+            "--model-limit",
+            "faulty:max_batch=4",
+        ],
+    );
+    wait_for("faulty serving", WAIT, || {
+        assert!(server.running(), "serve stopped: {}", server.log());
+        model_line(&host, "faulty")["state"] == "serving"
+    });
+    // Three rounds in which every record traps: the breaker trips on the third.
+    for round in 0..3 {
+        let mut input = String::new();
+        // One batch per round: as many records as the model's limit per call.
+        for i in 0..4 {
+            input += &faulty(&format!("T-{round}-{i}"), json!({"trap": true}));
+        }
+        block_until_ok(&host.ingest(&input));
+        wait_for("the round to park", WAIT, || {
+            host.parked().len() == 4 * (round + 1)
+        });
+    }
+    wait_for("the cool-down to show", WAIT, || {
+        model_line(&host, "faulty")["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("cool-down: associate failed on every record"))
+    });
+    assert!(server.log().contains("cooling down"), "{}", server.log());
+    // A good record waits out the cool-down, then goes through and closes the breaker.
+    block_until_ok(&host.ingest(&faulty("GOOD", json!({}))));
+    wait_for("the good record after the cool-down", WAIT, || {
+        host.export("canonical", "faulty").len() == 1
+    });
+    wait_for("serving again", WAIT, || {
+        model_line(&host, "faulty")["state"] == "serving"
+    });
+    assert_eq!(host.parked().len(), 12, "the cool-down parked nothing more");
+    // No call ever carried more than the model's limit of 4 records.
+    let log = server.log();
+    let sizes: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains("batch done") && l.contains("stage=\"associate\""))
+        .filter_map(|l| {
+            l.split("items=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(!sizes.is_empty(), "{log}");
+    assert!(sizes.iter().all(|&n| n <= 4), "{sizes:?}");
+    assert!(server.running());
     assert!(server.stop().success());
 }

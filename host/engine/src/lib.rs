@@ -126,7 +126,11 @@ impl Engine {
     /// A commit found the batch's plugin version replaced elsewhere: nothing was written;
     /// bring the plugins up to date and have the batch run again.
     pub(crate) async fn version_changed(&self, model: &str, current: &str) -> associate::BatchDone {
-        tracing::info!(model, current = &current[..current.len().min(12)], "plugin version changed by another process; running the batch again on it");
+        tracing::info!(
+            model,
+            current = &current[..current.len().min(12)],
+            "plugin version changed by another process; running the batch again on it"
+        );
         if let Some(refresh) = self.inner.refresh.get() {
             refresh.refresh().await;
         }
@@ -159,14 +163,10 @@ impl Engine {
         error: Option<&str>,
     ) {
         let model = &plugin.description().model;
-        let change = self.inner.breakers.record(
-            stage,
-            model,
-            plugin.version(),
-            items,
-            failed,
-            error,
-        );
+        let change =
+            self.inner
+                .breakers
+                .record(stage, model, plugin.version(), items, failed, error);
         let state = match change {
             breaker::Change::None => return,
             breaker::Change::Opened(rest) => {

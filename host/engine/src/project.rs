@@ -60,7 +60,7 @@ impl Engine {
             }
             // A failed reference keeps its mark with the error: skipped until new records,
             // a new plugin version or a re-queue give it another try.
-            let (failed, seen): (Vec<(String, i64)>, Vec<(String, i64)>) = batch
+            let (failed, seen): (Vec<Mark>, Vec<Mark>) = batch
                 .seen
                 .into_iter()
                 .partition(|(r, _)| errors.contains_key(r));
@@ -112,6 +112,9 @@ impl Engine {
         .await
     }
 }
+
+/// A dirty mark as read: (reference, stamp).
+type Mark = (String, i64);
 
 fn view_row(model: &str, plugin: &Plugin, group: &Group, p: Projection) -> ViewRow {
     let mut parents = serde_json::Map::new();

@@ -39,6 +39,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         per_row: usize,
     },
+    /// Hot-swap latency: a plugin file renamed into a watched folder until the new version
+    /// serves, for versions never seen (compiled) and seen before (cached artefact).
+    Swap {
+        /// The first version.
+        #[arg(long, default_value = "target/plugins/device.wasm")]
+        v1: PathBuf,
+        /// The second version (same model).
+        #[arg(long, default_value = "target/plugins/fixtures/device-v2.wasm")]
+        v2: PathBuf,
+        /// Swaps of each kind.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: BenchCommand, db: &str, _plugins: &std::path::Path) -> Result<ExitCode> {
@@ -53,6 +69,15 @@ pub fn run(cmd: BenchCommand, db: &str, _plugins: &std::path::Path) -> Result<Ex
             batch,
             json,
         } => plugin(&wasm, records, batch, json),
+        BenchCommand::Swap {
+            v1,
+            v2,
+            rounds,
+            json,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::bench_swap::swap(&v1, &v2, rounds, json)),
     }
 }
 

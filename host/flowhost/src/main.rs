@@ -2,6 +2,7 @@
 
 mod app;
 mod bench;
+mod bench_swap;
 mod demo;
 mod export;
 mod ingest;

@@ -132,7 +132,10 @@ async fn list(
     let versions = store.plugin_versions(None).await.map_err(err)?;
     let files = store.plugin_files().await.map_err(err)?;
     for s in &states {
-        let progress = store.reprojection(&s.model, &s.version).await.map_err(err)?;
+        let progress = store
+            .reprojection(&s.model, &s.version)
+            .await
+            .map_err(err)?;
         let file = versions
             .iter()
             .find(|v| v.model == s.model && v.version == s.version)
@@ -245,13 +248,19 @@ pub struct ModelLimit {
 
 impl ModelLimit {
     /// These limits over earlier ones for the same model.
-    pub fn over(self, earlier: flowhost_registry::LimitOverride) -> flowhost_registry::LimitOverride {
+    pub fn over(
+        self,
+        earlier: flowhost_registry::LimitOverride,
+    ) -> flowhost_registry::LimitOverride {
         flowhost_registry::LimitOverride {
             call_timeout: self
                 .timeout_ms
                 .map(|ms| std::time::Duration::from_millis(ms.max(1)))
                 .or(earlier.call_timeout),
-            memory_limit: self.memory_mb.map(|mb| mb.max(1) << 20).or(earlier.memory_limit),
+            memory_limit: self
+                .memory_mb
+                .map(|mb| mb.max(1) << 20)
+                .or(earlier.memory_limit),
             max_batch: self.max_batch.map(|n| n.max(1)).or(earlier.max_batch),
         }
     }

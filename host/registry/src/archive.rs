@@ -16,8 +16,7 @@ pub fn keep(versions: &Path, model: &str, version: &str, bytes: &[u8]) -> Result
         return Ok(target);
     }
     let dir = target.parent().unwrap_or(versions);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{version}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &target).map_err(|e| {

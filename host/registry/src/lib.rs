@@ -109,7 +109,13 @@ pub struct FileError {
 
 impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} failed: {}", self.file, self.stage.as_str(), self.message)
+        write!(
+            f,
+            "{}: {} failed: {}",
+            self.file,
+            self.stage.as_str(),
+            self.message
+        )
     }
 }
 
@@ -446,7 +452,9 @@ impl Registry {
     pub(crate) async fn file_changed(&self, path: &Path) {
         let _one = self.inner.changing.lock().await;
         let file = path.display().to_string();
-        let before = std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()));
+        let before = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -477,10 +485,15 @@ impl Registry {
         let checked = match self.check(file.clone(), bytes).await {
             Ok(checked) => checked,
             Err(error) => {
-                let after = std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()));
+                let after = std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.len(), m.modified().ok()));
                 if after != before {
                     // Still being written: its next event brings it back here.
-                    tracing::debug!(file, "plugin file changed while it was checked; waiting for the writer");
+                    tracing::debug!(
+                        file,
+                        "plugin file changed while it was checked; waiting for the writer"
+                    );
                     return;
                 }
                 self.refuse(path, Some(hash), error).await;
@@ -494,7 +507,9 @@ impl Registry {
             state
                 .files
                 .iter()
-                .find(|(p, f)| *p != path && f.model.as_deref() == Some(&model) && f.error.is_none())
+                .find(|(p, f)| {
+                    *p != path && f.model.as_deref() == Some(&model) && f.error.is_none()
+                })
                 .map(|(p, _)| p.display().to_string())
         };
         if let Some(owner) = owner {
@@ -511,7 +526,8 @@ impl Registry {
         if let Some(old) = known.as_ref().and_then(|k| k.model.clone())
             && old != model
         {
-            self.pause(&old, format!("{file} now defines '{model}'")).await;
+            self.pause(&old, format!("{file} now defines '{model}'"))
+                .await;
         }
         let (source, folder_version, checked) = self.choose(&model, checked).await;
         let version = checked.plugin.version().to_string();
@@ -569,10 +585,19 @@ impl Registry {
         if let Some(pin) = pinned {
             match self.load_kept(model, &pin.version).await {
                 Ok(kept) => {
-                    tracing::info!(model, version = short(&pin.version), folder = short(&folder), "keeping the version an operator rolled back to");
+                    tracing::info!(
+                        model,
+                        version = short(&pin.version),
+                        folder = short(&folder),
+                        "keeping the version an operator rolled back to"
+                    );
                     return (VersionSource::Rollback, Some(folder), kept);
                 }
-                Err(e) => tracing::warn!(model, "cannot load the rolled-back version {}: {e}; using the folder's", short(&pin.version)),
+                Err(e) => tracing::warn!(
+                    model,
+                    "cannot load the rolled-back version {}: {e}; using the folder's",
+                    short(&pin.version)
+                ),
             }
         }
         (VersionSource::Folder, None, checked)
@@ -700,7 +725,9 @@ impl Registry {
             to,
         )
         .await?;
-        self.sync().await.map_err(|e| RollbackError::Other(e.to_string()))?;
+        self.sync()
+            .await
+            .map_err(|e| RollbackError::Other(e.to_string()))?;
         Ok(version)
     }
 }
@@ -716,7 +743,9 @@ impl flowhost_engine::Refresh for Registry {
 }
 
 fn checked_version(folder_version: &Option<String>, version: &str) -> String {
-    folder_version.clone().unwrap_or_else(|| version.to_string())
+    folder_version
+        .clone()
+        .unwrap_or_else(|| version.to_string())
 }
 
 fn empty_status(model: &str) -> ModelStatus {

@@ -31,18 +31,19 @@ impl Registry {
             message: e.to_string(),
         })?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let seen = match event {
-                Ok(e) if e.need_rescan() => Seen::Rescan("the watcher lost events".into()),
-                Ok(e) => Seen::Paths(e.paths),
-                Err(e) => Seen::Rescan(e.to_string()),
-            };
-            let _ = tx.send(seen);
-        })
-        .map_err(|e| RegistryError::Watch {
-            dir: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let seen = match event {
+                    Ok(e) if e.need_rescan() => Seen::Rescan("the watcher lost events".into()),
+                    Ok(e) => Seen::Paths(e.paths),
+                    Err(e) => Seen::Rescan(e.to_string()),
+                };
+                let _ = tx.send(seen);
+            })
+            .map_err(|e| RegistryError::Watch {
+                dir: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|e| RegistryError::Watch {

@@ -4,8 +4,8 @@
 
 use crate::error::query_error;
 use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, non_empty, now_micros};
-use flowhost_core::ParkReason;
 use crate::*;
+use flowhost_core::ParkReason;
 
 crate::common::impl_shared!(PgStore, Postgres);
 use sqlx::postgres::PgPoolOptions;
@@ -210,7 +210,8 @@ impl PgStore {
         let op = "commit association";
         let model = o.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(&mut tx, lease, non_empty(&o.plugin_version)).await?;
+        self.check_lease(&mut tx, lease, non_empty(&o.plugin_version))
+            .await?;
         // Association commits are serialised (they are short: a few bulk statements), so
         // that a record parked for a parent key and the batch claiming that key always see
         // each other: one of them commits first, and the other's healing finds it.
@@ -388,8 +389,12 @@ impl PgStore {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(&mut tx, lease, views.first().map(|v| v.plugin_version.as_str()))
-            .await?;
+        self.check_lease(
+            &mut tx,
+            lease,
+            views.first().map(|v| v.plugin_version.as_str()),
+        )
+        .await?;
         self.mark_projection_failed(&mut tx, model, failed).await?;
         if !views.is_empty() {
             self.stats.add(1);

@@ -5,8 +5,8 @@
 
 use crate::error::query_error;
 use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, non_empty, now_micros};
-use flowhost_core::ParkReason;
 use crate::*;
+use flowhost_core::ParkReason;
 
 crate::common::impl_shared!(SqliteStore, Sqlite);
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -47,6 +47,37 @@ pub struct SqliteStore {
 
 type Tx = Transaction<'static, Sqlite>;
 
+/// An exclusive `flock` on the database file, held while migrating. SQLite's own locks are
+/// `fcntl` locks, which are independent of `flock` on Linux, so this only orders flowhost
+/// processes among themselves. In-memory databases and other platforms take no lock.
+struct MigrationLock(Option<std::fs::File>);
+
+impl MigrationLock {
+    fn take(path: &std::path::Path) -> Self {
+        #[cfg(unix)]
+        if let Ok(file) = std::fs::File::open(path) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock(2) on a descriptor we own; it is released when the file closes.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Self(Some(file));
+            }
+        }
+        let _ = path;
+        Self(None)
+    }
+}
+
+impl Drop for MigrationLock {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(file) = &self.0 {
+            use std::os::fd::AsRawFd;
+            // SAFETY: as above.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
 impl SqliteStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
@@ -63,28 +94,22 @@ impl SqliteStore {
             // larger caches measured no faster), temporary tables in memory.
             .pragma("cache_size", "-16384")
             .pragma("temp_store", "memory");
+        let file = connect.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .connect_with(connect)
             .await
             .map_err(open_err)?;
-        // Two processes opening a new file at once both try to migrate it; the second finds
-        // the tables made by the first (its migration fails, nothing of it is applied) and
-        // succeeds on the next attempt, which sees the migrations as applied.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match sqlx::migrate!("./migrations/sqlite").run(&pool).await {
-                Ok(()) => break,
-                Err(_) if attempt < 3 => continue,
-                Err(source) => {
-                    return Err(StoreError::Migrate {
-                        url: url.to_string(),
-                        source,
-                    });
-                }
-            }
-        }
+        // Two processes opening a new file at once would both migrate it (sqlx takes no lock
+        // on SQLite): one migrates while the other waits on an advisory lock of the file.
+        let _migrating = MigrationLock::take(&file);
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                url: url.to_string(),
+                source,
+            })?;
         Ok(Self {
             pool,
             stats: Arc::default(),
@@ -258,7 +283,8 @@ impl SqliteStore {
         let op = "commit association";
         let model = o.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(&mut tx, lease, non_empty(&o.plugin_version)).await?;
+        self.check_lease(&mut tx, lease, non_empty(&o.plugin_version))
+            .await?;
 
         // Claims: all or nothing. A key another worker claimed first fails the batch.
         for chunk in o.claims.chunks(MAX_PARAMS / 3) {
@@ -396,8 +422,12 @@ impl SqliteStore {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(&mut tx, lease, views.first().map(|v| v.plugin_version.as_str()))
-            .await?;
+        self.check_lease(
+            &mut tx,
+            lease,
+            views.first().map(|v| v.plugin_version.as_str()),
+        )
+        .await?;
         self.mark_projection_failed(&mut tx, model, failed).await?;
         let now = now_micros();
         for chunk in views.chunks(MAX_PARAMS / 9) {

@@ -759,9 +759,15 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
             .await
             .unwrap();
         }
-        let first = s.set_current(&change("v1", VersionSource::Folder)).await.unwrap();
+        let first = s
+            .set_current(&change("v1", VersionSource::Folder))
+            .await
+            .unwrap();
         assert!(first.changed);
-        let again = s.set_current(&change("v1", VersionSource::Folder)).await.unwrap();
+        let again = s
+            .set_current(&change("v1", VersionSource::Folder))
+            .await
+            .unwrap();
         assert!(!again.changed, "the same version again changes nothing");
 
         // Two views by v1, one of which will fail to project under v2.
@@ -809,7 +815,10 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         assert_eq!((p.current, p.total, p.failed), (2, 2, 0));
 
         // v2 becomes current: both views are stale, the failed record goes back to the queue.
-        let switched = s.set_current(&change("v2", VersionSource::Folder)).await.unwrap();
+        let switched = s
+            .set_current(&change("v2", VersionSource::Folder))
+            .await
+            .unwrap();
         assert_eq!(
             (switched.changed, switched.marked, switched.requeued),
             (true, 2, 1)
@@ -817,7 +826,12 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         assert_eq!(s.pending("device", 10).await.unwrap().len(), 1);
         let batch = s.dirty_groups("device", 10).await.unwrap();
         assert_eq!(batch.seen.len(), 2);
-        assert!(batch.seen.iter().all(|(_, stamp)| *stamp >= REPROJECT_STAMP));
+        assert!(
+            batch
+                .seen
+                .iter()
+                .all(|(_, stamp)| *stamp >= REPROJECT_STAMP)
+        );
 
         // r1 projects under v2; r2 fails and keeps its mark with the error, skipped.
         let r2 = batch.seen.iter().find(|(r, _)| r == "r2").unwrap().clone();
@@ -839,7 +853,9 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         assert_eq!((p.current, p.total, p.failed), (1, 2, 1));
 
         // A batch that ran on the old version cannot commit after the switch.
-        let late = s.commit_projection(&pl, &[view("r1", "v1")], &[], &[]).await;
+        let late = s
+            .commit_projection(&pl, &[view("r1", "v1")], &[], &[])
+            .await;
         assert!(
             matches!(&late, Err(CommitError::VersionChanged { current, .. }) if current == "v2"),
             "{late:?}"
@@ -854,11 +870,18 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
                 },
             )
             .await;
-        assert!(matches!(late, Err(CommitError::VersionChanged { .. })), "{late:?}");
+        assert!(
+            matches!(late, Err(CommitError::VersionChanged { .. })),
+            "{late:?}"
+        );
         // Marking stale views again is idempotent and clears a failure's error.
         assert_eq!(s.mark_stale_views("device", "v2").await.unwrap(), 1);
         let seen = s.dirty_groups("device", 10).await.unwrap().seen;
-        assert_eq!(seen.len(), 1, "r2's error is cleared by a new mark: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "r2's error is cleared by a new mark: {seen:?}"
+        );
 
         // Rolling back: the state says so and the versions keep their order.
         s.set_current(&CurrentChange {
@@ -892,10 +915,16 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         })
         .await
         .unwrap();
-        s.record_file(&file(Some("load: not a component"))).await.unwrap();
+        s.record_file(&file(Some("load: not a component")))
+            .await
+            .unwrap();
         let files = s.plugin_files().await.unwrap();
         assert_eq!(files.len(), 1);
-        assert_eq!(files[0].model.as_deref(), Some("device"), "the model is kept");
+        assert_eq!(
+            files[0].model.as_deref(),
+            Some("device"),
+            "the model is kept"
+        );
         assert_eq!(files[0].error.as_deref(), Some("load: not a component"));
         s.forget_file("plugins/device.wasm").await.unwrap();
         assert!(s.plugin_files().await.unwrap().is_empty());
