@@ -39,6 +39,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         per_row: usize,
     },
+    /// Intake → canonical latency of a running host fed at a fixed rate.
+    Latency {
+        /// Records per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// How long to feed.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hot-swap latency: a plugin file renamed into a watched folder until the new version
     /// serves, for versions never seen (compiled) and seen before (cached artefact).
     Swap {
@@ -57,8 +69,31 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(cmd: BenchCommand, db: &str, _plugins: &std::path::Path) -> Result<ExitCode> {
+/// `flowhost bench [SUBCOMMAND]`: without a subcommand, the three modes (or a sweep).
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    modes: crate::bench_modes::ModesArgs,
+}
+
+pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
+    let Some(cmd) = args.command else {
+        return crate::bench_modes::run(args.modes, db, plugins);
+    };
     match cmd {
+        BenchCommand::Latency {
+            rate,
+            seconds,
+            json,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::bench_latency::latency(
+                db, plugins, rate, seconds, json,
+            )),
         BenchCommand::Store { records, per_row } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -9,7 +9,8 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 /// Lines per append (one transaction, a few statements).
-const BATCH: usize = 2_000;
+/// Records per intake transaction.
+pub const BATCH: usize = 2_000;
 
 /// Counts of one intake run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,7 @@ pub async fn ingest(
     known: &BTreeSet<String>,
     max_line: usize,
     progress: bool,
+    batch_size: usize,
 ) -> Result<IngestSummary> {
     let (reader, size): (Box<dyn BufRead + Send>, Option<u64>) = if input == Path::new("-") {
         (
@@ -83,7 +85,8 @@ pub async fn ingest(
     let known_list = known.iter().cloned().collect::<Vec<_>>().join(", ");
     let mut reader = reader;
     let mut summary = IngestSummary::default();
-    let mut batch: Vec<IntakeRecord> = Vec::with_capacity(BATCH);
+    let batch_size = batch_size.max(1);
+    let mut batch: Vec<IntakeRecord> = Vec::with_capacity(batch_size.min(BATCH));
     let mut line = Vec::new();
     let mut line_no = 0u64;
     let mut bytes = 0u64;
@@ -124,7 +127,7 @@ pub async fn ingest(
                 bar.suspend(|| eprintln!("line {line_no}: {e}"));
             }
         }
-        if batch.len() >= BATCH {
+        if batch.len() >= batch_size {
             flush(store, &mut batch, &mut summary)
                 .await
                 .with_context(|| stopped_at(line_no, &summary))?;

@@ -2,6 +2,8 @@
 
 mod app;
 mod bench;
+mod bench_latency;
+mod bench_modes;
 mod bench_swap;
 mod demo;
 mod export;
@@ -10,6 +12,7 @@ mod plugins_cmd;
 mod workload;
 
 use anyhow::Result;
+
 use clap::{Args, Parser, Subcommand};
 use flowhost_core::ParkReason;
 use flowhost_engine::EngineConfig;
@@ -120,9 +123,9 @@ enum Command {
     /// Inspect and try plugins.
     #[command(subcommand)]
     Plugins(plugins_cmd::PluginsCommand),
-    /// Measure flowhost.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Measure flowhost: without a subcommand, the workload through `batched`, `per_record`
+    /// and `floor` modes side by side (`--sweep batch-size`, `--memory` for the other runs).
+    Bench(bench::BenchArgs),
     /// Generate a realistic workload, ingest and process it, and summarise.
     Demo {
         /// Records to generate.
@@ -238,7 +241,8 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
                 .into_iter()
                 .map(|m| m.name)
                 .collect();
-            let summary = ingest::ingest(&store, &input, &known, max_line_bytes, true).await?;
+            let summary =
+                ingest::ingest(&store, &input, &known, max_line_bytes, true, ingest::BATCH).await?;
             if summary.accepted + summary.duplicates + summary.refused == 0 {
                 eprintln!("{}: no records (the input is empty)", input.display());
             }

@@ -644,7 +644,7 @@ macro_rules! impl_shared {
 
             pub async fn counts(&self) -> Result<Counts, StoreError> {
                 let err = || query_error("count", "*");
-                self.stats.add(6);
+                self.stats.add(7);
                 let pairs = |sql: &'static str| {
                     sqlx::query_as::<_, (String, i64)>(sql).fetch_all(&self.pool)
                 };
@@ -663,6 +663,10 @@ macro_rules! impl_shared {
                         .await
                         .map_err(err())?,
                     keyed: pairs("SELECT model, COUNT(*) FROM keyed GROUP BY model ORDER BY model")
+                        .await
+                        .map_err(err())?,
+                    keys: sqlx::query_scalar("SELECT COUNT(*) FROM keys")
+                        .fetch_one(&self.pool)
                         .await
                         .map_err(err())?,
                     parked: sqlx::query_as::<_, (String, String, i64)>(

@@ -186,6 +186,8 @@ pub struct Counts {
     pub references: Vec<(String, i64)>,
     /// Keyed records per model.
     pub keyed: Vec<(String, i64)>,
+    /// Claimed keys, all models.
+    pub keys: i64,
     /// Parked records per model and reason.
     pub parked: Vec<(String, String, i64)>,
 }

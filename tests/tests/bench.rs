@@ -1,0 +1,61 @@
+//! `flowhost bench` runs its modes and reports in the documented shape (the numbers
+//! themselves belong in BENCHMARKS.md, measured on the release build).
+
+use flowhost_tests::{Host, Scratch, json_lines, text};
+
+#[test]
+fn bench_reports_every_mode_with_its_numbers() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let out = host.run(&["bench", "--records", "1500", "--sample", "200", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(v["records"], 1500);
+    for mode in ["batched", "per_record", "floor"] {
+        let m = &v["modes"][mode];
+        assert!(m["records_per_s"].as_f64().unwrap() > 0.0, "{mode}: {m}");
+        assert!(
+            m["statements_per_1000_records"].as_f64().unwrap() > 0.0,
+            "{mode}: {m}"
+        );
+        assert!(m["peak_rss_mb"].as_f64().unwrap() > 0.0, "{mode}: {m}");
+        for stage in ["ingest", "associate", "project"] {
+            assert!(m["stages_s"][stage].is_number(), "{mode}: {m}");
+        }
+    }
+    assert_eq!(
+        v["modes"]["per_record"]["sampled"], 200,
+        "the per-record prefix is said"
+    );
+    // The floor writes the rows the pipeline wrote.
+    let (batched, floor) = (&v["modes"]["batched"]["rows"], &v["modes"]["floor"]["rows"]);
+    for rows in ["keys", "keyed", "parked", "views"] {
+        assert_eq!(batched[rows], floor[rows], "{rows}: {batched} vs {floor}");
+    }
+    // Batch size 1 costs far more statements per record than the batched pipeline.
+    let stmts = |mode: &str| {
+        v["modes"][mode]["statements_per_1000_records"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(stmts("per_record") > 20.0 * stmts("batched"), "{v}");
+}
+
+#[test]
+fn latency_under_steady_load_measures_every_record() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let out = host.run(&[
+        "bench",
+        "latency",
+        "--rate",
+        "500",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(v["records"], v["measured"], "{v}");
+    assert!(v["p99_ms"].as_f64().unwrap() >= v["p50_ms"].as_f64().unwrap());
+}
