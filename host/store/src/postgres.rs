@@ -37,7 +37,23 @@ fn push_in_strings(qb: &mut sqlx::QueryBuilder<Postgres>, column: &str, values: 
 pub struct PgStore {
     pub(crate) pool: PgPool,
     pub(crate) stats: Arc<Stats>,
+    analyze: Arc<Analyze>,
 }
+
+/// Keeps the planner's statistics fresh as intake grows. Without them (a fresh database, or
+/// a server with autovacuum off or behind), PostgreSQL plans the batch joins of `pending`
+/// and `dirty_groups` as sequential scans of `intake`, which makes every batch cost the size
+/// of the table. So each time the rows this process wrote (intake, keys, keyed, parked,
+/// views) grew by half again (at least 20,000 rows) since the last time, it runs `ANALYZE`
+/// on the pipeline's tables in the background: one statement per such step, not per batch.
+#[derive(Debug, Default)]
+struct Analyze {
+    since: std::sync::atomic::AtomicU64,
+    base: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicBool,
+}
+
+const ANALYZE_MIN_ROWS: u64 = 20_000;
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -66,7 +82,32 @@ impl PgStore {
         Ok(Self {
             pool,
             stats: Arc::default(),
+            analyze: Arc::default(),
         })
+    }
+
+    /// Counts rows written; starts an `ANALYZE` when they grew enough (see [`Analyze`]).
+    fn grew(&self, rows: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let a = &self.analyze;
+        let since = a.since.fetch_add(rows, Relaxed) + rows;
+        let due = ANALYZE_MIN_ROWS.max(a.base.load(Relaxed) / 2);
+        if since < due || a.running.swap(true, Relaxed) {
+            return;
+        }
+        a.since.store(0, Relaxed);
+        a.base.fetch_add(since, Relaxed);
+        let (pool, stats, analyze) = (self.pool.clone(), self.stats.clone(), self.analyze.clone());
+        tokio::spawn(async move {
+            stats.add(1);
+            if let Err(e) = sqlx::query("ANALYZE intake, queue, keys, keyed, parked, dirty, views")
+                .execute(&pool)
+                .await
+            {
+                tracing::warn!("cannot refresh the planner's statistics: {e}");
+            }
+            analyze.running.store(false, Relaxed);
+        });
     }
 
     async fn begin(&self, operation: &'static str, model: &str) -> Result<Tx, StoreError> {
@@ -156,6 +197,11 @@ impl PgStore {
             }
         }
         self.commit(tx, op, model).await?;
+        let accepted = answers
+            .iter()
+            .filter(|a| matches!(a, Appended::Accepted(_)))
+            .count();
+        self.grew(accepted as u64);
         Ok(answers)
     }
 
@@ -346,6 +392,7 @@ impl PgStore {
         }
 
         self.commit(tx, op, model).await?;
+        self.grew((o.keyed.len() + o.parked.len() + o.claims.len()) as u64);
         Ok(CommitSummary { healed })
     }
 
@@ -435,6 +482,7 @@ impl PgStore {
             .map_err(query_error(op, model))?;
         }
         self.commit(tx, op, model).await?;
+        self.grew(views.len() as u64);
         Ok(())
     }
 }
