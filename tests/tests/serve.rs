@@ -50,3 +50,30 @@ fn serve_processes_what_another_process_ingests_and_stops_cleanly() {
         assert_eq!(devices[1]["canonical"]["serial"], json!(["B"]));
     }
 }
+
+#[test]
+fn processes_opening_a_new_sqlite_file_at_once_all_succeed() {
+    for _ in 0..3 {
+        let db = Scratch::sqlite();
+        let host = Host::new(&db.url);
+        // The service and CLI commands often start together on a file that does not exist yet.
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                host.command()
+                    .args(["plugins", "list"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start flowhost")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("flowhost exits");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

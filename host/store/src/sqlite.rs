@@ -47,22 +47,29 @@ pub struct SqliteStore {
 
 type Tx = Transaction<'static, Sqlite>;
 
-/// An exclusive `flock` on the database file, held while migrating. SQLite's own locks are
-/// `fcntl` locks, which are independent of `flock` on Linux, so this only orders flowhost
-/// processes among themselves. In-memory databases and other platforms take no lock.
+/// An exclusive `flock` on the database file (created empty if missing: SQLite treats an
+/// empty file as a new database), held while the file is set up and migrated. SQLite's own
+/// locks are `fcntl` locks, which are independent of `flock` on Linux, so this only orders
+/// flowhost processes among themselves. In-memory databases and other platforms take no lock.
 struct MigrationLock(Option<std::fs::File>);
 
 impl MigrationLock {
     fn take(path: &std::path::Path) -> Self {
+        let in_memory = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
         #[cfg(unix)]
-        if let Ok(file) = std::fs::File::open(path) {
+        if !in_memory
+            && let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        {
             use std::os::fd::AsRawFd;
             // SAFETY: flock(2) on a descriptor we own; it is released when the file closes.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
                 return Self(Some(file));
             }
         }
-        let _ = path;
+        let _ = (path, in_memory);
         Self(None)
     }
 }
@@ -94,15 +101,16 @@ impl SqliteStore {
             // larger caches measured no faster), temporary tables in memory.
             .pragma("cache_size", "-16384")
             .pragma("temp_store", "memory");
+        // Two processes opening a new file at once would race to switch it to WAL (which
+        // fails with "database is locked" instead of waiting) and to migrate it (sqlx takes no
+        // lock on SQLite): one sets the file up while the other waits on an advisory lock.
         let file = connect.get_filename().to_path_buf();
+        let _setting_up = MigrationLock::take(&file);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .connect_with(connect)
             .await
             .map_err(open_err)?;
-        // Two processes opening a new file at once would both migrate it (sqlx takes no lock
-        // on SQLite): one migrates while the other waits on an advisory lock of the file.
-        let _migrating = MigrationLock::take(&file);
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
