@@ -638,8 +638,18 @@ impl Registry {
         if let Err(e) = self.inner.store.forget_file(&file).await {
             tracing::warn!("cannot forget plugin file {file}: {e}");
         }
-        if let Some(model) = known.and_then(|k| if k.error.is_none() { k.model } else { None }) {
-            self.pause(&model, format!("{file} was removed")).await;
+        // The model loses its plugin, unless another file of the folder now defines it.
+        if let Some(model) = known.and_then(|k| k.model) {
+            let other = {
+                let state = self.inner.state.lock().expect("registry state");
+                state
+                    .files
+                    .values()
+                    .any(|f| f.model.as_deref() == Some(model.as_str()) && f.error.is_none())
+            };
+            if !other {
+                self.pause(&model, format!("{file} was removed")).await;
+            }
         }
     }
 
