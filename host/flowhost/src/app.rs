@@ -25,14 +25,13 @@ pub async fn open_store(url: &str) -> Result<Store> {
 pub async fn open_registry(env: &Env, store: &Store) -> Result<Registry> {
     let runtime = Runtime::new(env.limits.clone())?;
     let registry = Registry::open(store.clone(), runtime, env.registry.clone()).await?;
-    let (_, refused) = registry.status();
-    for error in refused {
+    let (models, refused) = registry.status();
+    for error in models
+        .into_iter()
+        .filter_map(|m| m.last_error)
+        .chain(refused)
+    {
         eprintln!("{error}");
-    }
-    for status in registry.status().0 {
-        if let Some(error) = status.last_error {
-            eprintln!("{error}");
-        }
     }
     Ok(registry)
 }

@@ -454,28 +454,50 @@ async fn pipeline(
     let counts = store.counts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     store.close().await;
     let sum = |v: &[(String, i64)]| v.iter().map(|(_, n)| n).sum::<i64>();
-    Ok(json!({
-        "records": lines,
-        "records_per_s": lines as f64 / total.as_secs_f64(),
-        "seconds": total.as_secs_f64(),
-        "statements_per_1000_records": statements as f64 * 1000.0 / lines as f64,
-        "stages_s": {
-            "ingest": ingest_time.as_secs_f64(),
-            "associate": report.associate.busy.as_secs_f64(),
-            "project": report.project.busy.as_secs_f64(),
-            "process_wall": report.elapsed.as_secs_f64(),
-        },
-        "batches": {"associate": report.associate.batches, "project": report.project.batches},
-        "batch_latency_ms": {"p50": percentile_ms(&report, 0.5), "p99": percentile_ms(&report, 0.99)},
-        "peak_rss_mb": peak_rss_mb(),
-        "rows": {
+    let mut v = mode_result(
+        lines,
+        total,
+        statements,
+        [ingest_time, report.associate.busy, report.project.busy],
+        json!({
             "intake": counts.intake,
             "keys": counts.keys,
             "keyed": sum(&counts.keyed),
             "parked": counts.parked.iter().map(|(_, _, n)| n).sum::<i64>(),
             "views": sum(&counts.references),
+        }),
+    );
+    v["stages_s"]["process_wall"] = json!(report.elapsed.as_secs_f64());
+    v["batches"] =
+        json!({"associate": report.associate.batches, "project": report.project.batches});
+    v["batch_latency_ms"] =
+        json!({"p50": percentile_ms(&report, 0.5), "p99": percentile_ms(&report, 0.99)});
+    Ok(v)
+}
+
+/// One mode's answer: rates, statements, per-stage times (ingest, associate, project), peak
+/// RSS, and the rows it wrote.
+fn mode_result(
+    lines: u64,
+    total: std::time::Duration,
+    statements: u64,
+    [ingest, associate, project]: [std::time::Duration; 3],
+    rows: Value,
+) -> Value {
+    json!({
+        "records": lines,
+        "records_per_s": lines as f64 / total.as_secs_f64(),
+        "seconds": total.as_secs_f64(),
+        "statements_per_1000_records": statements as f64 * 1000.0 / lines as f64,
+        "stages_s": {
+            "ingest": ingest.as_secs_f64(),
+            "associate": associate.as_secs_f64(),
+            "project": project.as_secs_f64(),
         },
-    }))
+        "batch_latency_ms": {"p50": 0.0, "p99": 0.0},
+        "peak_rss_mb": peak_rss_mb(),
+        "rows": rows,
+    })
 }
 
 /// The floor: parse, then write the batched run's rows in large batches, no plugin.
@@ -609,18 +631,11 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
     let total = started.elapsed();
     let statements = store.statements() - before;
     store.close().await;
-    Ok(json!({
-        "records": lines,
-        "records_per_s": lines as f64 / total.as_secs_f64(),
-        "seconds": total.as_secs_f64(),
-        "statements_per_1000_records": statements as f64 * 1000.0 / lines as f64,
-        "stages_s": {
-            "ingest": ingest_time.as_secs_f64(),
-            "associate": assoc_time.as_secs_f64(),
-            "project": project_time.as_secs_f64(),
-        },
-        "batch_latency_ms": {"p50": 0.0, "p99": 0.0},
-        "peak_rss_mb": peak_rss_mb(),
-        "rows": {"keys": quota[0] - keys_left, "keyed": quota[1] - keyed_left, "parked": quota[2] - parked_left, "views": views},
-    }))
+    Ok(mode_result(
+        lines,
+        total,
+        statements,
+        [ingest_time, assoc_time, project_time],
+        json!({"keys": quota[0] - keys_left, "keyed": quota[1] - keyed_left, "parked": quota[2] - parked_left, "views": views}),
+    ))
 }

@@ -75,13 +75,7 @@ macro_rules! impl_shared {
                          WHERE leases.holder = excluded.holder OR leases.expires_micros < ",
                     )
                     .push_bind(now);
-                self.stats.add(1);
-                let done = qb
-                    .build()
-                    .execute(&self.pool)
-                    .await
-                    .map_err(query_error("acquire lease", &lease.model))?;
-                Ok(done.rows_affected() == 1)
+                Ok(self.execute(&mut qb, "acquire lease", &lease.model).await? == 1)
             }
 
             pub async fn lease_holder(&self, stage: Stage, model: &str) -> Result<Option<String>, StoreError> {
@@ -100,23 +94,13 @@ macro_rules! impl_shared {
                     .push(", expires_micros = ")
                     .push_bind(now_micros() + ttl_micros);
                 Self::push_lease(&mut qb, lease.stage, &lease.model, from);
-                self.stats.add(1);
-                let done = qb
-                    .build()
-                    .execute(&self.pool)
-                    .await
-                    .map_err(query_error("take over lease", &lease.model))?;
-                Ok(done.rows_affected() == 1)
+                Ok(self.execute(&mut qb, "take over lease", &lease.model).await? == 1)
             }
 
             pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
                 let mut qb = Self::query("DELETE FROM leases");
                 Self::push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
-                self.stats.add(1);
-                qb.build()
-                    .execute(&self.pool)
-                    .await
-                    .map_err(query_error("release lease", &lease.model))?;
+                self.execute(&mut qb, "release lease", &lease.model).await?;
                 Ok(())
             }
 

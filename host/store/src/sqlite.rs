@@ -51,9 +51,9 @@ type Tx = Transaction<'static, Sqlite>;
 /// empty file as a new database), held while the file is set up and migrated. SQLite's own
 /// locks are `fcntl` locks, which are independent of `flock` on Linux, so this only orders
 /// flowhost processes among themselves. In-memory databases and other platforms take no lock.
-struct MigrationLock(Option<std::fs::File>);
+struct SetupLock(Option<std::fs::File>);
 
-impl MigrationLock {
+impl SetupLock {
     fn take(path: &std::path::Path) -> Self {
         let in_memory = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
         #[cfg(unix)]
@@ -74,7 +74,7 @@ impl MigrationLock {
     }
 }
 
-impl Drop for MigrationLock {
+impl Drop for SetupLock {
     fn drop(&mut self) {
         #[cfg(unix)]
         if let Some(file) = &self.0 {
@@ -105,7 +105,7 @@ impl SqliteStore {
         // fails with "database is locked" instead of waiting) and to migrate it (sqlx takes no
         // lock on SQLite): one sets the file up while the other waits on an advisory lock.
         let file = connect.get_filename().to_path_buf();
-        let _setting_up = MigrationLock::take(&file);
+        let _setting_up = SetupLock::take(&file);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .connect_with(connect)
