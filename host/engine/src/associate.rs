@@ -9,7 +9,6 @@ use flowhost_store::{
     AssociationOutcome, CommitError, KeyedRow, Lease, ParkRow, Pending, Stage, now_micros,
 };
 use std::collections::BTreeSet;
-use tracing::Instrument;
 
 /// A commit that lost a key race is decided again; this bounds the retries.
 const MAX_DECISIONS: usize = 5;
@@ -24,6 +23,8 @@ pub struct BatchDone {
     /// Nothing was committed but work is waiting: the batch ran on a plugin version that
     /// another process replaced; it runs again on the current one.
     pub retry: bool,
+    /// Time spent in plugin calls.
+    pub plugin_time: std::time::Duration,
 }
 
 impl Engine {
@@ -73,16 +74,15 @@ impl Engine {
         if pending.is_empty() {
             return Ok(BatchDone::default());
         }
-        let span = tracing::debug_span!(
-            "batch",
-            stage = "associate",
+        let size = pending.len();
+        crate::in_batch_span(
+            Stage::Associate,
             model,
-            size = pending.len(),
-            plugin = &plugin.version()[..12]
-        );
-        self.associate_pending(&plugin, &lease, pending)
-            .instrument(span)
-            .await
+            size,
+            &plugin,
+            self.associate_pending(&plugin, &lease, pending),
+        )
+        .await
     }
 
     async fn associate_pending(
@@ -93,6 +93,7 @@ impl Engine {
     ) -> Result<BatchDone, EngineError> {
         let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
         let call = plugin.clone();
+        let called = std::time::Instant::now();
         let (records, results, calls) = tokio::task::spawn_blocking(move || {
             let mut calls = 0;
             let results = isolate(&records, &|r: &[Record]| call.associate(r), &mut calls);
@@ -103,6 +104,7 @@ impl Engine {
             model: lease.model.clone(),
             message: e.to_string(),
         })?;
+        let plugin_time = called.elapsed();
 
         let failed = results.iter().filter(|r| r.is_err()).count();
         let error = results.iter().find_map(|r| r.as_ref().err());
@@ -125,6 +127,7 @@ impl Engine {
                         healed: summary.healed,
                         calls,
                         retry: false,
+                        plugin_time,
                     });
                 }
                 Err(CommitError::VersionChanged { model, current }) => {

@@ -70,6 +70,50 @@ pub enum EngineError {
     Worker { model: String, message: String },
 }
 
+/// Runs one batch's work in its span (stage, model, size, plugin version) and logs its
+/// outcome once, at info: the one log line per batch; nothing is logged per record.
+pub(crate) async fn in_batch_span(
+    stage: Stage,
+    model: &str,
+    size: usize,
+    plugin: &Plugin,
+    work: impl std::future::Future<Output = Result<associate::BatchDone, EngineError>>,
+) -> Result<associate::BatchDone, EngineError> {
+    use tracing::Instrument;
+    let version = plugin.version();
+    let span = tracing::info_span!(
+        "batch",
+        stage = stage.as_str(),
+        model,
+        size,
+        plugin = &version[..version.len().min(12)]
+    );
+    async move {
+        let started = std::time::Instant::now();
+        let out = work.await;
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        let took_ms = ms(started.elapsed());
+        match &out {
+            Ok(done) if done.records > 0 => tracing::info!(
+                items = done.records,
+                calls = done.calls,
+                plugin_ms = ms(done.plugin_time),
+                took_ms,
+                "batch done"
+            ),
+            Ok(done) if done.retry => {
+                tracing::info!(took_ms, "batch to run again on the current plugin version")
+            }
+            Ok(_) => tracing::info!(took_ms, "batch committed nothing (its lease was lost)"),
+            // Returned to the stage loop, which logs it.
+            Err(_) => {}
+        }
+        out
+    }
+    .instrument(span)
+    .await
+}
+
 /// Brings the plugin set up to date with the database's current versions (the registry
 /// does; an engine without one only waits for the next batch).
 pub trait Refresh: Send + Sync {

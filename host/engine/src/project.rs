@@ -6,7 +6,6 @@ use crate::{Engine, EngineError};
 use flowhost_core::{Group, Kind, Projection};
 use flowhost_runtime::Plugin;
 use flowhost_store::{CommitError, ProjectFailure, Stage, ViewRow};
-use tracing::Instrument;
 
 impl Engine {
     /// Projects the next batch of dirty references of a model (up to `size`).
@@ -27,16 +26,11 @@ impl Engine {
         if batch.groups.is_empty() {
             return Ok(BatchDone::default());
         }
-        let span = tracing::debug_span!(
-            "batch",
-            stage = "project",
-            model,
-            size = batch.groups.len(),
-            plugin = &plugin.version()[..12]
-        );
-        async {
+        let size = batch.groups.len();
+        let work = async {
             let call = plugin.clone();
             let groups = batch.groups;
+            let called = std::time::Instant::now();
             let (groups, results, calls) = tokio::task::spawn_blocking(move || {
                 let mut calls = 0;
                 let results = isolate(&groups, &|g: &[Group]| call.project(g), &mut calls);
@@ -47,6 +41,7 @@ impl Engine {
                 model: model.to_string(),
                 message: e.to_string(),
             })?;
+            let plugin_time = called.elapsed();
 
             let mut views = Vec::with_capacity(groups.len());
             let mut errors = std::collections::HashMap::new();
@@ -78,7 +73,13 @@ impl Engine {
                 })
                 .collect();
             if let Some(first) = failed.first() {
-                tracing::warn!(model, failed = failed.len(), of = groups.len(), "projection failed for some references; they keep their mark with the error: {}", first.error);
+                tracing::warn!(
+                    model,
+                    failed = failed.len(),
+                    of = groups.len(),
+                    "projection failed for some references; they keep their mark with the error: {}",
+                    first.error
+                );
             }
             let first_error = failed.first().map(|f| f.error.clone());
             self.after_batch(
@@ -100,6 +101,7 @@ impl Engine {
                     healed: 0,
                     calls,
                     retry: false,
+                    plugin_time,
                 }),
                 Err(CommitError::VersionChanged { model, current }) => {
                     Ok(self.version_changed(&model, &current).await)
@@ -107,9 +109,8 @@ impl Engine {
                 Err(CommitError::LeaseLost { .. }) => Ok(BatchDone::default()),
                 Err(e) => Err(e.into()),
             }
-        }
-        .instrument(span)
-        .await
+        };
+        crate::in_batch_span(Stage::Project, model, size, &plugin, work).await
     }
 }
 

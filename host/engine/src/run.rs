@@ -76,17 +76,31 @@ impl Engine {
     ) -> Result<usize, EngineError> {
         let size = worker.sizer.size();
         let started = Instant::now();
-        let done = match worker.stage {
-            Stage::Associate => self.associate_batch(&worker.model, size).await?,
-            Stage::Project => self.project_batch(&worker.model, size).await?,
-        };
+        let (done, statements) = flowhost_store::counting_statements(async {
+            match worker.stage {
+                Stage::Associate => self.associate_batch(&worker.model, size).await,
+                Stage::Project => self.project_batch(&worker.model, size).await,
+            }
+        })
+        .await;
+        let labels = [
+            ("stage", worker.stage.as_str().to_string()),
+            ("model", worker.model.clone()),
+        ];
+        metrics::counter!("flowhost_db_statements_total", &labels).increment(statements);
+        let done = done?;
         if done.records == 0 {
             // A batch to run again counts as work, so that `run_until_idle` goes on.
             return Ok(usize::from(done.retry));
         }
         let took = started.elapsed();
-        let next = worker.sizer.observe(done.records, took);
-        tracing::debug!(stage = worker.stage.as_str(), model = %worker.model, items = done.records, took_ms = took.as_millis() as u64, next_size = next, "batch done");
+        worker.sizer.observe(done.records, took);
+        metrics::counter!("flowhost_batches_total", &labels).increment(1);
+        metrics::counter!("flowhost_batch_items_total", &labels).increment(done.records as u64);
+        metrics::histogram!("flowhost_batch_size", &labels).record(done.records as f64);
+        metrics::histogram!("flowhost_batch_duration_seconds", &labels).record(took.as_secs_f64());
+        metrics::histogram!("flowhost_plugin_call_seconds", &labels)
+            .record(done.plugin_time.as_secs_f64());
         report.batches += 1;
         report.items += done.records as u64;
         report.busy += took;
@@ -259,7 +273,11 @@ impl Engine {
                         let mut stage = StageReport::default();
                         let mut healed = 0;
                         while !cancel.is_cancelled() {
-                            match engine.step(&mut worker, &mut stage, &mut healed).await {
+                            let step = engine.step(&mut worker, &mut stage, &mut healed).await;
+                            // A service keeps no per-batch history (the metrics have the
+                            // distribution), so its memory does not grow with uptime.
+                            stage.latencies.clear();
+                            match step {
                                 Ok(0) => {
                                     tokio::select! {
                                         _ = cancel.cancelled() => break,

@@ -5,17 +5,50 @@ use anyhow::Result;
 use flowhost_engine::{Engine, EngineConfig};
 use flowhost_registry::{Registry, RegistryConfig};
 use flowhost_runtime::{Runtime, RuntimeConfig};
-use flowhost_store::Store;
+use flowhost_store::{Store, StoreOptions};
 
 /// What every command that touches data is given: the database, the plugins folder (with
 /// the versions folder and per-model limits), and the plugins' default limits.
 pub struct Env {
     pub db: String,
+    pub store: StoreOptions,
     pub registry: RegistryConfig,
     pub limits: RuntimeConfig,
+    pub engine: EngineConfig,
 }
 
-/// Opens the database, with the URL in the error.
+impl Env {
+    /// The defaults over a database and a plugins folder (the benchmarks' set-up).
+    pub fn new(db: &str, plugins: &std::path::Path) -> Self {
+        Self {
+            db: db.to_string(),
+            store: StoreOptions::default(),
+            registry: RegistryConfig::new(plugins),
+            limits: RuntimeConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+
+    /// From the loaded configuration.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            db: config.database.url.clone(),
+            store: config.store_options(),
+            registry: config.registry(),
+            limits: config.runtime(),
+            engine: config.engine(),
+        }
+    }
+
+    /// Opens the database with the configured pool.
+    pub async fn open_store(&self) -> Result<Store> {
+        Store::open_with(&self.db, &self.store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+/// Opens the database with default options, with the URL in the error.
 pub async fn open_store(url: &str) -> Result<Store> {
     Store::open(url).await.map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -38,7 +71,7 @@ pub async fn open_registry(env: &Env, store: &Store) -> Result<Registry> {
 
 /// Store, registry and engine, ready to run.
 pub async fn engine(env: &Env, config: EngineConfig) -> Result<(Engine, Registry)> {
-    let store = open_store(&env.db).await?;
+    let store = env.open_store().await?;
     let registry = open_registry(env, &store).await?;
     let engine = Engine::new(store, registry.plugins().clone(), config);
     engine.set_refresh(std::sync::Arc::new(registry.clone()));

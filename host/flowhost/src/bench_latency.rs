@@ -68,11 +68,7 @@ async fn run(
     rate: u64,
     seconds: u64,
 ) -> Result<(Vec<i64>, u64, f64, f64)> {
-    let env = app::Env {
-        db: url.to_string(),
-        registry: flowhost_registry::RegistryConfig::new(plugins),
-        limits: flowhost_runtime::RuntimeConfig::default(),
-    };
+    let env = app::Env::new(url, plugins);
     let (engine, _registry) = app::engine(&env, EngineConfig::default()).await?;
     if engine.plugins().get("device").is_none() {
         bail!("no device plugin in {}", plugins.display());

@@ -429,11 +429,7 @@ async fn pipeline(
         config.associate = BatchConfig::fixed(size);
         config.project = BatchConfig::fixed(size);
     }
-    let env = app::Env {
-        db: url.to_string(),
-        registry: flowhost_registry::RegistryConfig::new(plugins),
-        limits: flowhost_runtime::RuntimeConfig::default(),
-    };
+    let env = app::Env::new(url, plugins);
     let (engine, _registry) = app::engine(&env, config).await?;
     let store = engine.store().clone();
     let known: BTreeSet<String> = engine.plugins().models().into_iter().collect();

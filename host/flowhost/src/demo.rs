@@ -4,14 +4,13 @@
 
 use crate::{app, ingest, workload};
 use anyhow::Result;
-use flowhost_engine::EngineConfig;
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Instant;
 
 pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
     let (db, plugins) = (env.db.as_str(), env.registry.dir.as_path());
-    let (engine, _registry) = app::engine(env, EngineConfig::default()).await?;
+    let (engine, _registry) = app::engine(env, env.engine.clone()).await?;
     let models = engine.plugins().models();
     println!("flowhost demo on {db}");
     println!("plugins folder {}:", plugins.display());

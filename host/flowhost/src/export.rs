@@ -2,8 +2,8 @@
 //! read in pages so memory does not grow with the data.
 
 use anyhow::Result;
-use flowhost_store::{Cursor, ParkedFilter, ParkedRow, Store};
-use serde_json::{Value, json};
+use flowhost_store::{Cursor, ParkedFilter, Store};
+use serde_json::Value;
 use std::io::Write;
 
 /// Which view to export.
@@ -64,24 +64,14 @@ pub async fn export(
             .views(model, cursor.as_ref(), PAGE)
             .await
             .map_err(err)?;
+        let kind = match kind {
+            ViewKind::Canonical => flowhost_server::ViewKind::Canonical,
+            ViewKind::Root => flowhost_server::ViewKind::Root,
+            ViewKind::Lineage => flowhost_server::ViewKind::Lineage,
+            ViewKind::Values => unreachable!("handled above"),
+        };
         for v in &rows {
-            let (id, m) = (q(&v.reference), q(&v.model));
-            match kind {
-                ViewKind::Canonical => writeln!(
-                    out,
-                    r#"{{"id":{id},"model":{m},"canonical":{}}}"#,
-                    v.canonical
-                )?,
-                ViewKind::Root => writeln!(
-                    out,
-                    r#"{{"id":{id},"model":{m},"root":{},"parents":{}}}"#,
-                    v.root, v.parents
-                )?,
-                ViewKind::Lineage => {
-                    writeln!(out, r#"{{"id":{id},"model":{m},"lineage":{}}}"#, v.lineage)?
-                }
-                ViewKind::Values => unreachable!("handled above"),
-            }
+            writeln!(out, "{}", flowhost_server::view_line(kind, v))?;
         }
         n += rows.len() as u64;
         match rows.last() {
@@ -95,19 +85,6 @@ pub async fn export(
         }
     }
     Ok(n)
-}
-
-/// One parked record as exported.
-pub fn parked_json(p: &ParkedRow) -> Value {
-    let r = &p.record;
-    json!({
-        "model": r.model,
-        "source": {"system": r.source.system, "adapter": r.source.adapter},
-        "id": r.external_id,
-        "reason": p.reason,
-        "details": p.details,
-        "attempts": p.attempts,
-    })
 }
 
 /// Lists parked records: NDJSON, or a readable table.
@@ -133,7 +110,7 @@ pub async fn parked(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for p in &rows {
             if as_json {
-                writeln!(out, "{}", parked_json(p))?;
+                writeln!(out, "{}", flowhost_server::parked_json(p))?;
             } else {
                 let r = &p.record;
                 writeln!(

@@ -1,24 +1,15 @@
 //! `flowhost ingest FILE|-`: stream NDJSON into intake, in batches, durably.
 
 use anyhow::{Context, Result};
-use flowhost_core::intake::{IntakeRecord, LineError, parse_line};
-use flowhost_store::{Appended, Store};
+use flowhost_server::{IntakeSummary, LineIntake, LineOutcome};
+use flowhost_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
-/// Lines per append (one transaction, a few statements).
 /// Records per intake transaction.
 pub const BATCH: usize = 2_000;
-
-/// Counts of one intake run.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct IngestSummary {
-    pub accepted: u64,
-    pub duplicates: u64,
-    pub refused: u64,
-}
 
 /// Reads one line of at most `limit` bytes into `buf` (without the newline). Returns the
 /// line's full length, or `None` at the end of input. A longer line is consumed whole but
@@ -66,7 +57,7 @@ pub async fn ingest(
     max_line: usize,
     progress: bool,
     batch_size: usize,
-) -> Result<IngestSummary> {
+) -> Result<IntakeSummary> {
     let (reader, size): (Box<dyn BufRead + Send>, Option<u64>) = if input == Path::new("-") {
         (
             Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
@@ -82,11 +73,8 @@ pub async fn ingest(
         )
     };
     let bar = progress_bar(progress && std::io::stderr().is_terminal(), size);
-    let known_list = known.iter().cloned().collect::<Vec<_>>().join(", ");
     let mut reader = reader;
-    let mut summary = IngestSummary::default();
-    let batch_size = batch_size.max(1);
-    let mut batch: Vec<IntakeRecord> = Vec::with_capacity(batch_size.min(BATCH));
+    let mut intake = LineIntake::new(store, known.clone(), max_line, batch_size);
     let mut line = Vec::new();
     let mut line_no = 0u64;
     let mut bytes = 0u64;
@@ -96,80 +84,32 @@ pub async fn ingest(
         let Some(len) = read else { break };
         line_no += 1;
         bytes += len as u64 + 1;
-        if line.last() == Some(&b'\r') {
-            line.pop();
+        if let LineOutcome::Refused(e) = intake.line(&line, len) {
+            bar.suspend(|| eprintln!("line {line_no}: {e}"));
         }
-        if line.iter().all(u8::is_ascii_whitespace) && len <= max_line {
-            continue;
-        }
-        let parsed = if len > max_line {
-            Err(LineError::TooLong(len, max_line))
-        } else {
-            parse_line(&line, chrono::Utc::now()).and_then(|r| {
-                if known.contains(&r.model) {
-                    Ok(r)
-                } else {
-                    Err(LineError::UnknownModel {
-                        model: r.model,
-                        known: if known_list.is_empty() {
-                            "none".into()
-                        } else {
-                            known_list.clone()
-                        },
-                    })
-                }
-            })
-        };
-        match parsed {
-            Ok(r) => batch.push(r),
-            Err(e) => {
-                summary.refused += 1;
-                bar.suspend(|| eprintln!("line {line_no}: {e}"));
-            }
-        }
-        if batch.len() >= batch_size {
-            flush(store, &mut batch, &mut summary)
+        if intake.full() {
+            intake
+                .flush()
                 .await
-                .with_context(|| stopped_at(line_no, &summary))?;
+                .with_context(|| stopped_at(line_no, &intake.summary))?;
             bar.set_position(bytes);
         }
     }
-    flush(store, &mut batch, &mut summary)
+    intake
+        .flush()
         .await
-        .with_context(|| stopped_at(line_no, &summary))?;
+        .with_context(|| stopped_at(line_no, &intake.summary))?;
     bar.finish_and_clear();
-    Ok(summary)
+    Ok(intake.summary)
 }
 
 /// Says how far an interrupted intake got: every batch before the failing one is durable.
-fn stopped_at(line: u64, summary: &IngestSummary) -> String {
+fn stopped_at(line: u64, summary: &IntakeSummary) -> String {
     format!(
         "storing the batch that ends at line {line} failed; the {} records accepted before it \
          ({} duplicates, {} refused) are durable, and re-sending the file is safe",
         summary.accepted, summary.duplicates, summary.refused
     )
-}
-
-async fn flush(
-    store: &Store,
-    batch: &mut Vec<IntakeRecord>,
-    summary: &mut IngestSummary,
-) -> Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let answers = store
-        .append(batch)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for a in answers {
-        match a {
-            Appended::Accepted(_) => summary.accepted += 1,
-            Appended::Duplicate => summary.duplicates += 1,
-        }
-    }
-    batch.clear();
-    Ok(())
 }
 
 fn progress_bar(enabled: bool, size: Option<u64>) -> ProgressBar {

@@ -5,82 +5,125 @@ mod bench;
 mod bench_latency;
 mod bench_modes;
 mod bench_swap;
+mod config;
 mod demo;
 mod export;
 mod ingest;
 mod plugins_cmd;
+mod serve;
 mod workload;
 
 use anyhow::Result;
 
 use clap::{Args, Parser, Subcommand};
 use flowhost_core::ParkReason;
-use flowhost_engine::EngineConfig;
 use flowhost_store::ParkedFilter;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 /// flowhost: turns streams of partial, overlapping records from many source systems into one
 /// canonical, lineage-tracked view per real-world thing.
+///
+/// Settings come from `--config FILE` (TOML), then `FLOWHOST_…` environment variables, then
+/// flags, each overriding the one before; `flowhost config` prints the result.
 #[derive(Parser)]
 #[command(name = "flowhost", version, about)]
 struct Cli {
-    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://…`.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOWHOST_DB",
-        default_value = "sqlite://flowhost.db"
-    )]
-    db: String,
-    /// The plugins folder: `<anything>.wasm` components, each naming its model.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOWHOST_PLUGINS",
-        default_value = "./plugins"
-    )]
-    plugins: PathBuf,
-    /// The longest one plugin call may run, in milliseconds.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOWHOST_PLUGIN_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
-    plugin_timeout_ms: u64,
-    /// The most memory one plugin instance may use, in MiB.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOWHOST_PLUGIN_MEMORY_MB",
-        default_value_t = 512
-    )]
-    plugin_memory_mb: usize,
-    /// The most records (or references) in one plugin call.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOWHOST_PLUGIN_MAX_BATCH",
-        default_value_t = flowhost_runtime::Limits::DEFAULT_MAX_BATCH
-    )]
-    plugin_max_batch: usize,
+    /// A TOML configuration file (see examples/flowhost.toml).
+    #[arg(long, global = true, env = "FLOWHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://…`
+    /// [database.url, FLOWHOST_DB; default sqlite://flowhost.db].
+    #[arg(long, global = true)]
+    db: Option<String>,
+    /// The plugins folder: `<anything>.wasm` components, each naming its model
+    /// [plugins.dir, FLOWHOST_PLUGINS; default ./plugins].
+    #[arg(long, global = true)]
+    plugins: Option<PathBuf>,
+    /// The longest one plugin call may run, in milliseconds
+    /// [plugins.timeout_ms, FLOWHOST_PLUGIN_TIMEOUT_MS; default 10000].
+    #[arg(long, global = true)]
+    plugin_timeout_ms: Option<u64>,
+    /// The most memory one plugin instance may use, in MiB
+    /// [plugins.memory_mb, FLOWHOST_PLUGIN_MEMORY_MB; default 512].
+    #[arg(long, global = true)]
+    plugin_memory_mb: Option<usize>,
+    /// The most records (or references) in one plugin call
+    /// [plugins.max_batch, FLOWHOST_PLUGIN_MAX_BATCH; default 10000].
+    #[arg(long, global = true)]
+    plugin_max_batch: Option<usize>,
     /// Limits of one model, over the defaults above: `MODEL:timeout_ms=N,memory_mb=N,max_batch=N`
-    /// (any of the three). Repeat for several models.
-    #[arg(long = "model-limit", global = true, value_parser = plugins_cmd::parse_model_limit)]
-    model_limit: Vec<(String, plugins_cmd::ModelLimit)>,
+    /// (any of the three) [plugins.models.MODEL.*]. Repeat for several models.
+    #[arg(long = "model-limit", global = true, value_parser = config::parse_model_limit)]
+    model_limit: Vec<Vec<(String, String)>>,
     /// Where every plugin version that has been current is kept, for rollback
-    /// (default: `<plugins>/.versions`).
-    #[arg(long, global = true, env = "FLOWHOST_VERSIONS_DIR")]
+    /// [plugins.versions_dir, FLOWHOST_VERSIONS_DIR; default <plugins>/.versions].
+    #[arg(long, global = true)]
     versions_dir: Option<PathBuf>,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flowhost=debug`.
-    #[arg(long, global = true, env = "FLOWHOST_LOG", default_value = "warn")]
-    log: String,
+    /// The HTTP API's address for `serve` [server.listen, FLOWHOST_LISTEN; default
+    /// 127.0.0.1:8080]; port 0 picks a free port (printed at start).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// The bearer token of the admin routes [server.admin_token, FLOWHOST_ADMIN_TOKEN].
+    #[arg(long, global = true)]
+    admin_token: Option<String>,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flowhost=debug`
+    /// [log.filter, FLOWHOST_LOG; default info for serve, warn otherwise].
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// Log format [log.format, FLOWHOST_LOG_FORMAT; default text].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<config::LogFormat>,
+    /// Any setting, as `section.key=value` (e.g. `stages.associate.max_batch=2000`);
+    /// repeatable. The specific flags above win over it.
+    #[arg(long = "set", global = true, value_parser = config::parse_set)]
+    set: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The flags as configuration keys, weakest first.
+    fn flag_settings(&self) -> Vec<(String, String)> {
+        let mut out = self.set.clone();
+        let path = |p: &PathBuf| p.display().to_string();
+        let pairs: [(&str, Option<String>); 9] = [
+            ("database.url", self.db.clone()),
+            ("plugins.dir", self.plugins.as_ref().map(path)),
+            (
+                "plugins.timeout_ms",
+                self.plugin_timeout_ms.map(|v| v.to_string()),
+            ),
+            (
+                "plugins.memory_mb",
+                self.plugin_memory_mb.map(|v| v.to_string()),
+            ),
+            (
+                "plugins.max_batch",
+                self.plugin_max_batch.map(|v| v.to_string()),
+            ),
+            ("plugins.versions_dir", self.versions_dir.as_ref().map(path)),
+            ("server.listen", self.listen.clone()),
+            ("server.admin_token", self.admin_token.clone()),
+            ("log.filter", self.log.clone()),
+        ];
+        out.extend(
+            pairs
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+        );
+        if let Some(format) = self.log_format {
+            let name = match format {
+                config::LogFormat::Text => "text",
+                config::LogFormat::Json => "json",
+            };
+            out.push(("log.format".into(), name.into()));
+        }
+        out.extend(self.model_limit.iter().flatten().cloned());
+        out
+    }
 }
 
 #[derive(Subcommand)]
@@ -89,9 +132,9 @@ enum Command {
     Ingest {
         /// The NDJSON file, or `-`.
         input: PathBuf,
-        /// Lines longer than this are refused.
-        #[arg(long, default_value_t = 4 << 20)]
-        max_line_bytes: usize,
+        /// Lines longer than this are refused [server.max_line_bytes; default 4 MiB].
+        #[arg(long)]
+        max_line_bytes: Option<usize>,
     },
     /// Run association and projection.
     Process {
@@ -118,8 +161,11 @@ enum Command {
     },
     /// List (or re-queue) parked records.
     Parked(ParkedArgs),
-    /// Run the stages continuously until SIGINT/SIGTERM.
+    /// Run as a service: the HTTP API, the stages and the plugins folder's watcher, until
+    /// SIGINT/SIGTERM.
     Serve,
+    /// Print the effective configuration (file, environment and flags merged) as TOML.
+    Config,
     /// Inspect and try plugins.
     #[command(subcommand)]
     Plugins(plugins_cmd::PluginsCommand),
@@ -164,8 +210,28 @@ fn parse_reason(s: &str) -> Result<ParkReason, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
-    match run(cli) {
+    let layers = config::Layers {
+        file: cli.config.as_deref(),
+        env: std::env::vars().collect(),
+        flags: cli.flag_settings(),
+    };
+    let config = match config::load(&layers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let default_filter = if matches!(cli.command, Command::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(
+        config.log.filter.as_deref().unwrap_or(default_filter),
+        config.log.format,
+    );
+    match run(cli.command, config) {
         Ok(code) => code,
         // A reader that stopped early (`… | head`) is not an error.
         Err(e)
@@ -183,56 +249,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+fn init_tracing(filter: &str, format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: log filter '{filter}' is invalid ({e}); logging warnings only");
+        tracing_subscriber::EnvFilter::new("warn")
+    });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+fn run(command: Command, config: config::Config) -> Result<ExitCode> {
+    match command {
         Command::Plugins(cmd) if !cmd.needs_database() => plugins_cmd::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd, &cli.db, &cli.plugins),
+        Command::Bench(cmd) => bench::run(cmd, &config.database.url, &config.plugins.dir),
+        Command::Config => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
-            let limits = flowhost_runtime::RuntimeConfig {
-                call_timeout: std::time::Duration::from_millis(cli.plugin_timeout_ms.max(1)),
-                memory_limit: cli.plugin_memory_mb.max(1) << 20,
-                ..flowhost_runtime::RuntimeConfig::default()
-            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let mut registry = flowhost_registry::RegistryConfig::new(cli.plugins);
-            if let Some(dir) = cli.versions_dir {
-                registry.versions_dir = dir;
-            }
-            registry.max_batch = cli.plugin_max_batch.max(1);
-            for (model, limit) in cli.model_limit {
-                let entry = registry.limits.entry(model).or_default();
-                *entry = limit.over(*entry);
-            }
-            let env = app::Env {
-                db: cli.db,
-                registry,
-                limits,
-            };
-            runtime.block_on(run_async(command, &env))
+            let env = app::Env::from_config(&config);
+            runtime.block_on(async {
+                match command {
+                    Command::Serve => serve::run(&env, &config).await,
+                    command => run_async(command, &env, &config).await,
+                }
+            })
         }
     }
 }
 
-async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
-    let db = env.db.as_str();
+async fn run_async(command: Command, env: &app::Env, config: &config::Config) -> Result<ExitCode> {
     match command {
         Command::Ingest {
             input,
             max_line_bytes,
         } => {
-            let store = app::open_store(db).await?;
+            let store = env.open_store().await?;
             app::open_registry(env, &store).await?;
             let known: BTreeSet<String> = store
                 .models()
@@ -241,8 +305,15 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
                 .into_iter()
                 .map(|m| m.name)
                 .collect();
-            let summary =
-                ingest::ingest(&store, &input, &known, max_line_bytes, true, ingest::BATCH).await?;
+            let summary = ingest::ingest(
+                &store,
+                &input,
+                &known,
+                max_line_bytes.unwrap_or(config.server.max_line_bytes),
+                true,
+                ingest::BATCH,
+            )
+            .await?;
             if summary.accepted + summary.duplicates + summary.refused == 0 {
                 eprintln!("{}: no records (the input is empty)", input.display());
             }
@@ -261,12 +332,12 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             until_idle: _,
             batch_size,
         } => {
-            let mut config = EngineConfig::default();
+            let mut engine_config = env.engine.clone();
             if let Some(size) = batch_size {
-                config.associate = flowhost_core::batch::BatchConfig::fixed(size);
-                config.project = flowhost_core::batch::BatchConfig::fixed(size);
+                engine_config.associate = flowhost_core::batch::BatchConfig::fixed(size);
+                engine_config.project = flowhost_core::batch::BatchConfig::fixed(size);
             }
-            let (engine, _registry) = app::engine(env, config).await?;
+            let (engine, _registry) = app::engine(env, engine_config).await?;
             let spinner = if std::io::stderr().is_terminal() {
                 let s = indicatif::ProgressBar::new_spinner().with_message("processing");
                 s.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -292,7 +363,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { view, model } => {
-            let store = app::open_store(db).await?;
+            let store = env.open_store().await?;
             let known = store.models().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             if !known.iter().any(|m| m.name == model) {
                 let names: Vec<String> = known.into_iter().map(|m| m.name).collect();
@@ -305,7 +376,7 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Parked(args) => {
-            let store = app::open_store(db).await?;
+            let store = env.open_store().await?;
             let filter = ParkedFilter {
                 model: args.model,
                 reason: args.reason,
@@ -327,33 +398,6 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => {
-            let (engine, registry) = app::engine(env, EngineConfig::default()).await?;
-            let cancel = CancellationToken::new();
-            let signal = cancel.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down: finishing in-flight batches");
-                signal.cancel();
-            });
-            let watcher = registry.watch(cancel.clone()).await?;
-            eprintln!(
-                "flowhost serving {} with models {}",
-                db,
-                engine.plugins().models().join(", ")
-            );
-            let report = engine
-                .serve(cancel)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let _ = watcher.await;
-            eprintln!(
-                "stopped: associated {} records, projected {} references",
-                report.associate.items, report.project.items
-            );
-            engine.store().close().await;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Demo { records } => demo::run(env, records).await,
         Command::Generate { records } => {
             let stdout = std::io::stdout();
@@ -363,28 +407,8 @@ async fn run_async(command: Command, env: &app::Env) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(cmd) => plugins_cmd::run_with_database(cmd, env).await,
-        Command::Bench(_) => unreachable!("handled without a runtime"),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        Command::Bench(_) | Command::Config | Command::Serve => {
+            unreachable!("handled before")
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

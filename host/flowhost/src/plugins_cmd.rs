@@ -66,7 +66,7 @@ pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
 }
 
 pub async fn run_with_database(cmd: PluginsCommand, env: &crate::app::Env) -> Result<ExitCode> {
-    let store = crate::app::open_store(&env.db).await?;
+    let store = env.open_store().await?;
     let code = match cmd {
         PluginsCommand::List { json } => {
             let stdout = std::io::stdout();
@@ -115,186 +115,86 @@ pub async fn run_with_database(cmd: PluginsCommand, env: &crate::app::Env) -> Re
 
 use flowhost_registry::short;
 
-fn when(micros: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// `flowhost plugins list`, from the database (what every host recorded).
+/// `flowhost plugins list`, from the database (what every host recorded): the same objects
+/// as `GET /v1/plugins`, as NDJSON or readable text.
 async fn list(
     store: &flowhost_store::Store,
     as_json: bool,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
-    let err = |e: flowhost_store::StoreError| anyhow::anyhow!("{e}");
-    let states = store.plugin_states().await.map_err(err)?;
-    let versions = store.plugin_versions(None).await.map_err(err)?;
-    let files = store.plugin_files().await.map_err(err)?;
-    for s in &states {
-        let progress = store
-            .reprojection(&s.model, &s.version)
-            .await
-            .map_err(err)?;
-        let file = versions
-            .iter()
-            .find(|v| v.model == s.model && v.version == s.version)
-            .map(|v| v.file.clone());
-        let previous: Vec<_> = versions
-            .iter()
-            .filter(|v| v.model == s.model && v.version != s.version)
-            .collect();
-        let errors: Vec<_> = files
-            .iter()
-            .filter(|f| f.model.as_deref() == Some(&s.model) && f.error.is_some())
-            .collect();
-        if as_json {
-            let line = json!({
-                "model": s.model,
-                "kind": s.kind,
-                "version": s.version,
-                "source": s.source.as_str(),
-                "since": when(s.since_micros),
-                "file": file,
-                "state": s.state,
-                "views": {"current": progress.current, "total": progress.total, "failed": progress.failed},
-                "last_error": errors.first().map(|f| json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)})),
-                "previous": previous.iter().map(|v| json!({"version": v.version, "file": v.file, "last_current": when(v.last_current_micros)})).collect::<Vec<_>>(),
-            });
+    let (models, refused) = flowhost_server::plugins_json(store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if as_json {
+        for line in models.iter().chain(&refused) {
             writeln!(out, "{line}")?;
-            continue;
         }
+        return Ok(());
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    for m in &models {
         writeln!(
             out,
             "{}  {}  {} ({})  since {}",
-            s.model,
-            s.kind,
-            short(&s.version),
-            s.source.as_str(),
-            when(s.since_micros)
+            s(&m["model"]),
+            s(&m["kind"]),
+            short(&s(&m["version"])),
+            s(&m["source"]),
+            s(&m["since"])
         )?;
-        writeln!(out, "  file        {}", file.as_deref().unwrap_or("?"))?;
-        writeln!(out, "  state       {}", s.state)?;
-        if s.kind == "entity" {
-            let done = if progress.current == progress.total {
+        writeln!(out, "  file        {}", s(&m["file"]))?;
+        writeln!(out, "  state       {}", s(&m["state"]))?;
+        let views = &m["views"];
+        let (current, total, failed) = (
+            n(&views["current"]),
+            n(&views["total"]),
+            n(&views["failed"]),
+        );
+        if m["kind"] == "entity" {
+            let done = if current == total {
                 "all by the current version".to_string()
             } else {
-                format!("re-projection {} to go", progress.total - progress.current)
+                format!("re-projection {} to go", total - current)
             };
+            writeln!(out, "  views       {current} of {total} ({done})")?;
+        }
+        if failed > 0 {
             writeln!(
                 out,
-                "  views       {} of {} ({done})",
-                progress.current, progress.total
+                "  failed      {failed} references whose projection failed (re-tried on new records, a new version, or `parked requeue`)"
             )?;
         }
-        if progress.failed > 0 {
-            writeln!(
-                out,
-                "  failed      {} references whose projection failed (re-tried on new records, a new version, or `parked requeue`)",
-                progress.failed
-            )?;
-        }
-        for f in &errors {
+        if let Some(e) = m["last_error"].as_object() {
             writeln!(
                 out,
                 "  last error  {}: {} ({})",
-                f.file,
-                f.error.as_deref().unwrap_or(""),
-                when(f.checked_micros)
+                e.get("file").map(s).unwrap_or_default(),
+                e.get("error").map(s).unwrap_or_default(),
+                e.get("at").map(s).unwrap_or_default()
             )?;
         }
-        for (i, v) in previous.iter().enumerate() {
+        for (i, v) in m["previous"].as_array().into_iter().flatten().enumerate() {
             let label = if i == 0 { "previous" } else { "" };
             writeln!(
                 out,
                 "  {label:<11} {}  {}  (current until {})",
-                short(&v.version),
-                v.file,
-                when(v.last_current_micros)
+                short(&s(&v["version"])),
+                s(&v["file"]),
+                s(&v["last_current"])
             )?;
         }
     }
-    let orphans: Vec<_> = files
-        .iter()
-        .filter(|f| f.model.is_none() && f.error.is_some())
-        .collect();
-    for f in orphans {
-        if as_json {
-            writeln!(
-                out,
-                "{}",
-                json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)})
-            )?;
-        } else {
-            writeln!(
-                out,
-                "refused  {}: {} ({})",
-                f.file,
-                f.error.as_deref().unwrap_or(""),
-                when(f.checked_micros)
-            )?;
-        }
+    for f in &refused {
+        writeln!(
+            out,
+            "refused  {}: {} ({})",
+            s(&f["file"]),
+            s(&f["error"]),
+            s(&f["at"])
+        )?;
     }
     Ok(())
-}
-
-/// One model's limits from `--model-limit`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ModelLimit {
-    timeout_ms: Option<u64>,
-    memory_mb: Option<usize>,
-    max_batch: Option<usize>,
-}
-
-impl ModelLimit {
-    /// These limits over earlier ones for the same model.
-    pub fn over(
-        self,
-        earlier: flowhost_registry::LimitOverride,
-    ) -> flowhost_registry::LimitOverride {
-        flowhost_registry::LimitOverride {
-            call_timeout: self
-                .timeout_ms
-                .map(|ms| std::time::Duration::from_millis(ms.max(1)))
-                .or(earlier.call_timeout),
-            memory_limit: self
-                .memory_mb
-                .map(|mb| mb.max(1) << 20)
-                .or(earlier.memory_limit),
-            max_batch: self.max_batch.map(|n| n.max(1)).or(earlier.max_batch),
-        }
-    }
-}
-
-/// Parses `MODEL:timeout_ms=N,memory_mb=N,max_batch=N`.
-pub fn parse_model_limit(text: &str) -> Result<(String, ModelLimit), String> {
-    let (model, settings) = text
-        .split_once(':')
-        .ok_or_else(|| format!("'{text}': expected MODEL:KEY=VALUE[,KEY=VALUE]"))?;
-    if model.is_empty() {
-        return Err(format!("'{text}': the model name is missing"));
-    }
-    let mut limit = ModelLimit::default();
-    for setting in settings.split(',').filter(|s| !s.is_empty()) {
-        let (key, value) = setting
-            .split_once('=')
-            .ok_or_else(|| format!("'{setting}': expected KEY=VALUE"))?;
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{key}: '{v}' is not a whole number"))
-        };
-        match key {
-            "timeout_ms" => limit.timeout_ms = Some(number(value)?),
-            "memory_mb" => limit.memory_mb = Some(number(value)? as usize),
-            "max_batch" => limit.max_batch = Some(number(value)? as usize),
-            other => {
-                return Err(format!(
-                    "unknown limit '{other}'; one of timeout_ms, memory_mb, max_batch"
-                ));
-            }
-        }
-    }
-    Ok((model.to_string(), limit))
 }
 
 /// Loads a plugin, or prints the one-line reason and returns `None`.

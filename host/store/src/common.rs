@@ -212,6 +212,64 @@ macro_rules! impl_shared {
                     .map_err(query_error(op, model))
             }
 
+            pub async fn view(&self, model: &str, reference: &str) -> Result<Option<ViewRow>, StoreError> {
+                let op = "read a view";
+                let mut qb = Self::query(
+                    "SELECT reference, model, first_seq, canonical, root, lineage, parents, \
+                     plugin_version FROM views WHERE model = ",
+                );
+                qb.push_bind(model.to_string())
+                    .push(" AND reference = ")
+                    .push_bind(reference.to_string());
+                let rows = self.fetch(&mut qb, op, model).await?;
+                rows.first()
+                    .map(rows::view_row)
+                    .transpose()
+                    .map_err(query_error(op, model))
+            }
+
+            pub async fn sources(&self, model: &str, reference: &str) -> Result<Vec<SourceCount>, StoreError> {
+                let op = "read a reference's sources";
+                let mut qb = Self::query(
+                    "SELECT i.system, i.adapter, COUNT(*) AS records, MIN(i.seq) AS first_seq, \
+                     MAX(i.occurred_at) AS last_occurred_at \
+                     FROM keyed k JOIN intake i ON i.seq = k.seq WHERE k.model = ",
+                );
+                qb.push_bind(model.to_string())
+                    .push(" AND k.reference = ")
+                    .push_bind(reference.to_string())
+                    .push(" GROUP BY i.system, i.adapter ORDER BY first_seq");
+                let rows = self.fetch(&mut qb, op, model).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(SourceCount {
+                            system: r.try_get("system")?,
+                            adapter: r.try_get("adapter")?,
+                            records: r.try_get("records")?,
+                            last_occurred_at: r.try_get("last_occurred_at")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(query_error(op, model))
+            }
+
+            pub async fn health(&self) -> Result<Health, StoreError> {
+                let op = "check the database";
+                self.stats.add(1);
+                let applied: Vec<i64> = sqlx::query_scalar(
+                    "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error(op, "*"))?;
+                let missing = Self::MIGRATOR
+                    .iter()
+                    .filter(|m| !applied.contains(&m.version))
+                    .map(|m| format!("{} {}", m.version, m.description))
+                    .collect();
+                Ok(Health { missing_migrations: missing })
+            }
+
             pub async fn values(&self, model: &str, offset: usize, limit: usize) -> Result<Vec<ValueRow>, StoreError> {
                 let op = "read values";
                 // Parents not projected yet sort last on both backends.

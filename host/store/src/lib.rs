@@ -35,7 +35,23 @@ pub struct Stats {
 impl Stats {
     pub(crate) fn add(&self, n: u64) {
         self.statements.fetch_add(n, Ordering::Relaxed);
+        let _ = TASK_STATEMENTS.try_with(|c| c.set(c.get() + n));
     }
+}
+
+tokio::task_local! {
+    static TASK_STATEMENTS: std::cell::Cell<u64>;
+}
+
+/// Runs `work`, counting the statements it executes (in this task, whatever other tasks
+/// do meanwhile): how the engine attributes statements to a stage and model.
+pub async fn counting_statements<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
+    TASK_STATEMENTS
+        .scope(std::cell::Cell::new(0), async {
+            let out = work.await;
+            (out, TASK_STATEMENTS.with(|c| c.get()))
+        })
+        .await
 }
 
 /// A store on one of the backends. Cheap to clone (a pool inside).
@@ -275,6 +291,26 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<ViewRow>, StoreError> {
         backend!(self.views(model, after, limit))
+    }
+
+    /// The views of one reference of a model, if it has any.
+    pub async fn view(&self, model: &str, reference: &str) -> Result<Option<ViewRow>, StoreError> {
+        backend!(self.view(model, reference))
+    }
+
+    /// The sources whose records are keyed to a reference, with how many each sent, in the
+    /// order they first contributed.
+    pub async fn sources(
+        &self,
+        model: &str,
+        reference: &str,
+    ) -> Result<Vec<SourceCount>, StoreError> {
+        backend!(self.sources(model, reference))
+    }
+
+    /// Whether the database answers and has every migration this build knows applied.
+    pub async fn health(&self) -> Result<Health, StoreError> {
+        backend!(self.health())
     }
 
     /// One page of value-object records of a model, grouped under their parents (parents by

@@ -62,6 +62,9 @@ fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
 }
 
 impl PgStore {
+    /// The migrations this build applies at open.
+    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -72,7 +75,7 @@ impl PgStore {
                 url: url.to_string(),
                 source,
             })?;
-        sqlx::migrate!("./migrations/postgres")
+        Self::MIGRATOR
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {

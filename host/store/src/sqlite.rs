@@ -86,6 +86,9 @@ impl Drop for SetupLock {
 }
 
 impl SqliteStore {
+    /// The migrations this build applies at open.
+    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             url: url.to_string(),
@@ -111,7 +114,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations/sqlite")
+        Self::MIGRATOR
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {

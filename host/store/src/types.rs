@@ -299,3 +299,19 @@ pub struct Progress {
     /// References whose projection failed (kept dirty with the error).
     pub failed: u64,
 }
+
+/// One source's share of a reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCount {
+    pub system: String,
+    pub adapter: String,
+    pub records: i64,
+    pub last_occurred_at: String,
+}
+
+/// What [`crate::Store::health`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Migrations this build has that the database has not applied (`version description`).
+    pub missing_migrations: Vec<String>,
+}

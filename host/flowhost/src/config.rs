@@ -1,0 +1,644 @@
+//! flowhost's configuration: one TOML file (`--config`), `FLOWHOST_…` environment variables
+//! and flags, in that order of strength (a flag beats the environment, which beats the
+//! file); every setting has a default, so no file is needed. `flowhost config` prints the
+//! result.
+//!
+//! Every setting `section.key` can come from the variable `FLOWHOST_SECTION_KEY` (dots and
+//! dashes become `_`), e.g. `FLOWHOST_SERVER_LISTEN`, and from the flag `--set
+//! section.key=value`; the common ones also have their own flags and short variables
+//! (`--db` / `FLOWHOST_DB`, …, see [`ALIASES`]).
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+/// All settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: Database,
+    pub plugins: Plugins,
+    pub server: Server,
+    pub stages: Stages,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub url: String,
+    pub pool_size: u32,
+    /// How long a SQLite writer waits for another process's write lock.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://flowhost.db".into(),
+            pool_size: 8,
+            busy_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Plugins {
+    /// The watched folder of `*.wasm` components.
+    pub dir: PathBuf,
+    /// Where every version that has been current is kept (default `<dir>/.versions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_dir: Option<PathBuf>,
+    /// The longest one plugin call may run.
+    pub timeout_ms: u64,
+    /// The most memory one plugin instance may use.
+    pub memory_mb: usize,
+    /// The most records (or references) in one plugin call.
+    pub max_batch: usize,
+    /// Limits of single models over the ones above.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelLimit>,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self {
+            dir: "./plugins".into(),
+            versions_dir: None,
+            timeout_ms: 10_000,
+            memory_mb: 512,
+            max_batch: flowhost_runtime::Limits::DEFAULT_MAX_BATCH,
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+/// One model's limits (any of the three).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+}
+
+impl ModelLimit {
+    /// As the registry takes them.
+    pub fn to_override(self) -> flowhost_registry::LimitOverride {
+        flowhost_registry::LimitOverride {
+            call_timeout: self
+                .timeout_ms
+                .map(|ms| std::time::Duration::from_millis(ms.max(1))),
+            memory_limit: self.memory_mb.map(|mb| mb.max(1) << 20),
+            max_batch: self.max_batch.map(|n| n.max(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// The HTTP API's address (`serve`).
+    pub listen: String,
+    /// Required as `Authorization: Bearer <token>` on the admin routes; a non-loopback
+    /// `listen` needs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// The largest request body (413 above it).
+    pub body_limit_bytes: usize,
+    /// The longest NDJSON line (refused above it), for HTTP and `ingest`.
+    pub max_line_bytes: usize,
+    /// On SIGTERM/SIGINT: how long in-flight requests and batches may take to finish.
+    pub shutdown_deadline_s: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        let d = flowhost_server::ServerConfig::default();
+        Self {
+            listen: d.listen.to_string(),
+            admin_token: None,
+            body_limit_bytes: d.body_limit,
+            max_line_bytes: d.max_line_bytes,
+            shutdown_deadline_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stages {
+    pub associate: StageBatch,
+    pub project: StageBatch,
+    /// How often an idle stage looks for new work.
+    pub idle_poll_ms: u64,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        let e = flowhost_engine::EngineConfig::default();
+        Self {
+            associate: StageBatch::from(e.associate),
+            project: StageBatch::from(e.project),
+            idle_poll_ms: e.idle_poll.as_millis() as u64,
+        }
+    }
+}
+
+/// Batch size bounds and latency target of a stage: batches grow while they finish under
+/// the target and shrink when they take longer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageBatch {
+    pub min_batch: usize,
+    pub max_batch: usize,
+    pub initial_batch: usize,
+    pub target_latency_ms: u64,
+}
+
+impl From<flowhost_core::batch::BatchConfig> for StageBatch {
+    fn from(b: flowhost_core::batch::BatchConfig) -> Self {
+        Self {
+            min_batch: b.min,
+            max_batch: b.max,
+            initial_batch: b.initial,
+            target_latency_ms: b.target.as_millis() as u64,
+        }
+    }
+}
+
+impl StageBatch {
+    fn to_batch(self, name: &str) -> Result<flowhost_core::batch::BatchConfig> {
+        if self.min_batch == 0
+            || self.min_batch > self.initial_batch
+            || self.initial_batch > self.max_batch
+        {
+            bail!(
+                "stages.{name}: need 0 < min_batch <= initial_batch <= max_batch, got {} / {} / {}",
+                self.min_batch,
+                self.initial_batch,
+                self.max_batch
+            );
+        }
+        Ok(flowhost_core::batch::BatchConfig {
+            min: self.min_batch,
+            max: self.max_batch,
+            initial: self.initial_batch,
+            target: std::time::Duration::from_millis(self.target_latency_ms.max(1)),
+        })
+    }
+}
+
+/// How logs look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one readable line per event (colours in a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line with the span fields, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter, e.g. `info` or `info,flowhost_engine=warn` (default: `info` for
+    /// `serve`, `warn` for the other commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    pub format: LogFormat,
+}
+
+/// Short variables kept beside the generated `FLOWHOST_SECTION_KEY` ones.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("FLOWHOST_DB", "database.url"),
+    ("FLOWHOST_PLUGINS", "plugins.dir"),
+    ("FLOWHOST_VERSIONS_DIR", "plugins.versions_dir"),
+    ("FLOWHOST_PLUGIN_TIMEOUT_MS", "plugins.timeout_ms"),
+    ("FLOWHOST_PLUGIN_MEMORY_MB", "plugins.memory_mb"),
+    ("FLOWHOST_PLUGIN_MAX_BATCH", "plugins.max_batch"),
+    ("FLOWHOST_LISTEN", "server.listen"),
+    ("FLOWHOST_ADMIN_TOKEN", "server.admin_token"),
+    ("FLOWHOST_LOG", "log.filter"),
+];
+
+/// Settings with no default (absent from the defaults' table) that can still be set.
+const OPTIONAL: &[&str] = &["plugins.versions_dir", "server.admin_token", "log.filter"];
+
+/// Every settable leaf (`section.key`) with an example of its type.
+fn leaves() -> Vec<(String, Value)> {
+    fn walk(prefix: &str, table: &Table, out: &mut Vec<(String, Value)>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Value::Table(t) => walk(&path, t, out),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+    let defaults = Table::try_from(Config::default()).expect("the defaults serialise");
+    let mut out = Vec::new();
+    walk("", &defaults, &mut out);
+    out.extend(
+        OPTIONAL
+            .iter()
+            .map(|k| (k.to_string(), Value::String(String::new()))),
+    );
+    out
+}
+
+/// The variable of a setting: `server.admin_token` → `FLOWHOST_SERVER_ADMIN_TOKEN`.
+pub fn env_name(key: &str) -> String {
+    format!(
+        "FLOWHOST_{}",
+        key.replace(['.', '-'], "_").to_ascii_uppercase()
+    )
+}
+
+/// Parses `text` as the type of `example`.
+fn typed(text: &str, example: &Value) -> Result<Value, String> {
+    match example {
+        Value::Integer(_) => text
+            .trim()
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| format!("'{text}' is not a whole number")),
+        Value::Float(_) => text
+            .trim()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| format!("'{text}' is not a number")),
+        Value::Boolean(_) => match text.trim() {
+            "true" | "1" | "yes" => Ok(Value::Boolean(true)),
+            "false" | "0" | "no" => Ok(Value::Boolean(false)),
+            _ => Err(format!("'{text}' is not true or false")),
+        },
+        _ => Ok(Value::String(text.to_string())),
+    }
+}
+
+/// Sets `key` (dotted) in `table`, creating the sections on the way.
+fn set(table: &mut Table, key: &str, value: Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("a key has a name");
+    let mut at = table;
+    for part in parts {
+        at = at
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .expect("sections are tables");
+    }
+    at.insert(last.to_string(), value);
+}
+
+/// The layers, weakest first.
+pub struct Layers<'a> {
+    /// The `--config` file, if any.
+    pub file: Option<&'a Path>,
+    /// The environment (`std::env::vars()`, or a given list in tests).
+    pub env: Vec<(String, String)>,
+    /// Flags, as `(key, value)` in the order given.
+    pub flags: Vec<(String, String)>,
+}
+
+/// Builds the configuration from its layers; an error names the file (with line), the
+/// variable or the flag that is wrong.
+pub fn load(layers: &Layers) -> Result<Config> {
+    let mut table = Table::new();
+    if let Some(file) = layers.file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the config file {}", file.display()))?;
+        // Read alone first, so that its mistakes are reported with their line.
+        toml::from_str::<Config>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        table = text
+            .parse::<Table>()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    }
+    let leaves = leaves();
+    let example = |key: &str| leaves.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let mut from_env: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Aliases first, so that the full name wins when both are set.
+    for (var, key) in ALIASES {
+        if let Some((_, v)) = layers.env.iter().find(|(name, _)| name == var) {
+            from_env.insert(key.to_string(), (var.to_string(), v.clone()));
+        }
+    }
+    for (key, _) in &leaves {
+        let var = env_name(key);
+        if let Some((_, v)) = layers.env.iter().find(|(name, _)| *name == var) {
+            from_env.insert(key.clone(), (var, v.clone()));
+        }
+    }
+    for (key, (var, text)) in from_env {
+        let value = typed(&text, example(&key).expect("known key"))
+            .map_err(|e| anyhow::anyhow!("environment variable {var}: {e}"))?;
+        set(&mut table, &key, value);
+    }
+    for (key, text) in &layers.flags {
+        if let Some(model_key) = key.strip_prefix("plugins.models.") {
+            let (model, limit) = model_key.rsplit_once('.').unwrap_or((model_key, ""));
+            if model.is_empty() || !["timeout_ms", "memory_mb", "max_batch"].contains(&limit) {
+                bail!("--set {key}: expected plugins.models.MODEL.timeout_ms|memory_mb|max_batch");
+            }
+            let value =
+                typed(text, &Value::Integer(0)).map_err(|e| anyhow::anyhow!("--set {key}: {e}"))?;
+            set(&mut table, key, value);
+            continue;
+        }
+        let Some(example) = example(key) else {
+            let known: Vec<&str> = leaves.iter().map(|(k, _)| k.as_str()).collect();
+            bail!(
+                "--set {key}: no such setting; the settings are {}",
+                known.join(", ")
+            );
+        };
+        let value = typed(text, example).map_err(|e| anyhow::anyhow!("--set {key}: {e}"))?;
+        set(&mut table, key, value);
+    }
+    let config: Config =
+        Table::try_into(table).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    config.check()?;
+    Ok(config)
+}
+
+/// Parses `--set KEY=VALUE`.
+pub fn parse_set(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| {
+            format!("'{text}': expected section.key=value, e.g. server.listen=127.0.0.1:9000")
+        })
+}
+
+/// Parses `--model-limit MODEL:timeout_ms=N,memory_mb=N,max_batch=N` into `--set` pairs.
+pub fn parse_model_limit(text: &str) -> Result<Vec<(String, String)>, String> {
+    let (model, settings) = text
+        .split_once(':')
+        .ok_or_else(|| format!("'{text}': expected MODEL:KEY=VALUE[,KEY=VALUE]"))?;
+    if model.is_empty() {
+        return Err(format!("'{text}': the model name is missing"));
+    }
+    let mut out = Vec::new();
+    for setting in settings.split(',').filter(|s| !s.is_empty()) {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("'{setting}': expected KEY=VALUE"))?;
+        if !["timeout_ms", "memory_mb", "max_batch"].contains(&key) {
+            return Err(format!(
+                "unknown limit '{key}'; one of timeout_ms, memory_mb, max_batch"
+            ));
+        }
+        if value.parse::<u64>().is_err() {
+            return Err(format!("{key}: '{value}' is not a whole number"));
+        }
+        out.push((format!("plugins.models.{model}.{key}"), value.to_string()));
+    }
+    Ok(out)
+}
+
+impl Config {
+    fn check(&self) -> Result<()> {
+        self.listen()?;
+        self.stages.associate.to_batch("associate")?;
+        self.stages.project.to_batch("project")?;
+        if self.database.pool_size == 0 {
+            bail!("database.pool_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `server.listen` as an address.
+    pub fn listen(&self) -> Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        self.server
+            .listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| {
+                format!(
+                    "server.listen: '{}' is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                )
+            })
+    }
+
+    pub fn store_options(&self) -> flowhost_store::StoreOptions {
+        flowhost_store::StoreOptions {
+            max_connections: self.database.pool_size.max(1),
+            busy_timeout: std::time::Duration::from_millis(self.database.busy_timeout_ms),
+        }
+    }
+
+    pub fn runtime(&self) -> flowhost_runtime::RuntimeConfig {
+        flowhost_runtime::RuntimeConfig {
+            call_timeout: std::time::Duration::from_millis(self.plugins.timeout_ms.max(1)),
+            memory_limit: self.plugins.memory_mb.max(1) << 20,
+            ..flowhost_runtime::RuntimeConfig::default()
+        }
+    }
+
+    pub fn registry(&self) -> flowhost_registry::RegistryConfig {
+        let mut registry = flowhost_registry::RegistryConfig::new(self.plugins.dir.clone());
+        if let Some(dir) = &self.plugins.versions_dir {
+            registry.versions_dir = dir.clone();
+        }
+        registry.max_batch = self.plugins.max_batch.max(1);
+        for (model, limit) in &self.plugins.models {
+            registry.limits.insert(model.clone(), limit.to_override());
+        }
+        registry
+    }
+
+    pub fn engine(&self) -> flowhost_engine::EngineConfig {
+        flowhost_engine::EngineConfig {
+            // Checked at load.
+            associate: self
+                .stages
+                .associate
+                .to_batch("associate")
+                .unwrap_or_default(),
+            project: self.stages.project.to_batch("project").unwrap_or_default(),
+            idle_poll: std::time::Duration::from_millis(self.stages.idle_poll_ms.max(1)),
+            ..flowhost_engine::EngineConfig::default()
+        }
+    }
+
+    pub fn server(&self) -> Result<flowhost_server::ServerConfig> {
+        Ok(flowhost_server::ServerConfig {
+            listen: self.listen()?,
+            admin_token: self.server.admin_token.clone().filter(|t| !t.is_empty()),
+            body_limit: self.server.body_limit_bytes,
+            max_line_bytes: self.server.max_line_bytes,
+        })
+    }
+
+    /// As TOML, with the admin token hidden.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.server.admin_token.is_some() {
+            shown.server.admin_token = Some("(set)".into());
+        }
+        toml::to_string(&shown).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flowhost.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:7001\"\nbody_limit_bytes = 1000\n\
+             [database]\nurl = \"sqlite://file.db\"\npool_size = 3\n",
+        )
+        .unwrap();
+        let layers = Layers {
+            file: Some(&file),
+            env: env(&[
+                ("FLOWHOST_SERVER_LISTEN", "127.0.0.1:7002"),
+                ("FLOWHOST_DB", "sqlite://env.db"),
+            ]),
+            flags: vec![("server.listen".into(), "127.0.0.1:7003".into())],
+        };
+        let c = load(&layers).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7003");
+        assert_eq!(c.database.url, "sqlite://env.db");
+        assert_eq!(c.database.pool_size, 3);
+        assert_eq!(c.server.body_limit_bytes, 1000);
+        assert_eq!(c.plugins.timeout_ms, 10_000, "defaults fill the rest");
+    }
+
+    #[test]
+    fn the_full_variable_name_beats_its_alias() {
+        let layers = Layers {
+            file: None,
+            env: env(&[
+                ("FLOWHOST_DB", "sqlite://a.db"),
+                ("FLOWHOST_DATABASE_URL", "sqlite://b.db"),
+            ]),
+            flags: vec![],
+        };
+        assert_eq!(load(&layers).unwrap().database.url, "sqlite://b.db");
+    }
+
+    #[test]
+    fn mistakes_name_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let e = load(&Layers {
+            file: Some(&file),
+            env: vec![],
+            flags: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("bad.toml") && e.contains("lisen") && e.contains("line 3"),
+            "{e}"
+        );
+
+        let e = load(&Layers {
+            file: None,
+            env: env(&[("FLOWHOST_DATABASE_POOL_SIZE", "many")]),
+            flags: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("FLOWHOST_DATABASE_POOL_SIZE") && e.contains("many"),
+            "{e}"
+        );
+
+        let e = load(&Layers {
+            file: None,
+            env: vec![],
+            flags: vec![("server.lissen".into(), "x".into())],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("server.lissen") && e.contains("server.listen"),
+            "{e}"
+        );
+
+        let e = load(&Layers {
+            file: None,
+            env: vec![],
+            flags: vec![("stages.project.min_batch".into(), "900".into())],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("stages.project"), "{e}");
+
+        let e = load(&Layers {
+            file: None,
+            env: vec![],
+            flags: vec![("server.listen".into(), "nowhere".into())],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn model_limits_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "[plugins.models.device]\ntimeout_ms = 500\n").unwrap();
+        let mut flags = parse_model_limit("device:max_batch=7").unwrap();
+        flags.extend(parse_model_limit("sensor:memory_mb=64").unwrap());
+        let c = load(&Layers {
+            file: Some(&file),
+            env: vec![],
+            flags,
+        })
+        .unwrap();
+        let device = c.plugins.models["device"];
+        assert_eq!((device.timeout_ms, device.max_batch), (Some(500), Some(7)));
+        assert_eq!(c.plugins.models["sensor"].memory_mb, Some(64));
+        assert!(parse_model_limit("device:speed=1").is_err());
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_says_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/flowhost.toml");
+        let c = load(&Layers {
+            file: Some(&example),
+            env: vec![],
+            flags: vec![],
+        })
+        .unwrap();
+        assert_eq!(c.server.listen, Config::default().server.listen);
+        assert_eq!(
+            c.stages.associate.max_batch,
+            Config::default().stages.associate.max_batch
+        );
+    }
+}

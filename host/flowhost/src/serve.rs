@@ -1,0 +1,157 @@
+//! `flowhost serve`: the HTTP API, the stage workers and the plugins folder's watcher in one
+//! process, every task owned by one tracker and stopped by one token.
+//!
+//! On SIGTERM or SIGINT: readiness turns 503, the server stops accepting connections and
+//! answers the requests in flight (their records are durable before each answer), the
+//! stages finish their batches in flight, the database is closed, and the process exits 0,
+//! all within `server.shutdown_deadline_s`. Past the deadline it exits 1; nothing
+//! acknowledged is lost either way, since a batch commits whole or not at all.
+
+use crate::{app, config::Config};
+use anyhow::{Context, Result};
+use flowhost_server::{AppState, Metrics};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
+    let server = config.server()?;
+    server.check().map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::install().map_err(anyhow::Error::msg)?;
+    let (engine, registry) = app::engine(env, env.engine.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", server.listen))?;
+    let address = listener.local_addr()?;
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let state = AppState::new(
+        engine.clone(),
+        registry.clone(),
+        server,
+        Some(metrics.clone()),
+        stop.clone(),
+    );
+    let mut http = tracker.spawn(flowhost_server::serve(listener, state, stop.clone()));
+    let mut stages = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        tracker.spawn(async move { engine.serve(stop).await })
+    };
+    let watcher = registry.watch(stop.clone()).await?;
+    tracker.spawn(async move {
+        let _ = watcher.await;
+    });
+    {
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => metrics.upkeep(),
+                }
+            }
+        });
+    }
+    tracker.close();
+    eprintln!(
+        "flowhost listening on http://{address}, serving {} with models {}",
+        env.db,
+        engine.plugins().models().join(", ")
+    );
+    tracing::info!(%address, db = %env.db, "serving");
+
+    // Until a signal, or until a part fails on its own (then the rest stops too).
+    let mut failure: Option<String> = None;
+    let mut http_done = None;
+    let mut stages_done = None;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: answering requests in flight, finishing batches in flight");
+        }
+        r = &mut http => {
+            failure = Some(format!("the HTTP server stopped: {}", describe(&r)));
+            http_done = Some(());
+        }
+        r = &mut stages => {
+            let what = match &r {
+                Ok(Ok(_)) => "ended".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            failure = Some(format!("the stage workers stopped: {what}"));
+            stages_done = Some(r.ok().and_then(Result::ok));
+        }
+    }
+    stop.cancel();
+
+    let deadline = Duration::from_secs(config.server.shutdown_deadline_s.max(1));
+    let drained = tokio::time::timeout(deadline, async {
+        if http_done.is_none()
+            && let Ok(Err(e)) = (&mut http).await
+        {
+            tracing::warn!("the HTTP server stopped with: {e}");
+        }
+        let report = match stages_done {
+            Some(report) => report,
+            None => (&mut stages).await.ok().and_then(Result::ok),
+        };
+        tracker.wait().await;
+        report
+    })
+    .await;
+    let Ok(report) = drained else {
+        eprintln!(
+            "error: shutdown did not finish within {} s (server.shutdown_deadline_s); \
+             batches not committed stay queued and run after a restart",
+            deadline.as_secs()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    engine.store().close().await;
+    if let Some(report) = report {
+        eprintln!(
+            "stopped: associated {} records, projected {} references",
+            report.associate.items, report.project.items
+        );
+    }
+    match failure {
+        Some(f) => {
+            eprintln!("error: {f}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn describe(r: &Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "ended".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

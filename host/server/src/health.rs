@@ -1,0 +1,57 @@
+//! `GET /health/live` and `GET /health/ready`, as Kubernetes-style probes.
+
+use crate::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+/// The process is up and answering.
+pub(crate) async fn live() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}
+
+/// Ready to do the job: the database answers with every migration applied, and every model
+/// the database knows has a plugin loaded here. 503 with the reasons otherwise.
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let mut reasons: Vec<String> = Vec::new();
+    if state.shutting_down() {
+        reasons.push("shutting down".into());
+    }
+    let store = state.store();
+    match store.health().await {
+        Ok(h) if !h.missing_migrations.is_empty() => reasons.push(format!(
+            "the database lacks migrations: {}",
+            h.missing_migrations.join(", ")
+        )),
+        Ok(_) => match store.models().await {
+            Ok(models) => {
+                let (status, _) = state.registry().status();
+                for m in models {
+                    if state.engine().plugins().get(&m.name).is_none() {
+                        let why = status
+                            .iter()
+                            .find(|s| s.model == m.name)
+                            .and_then(|s| {
+                                s.paused
+                                    .clone()
+                                    .or(s.last_error.as_ref().map(|e| e.to_string()))
+                            })
+                            .unwrap_or_else(|| "no file for it in the plugins folder".into());
+                        reasons.push(format!("model '{}' has no plugin loaded: {why}", m.name));
+                    }
+                }
+            }
+            Err(e) => reasons.push(format!("the database does not answer: {e}")),
+        },
+        Err(e) => reasons.push(format!("the database does not answer: {e}")),
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reasons": reasons})),
+        )
+    }
+}

@@ -1,0 +1,323 @@
+//! Intake of NDJSON lines in batches, shared by `flowhost ingest` and `POST /v1/records`:
+//! each line is parsed and checked on its own (a bad line is refused with its number and
+//! reason, never the request), good lines are appended in batches of one transaction.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flowhost_core::intake::{IntakeRecord, LineError, parse_line};
+use flowhost_store::{Appended, Store, StoreError};
+use futures::StreamExt;
+use serde_json::json;
+use std::collections::BTreeSet;
+
+/// Counts of one intake.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IntakeSummary {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub refused: u64,
+}
+
+/// What became of one line.
+#[derive(Debug)]
+pub enum LineOutcome {
+    /// Blank: not a record.
+    Skipped,
+    /// Parsed and waiting in the batch.
+    Batched,
+    Refused(LineError),
+}
+
+/// Lines into batches into the store.
+pub struct LineIntake<'a> {
+    store: &'a Store,
+    known: BTreeSet<String>,
+    known_list: String,
+    max_line: usize,
+    batch_size: usize,
+    batch: Vec<IntakeRecord>,
+    pub summary: IntakeSummary,
+}
+
+impl<'a> LineIntake<'a> {
+    /// Intake into `store` of records of the `known` models, refusing lines longer than
+    /// `max_line` bytes, appending every `batch_size` good lines.
+    pub fn new(
+        store: &'a Store,
+        known: BTreeSet<String>,
+        max_line: usize,
+        batch_size: usize,
+    ) -> Self {
+        let known_list = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        let batch_size = batch_size.max(1);
+        Self {
+            store,
+            known,
+            known_list,
+            max_line,
+            batch_size,
+            batch: Vec::with_capacity(batch_size.min(4_096)),
+            summary: IntakeSummary::default(),
+        }
+    }
+
+    /// Takes one line (without its newline; a trailing `\r` is dropped). `len` is the
+    /// line's full length when only its first bytes were kept (see `max_line`).
+    pub fn line(&mut self, line: &[u8], len: usize) -> LineOutcome {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if len > self.max_line {
+            self.summary.refused += 1;
+            return LineOutcome::Refused(LineError::TooLong(len, self.max_line));
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return LineOutcome::Skipped;
+        }
+        let parsed = parse_line(line, chrono::Utc::now()).and_then(|r| {
+            if self.known.contains(&r.model) {
+                Ok(r)
+            } else {
+                Err(LineError::UnknownModel {
+                    model: r.model,
+                    known: self.known_list.clone(),
+                })
+            }
+        });
+        match parsed {
+            Ok(r) => {
+                self.batch.push(r);
+                LineOutcome::Batched
+            }
+            Err(e) => {
+                self.summary.refused += 1;
+                LineOutcome::Refused(e)
+            }
+        }
+    }
+
+    /// Whether the batch is full and should be flushed before more lines.
+    pub fn full(&self) -> bool {
+        self.batch.len() >= self.batch_size
+    }
+
+    /// Appends the batch (one transaction); when this returns, its records are durable.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let answers = self.store.append(&self.batch).await?;
+        let accepted = answers
+            .iter()
+            .filter(|a| matches!(a, Appended::Accepted(_)))
+            .count() as u64;
+        self.summary.accepted += accepted;
+        self.summary.duplicates += answers.len() as u64 - accepted;
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+/// Good lines per append of a request.
+const BATCH: usize = 2_000;
+/// At most this many refused lines are listed in an answer (all are counted).
+const MAX_LISTED_ERRORS: usize = 100;
+
+/// `POST /v1/records`: an NDJSON body, read as it streams in; answers when every good line
+/// is durable.
+pub(crate) async fn post_records(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    check_content_type(&headers)?;
+    let limit = state.config().body_limit;
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is {length} bytes, over the limit of {limit} bytes \
+                 (server.body_limit_bytes); nothing was stored: send it in smaller requests"
+            ),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let store = state.store();
+    let known: BTreeSet<String> = store.models().await?.into_iter().map(|m| m.name).collect();
+    let max_line = state.config().max_line_bytes;
+    let mut intake = LineIntake::new(store, known, max_line, BATCH);
+    let mut errors = Vec::new();
+    let mut line_no = 0u64;
+    let mut current: Vec<u8> = Vec::new();
+    let mut current_len = 0usize;
+    let mut received = 0usize;
+    let mut stream = body.into_data_stream();
+    let mut stop: Option<ApiError> = None;
+
+    let mut take = |intake: &mut LineIntake, line: &[u8], len: usize, line_no: u64| {
+        if let LineOutcome::Refused(e) = intake.line(line, len)
+            && errors.len() < MAX_LISTED_ERRORS
+        {
+            errors.push(json!({"line": line_no, "error": e.to_string()}));
+        }
+    };
+
+    'read: while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                stop = Some(ApiError::bad_request(format!(
+                    "the request body broke off after line {line_no}: {e}"
+                )));
+                break;
+            }
+        };
+        received += chunk.len();
+        if received > limit {
+            stop = Some(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is over the limit of {limit} bytes (server.body_limit_bytes); \
+                     the first {line_no} lines were processed and their good records are \
+                     durable; send the rest in another request (re-sending is safe: \
+                     duplicates are recognised)"
+                ),
+            ));
+            break;
+        }
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    keep(&mut current, &rest[..i], max_line);
+                    current_len += i;
+                    line_no += 1;
+                    take(&mut intake, &current, current_len, line_no);
+                    current.clear();
+                    current_len = 0;
+                    rest = &rest[i + 1..];
+                    if intake.full()
+                        && let Err(e) = intake.flush().await
+                    {
+                        stop = Some(store_failed(e, line_no, &intake.summary));
+                        break 'read;
+                    }
+                }
+                None => {
+                    keep(&mut current, rest, max_line);
+                    current_len += rest.len();
+                    rest = &[];
+                }
+            }
+        }
+    }
+    if stop.is_none() && current_len > 0 {
+        line_no += 1;
+        take(&mut intake, &current, current_len, line_no);
+    }
+    if let Err(e) = intake.flush().await {
+        // What was batched is not stored: report what is.
+        return Err(store_failed(e, line_no, &intake.summary));
+    }
+    let s = intake.summary;
+    record_metrics(&s);
+    let counts = json!({
+        "accepted": s.accepted,
+        "duplicates": s.duplicates,
+        "refused": s.refused,
+        "errors": errors,
+    });
+    if let Some(mut e) = stop {
+        e.extra = Some(counts);
+        return Err(e);
+    }
+    tracing::info!(
+        accepted = s.accepted,
+        duplicates = s.duplicates,
+        refused = s.refused,
+        lines = line_no,
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "records received"
+    );
+    let mut counts = counts;
+    if s.refused as usize > MAX_LISTED_ERRORS {
+        counts["errors_not_listed"] = json!(s.refused as usize - MAX_LISTED_ERRORS);
+    }
+    let status = if s.accepted + s.duplicates > 0 {
+        StatusCode::OK
+    } else if s.refused > 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        return Err(ApiError::bad_request(
+            "the body has no records: send NDJSON, one record per line",
+        ));
+    };
+    Ok((status, axum::Json(counts)).into_response())
+}
+
+/// Keeps a line's bytes up to one past the limit (enough to know it is too long).
+fn keep(current: &mut Vec<u8>, part: &[u8], max_line: usize) {
+    let room = (max_line + 1).saturating_sub(current.len());
+    current.extend_from_slice(&part[..part.len().min(room)]);
+}
+
+fn store_failed(e: StoreError, line: u64, s: &IntakeSummary) -> ApiError {
+    tracing::warn!("storing records failed: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "storing the batch that ends at line {line} failed: {e}; the records counted \
+             here are durable and re-sending the whole body is safe"
+        ),
+    )
+    .with(json!({"accepted": s.accepted, "duplicates": s.duplicates, "refused": s.refused}))
+}
+
+fn record_metrics(s: &IntakeSummary) {
+    for (outcome, n) in [
+        ("accepted", s.accepted),
+        ("duplicate", s.duplicates),
+        ("refused", s.refused),
+    ] {
+        metrics::counter!("flowhost_intake_records_total", "outcome" => outcome).increment(n);
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-ndjson"
+        | "application/jsonl"
+        | "application/json-lines"
+        | "application/json"
+        | "text/plain" => Ok(()),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content-type '{other}' is not NDJSON: send one JSON record per line with \
+                 content-type: application/x-ndjson"
+            ),
+        )),
+    }
+}

@@ -1,0 +1,306 @@
+//! flowhost's HTTP API: NDJSON intake, the views, parked records, plugins, health probes and
+//! Prometheus metrics, over the same store, registry and engine the CLI uses.
+//!
+//! Read routes are open; the admin routes (re-queue, rollback) need the bearer token when
+//! one is configured, and a server on a non-loopback address must have one. Every refusal
+//! is a JSON error naming what was wrong.
+
+mod error;
+mod health;
+mod intake;
+mod metrics;
+mod ops;
+mod views;
+
+pub use error::ApiError;
+pub use intake::{IntakeSummary, LineIntake, LineOutcome};
+pub use metrics::Metrics;
+pub use ops::{plugins_json, when};
+pub use views::{MAX_PAGE, ViewKind, parked_json, view_line};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use error::ApiResult;
+use flowhost_engine::Engine;
+use flowhost_registry::Registry;
+use flowhost_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// How the server listens and what it accepts.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` on the admin routes when set.
+    pub admin_token: Option<String>,
+    /// The largest request body, in bytes (413 above it).
+    pub body_limit: usize,
+    /// The longest NDJSON line, in bytes (the line is refused above it).
+    pub max_line_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            body_limit: 64 << 20,
+            max_line_bytes: 4 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses an open admin surface: on a non-loopback address the admin routes need a
+    /// token.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && self.admin_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(format!(
+                "refusing to listen on {} without an admin token: the admin routes (re-queue, \
+                 rollback) would be open to the network; set server.admin_token \
+                 (FLOWHOST_ADMIN_TOKEN or --admin-token), or listen on a loopback address",
+                self.listen
+            ));
+        }
+        if self.body_limit == 0 || self.max_line_bytes == 0 {
+            return Err("server.body_limit_bytes and server.max_line_bytes must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    registry: Registry,
+    config: ServerConfig,
+    metrics: Option<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The state over a running engine and its registry; `shutdown` fires when the process
+    /// starts to stop (readiness turns 503 at once).
+    pub fn new(
+        engine: Engine,
+        registry: Registry,
+        config: ServerConfig,
+        metrics: Option<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                registry,
+                config,
+                metrics,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.inner.engine.store()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+}
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/v1/parked/requeue", post(ops::requeue))
+        .route("/v1/plugins/{model}/rollback", post(ops::rollback))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/v1/records", post(intake::post_records))
+        .route("/v1/models", get(ops::models))
+        .route("/v1/models/{model}/references/{id}", get(views::reference))
+        .route("/v1/models/{model}/{view}", get(views::view_page))
+        .route("/v1/parked", get(ops::parked))
+        .route("/v1/plugins", get(ops::plugins))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
+        .merge(admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(count_requests))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `stop` fires, then stops accepting
+/// connections and waits for the requests in flight (their records are then durable).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// Fails with 404 naming the known models when `model` is not one.
+pub(crate) async fn known_model(store: &Store, model: &str) -> ApiResult<()> {
+    let models = store.models().await?;
+    if models.iter().any(|m| m.name == model) {
+        return Ok(());
+    }
+    let names: Vec<String> = models.into_iter().map(|m| m.name).collect();
+    Err(ApiError::not_found(format!(
+        "unknown model '{model}'; known: {}",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    )))
+}
+
+/// An NDJSON answer; `next` (the cursor of the next page) goes in `x-next-after`.
+pub(crate) fn ndjson(body: String, next: Option<String>) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    if let Some(next) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("x-next-after", next);
+    }
+    response
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = state
+        .config()
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same_secret(given.trim().as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "the admin token is wrong").into_response()
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this is an admin route: send the admin token as `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    ::metrics::counter!(
+        "flowhost_http_requests_total",
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {} {}; the API: POST /v1/records, GET /v1/models, \
+         GET /v1/models/{{model}}/canonical|root|lineage, GET /v1/models/{{model}}/references/{{id}}, \
+         GET /v1/parked, POST /v1/parked/requeue, GET /v1/plugins, \
+         POST /v1/plugins/{{model}}/rollback, GET /health/live, GET /health/ready, GET /metrics",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the server failed on this request (a bug: please report it with the request)",
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+
+    #[test]
+    fn an_open_admin_surface_is_refused() {
+        let mut c = ServerConfig {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..ServerConfig::default()
+        };
+        assert!(c.check().unwrap_err().contains("admin token"));
+        c.admin_token = Some("s3cret".into());
+        assert!(c.check().is_ok());
+        c.admin_token = None;
+        c.listen = "[::1]:8080".parse().unwrap();
+        assert!(c.check().is_ok());
+    }
+}

@@ -1,0 +1,248 @@
+//! Models, parked records and plugins: the read routes and the admin actions.
+
+use crate::error::{ApiError, ApiResult};
+use crate::views::{only_params, page_limit, parked_json, path, query};
+use crate::{AppState, known_model, ndjson};
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use flowhost_core::ParkReason;
+use flowhost_registry::RollbackError;
+use flowhost_store::{ParkedFilter, Store, StoreError};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+/// A time in microseconds as RFC 3339.
+pub fn when(micros: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Every model's plugin as the database records it (one JSON object per model: version,
+/// source, state, re-projection progress, last refusal, earlier versions), and the refused
+/// files that name no model. `flowhost plugins list --json` prints the same objects.
+pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
+    let states = store.plugin_states().await?;
+    let versions = store.plugin_versions(None).await?;
+    let files = store.plugin_files().await?;
+    let mut models = Vec::with_capacity(states.len());
+    // One progress query per model: a handful of models, read by an operator, not a hot path.
+    for s in &states {
+        let progress = store.reprojection(&s.model, &s.version).await?;
+        let file = versions
+            .iter()
+            .find(|v| v.model == s.model && v.version == s.version)
+            .map(|v| v.file.clone());
+        let previous: Vec<Value> = versions
+            .iter()
+            .filter(|v| v.model == s.model && v.version != s.version)
+            .map(|v| json!({"version": v.version, "file": v.file, "last_current": when(v.last_current_micros)}))
+            .collect();
+        let last_error = files
+            .iter()
+            .find(|f| f.model.as_deref() == Some(&s.model) && f.error.is_some())
+            .map(|f| json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)}));
+        models.push(json!({
+            "model": s.model,
+            "kind": s.kind,
+            "version": s.version,
+            "source": s.source.as_str(),
+            "since": when(s.since_micros),
+            "file": file,
+            "state": s.state,
+            "views": {"current": progress.current, "total": progress.total, "failed": progress.failed},
+            "last_error": last_error,
+            "previous": previous,
+        }));
+    }
+    let refused = files
+        .iter()
+        .filter(|f| f.model.is_none() && f.error.is_some())
+        .map(|f| json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)}))
+        .collect();
+    Ok((models, refused))
+}
+
+/// `GET /v1/models`: every model with its kind, plugin version and state, whether this
+/// host serves it, and its counts.
+pub(crate) async fn models(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let store = state.store();
+    let models = store.models().await?;
+    let states = store.plugin_states().await?;
+    let counts = store.counts().await?;
+    let of = |list: &[(String, i64)], model: &str| {
+        list.iter()
+            .find(|(m, _)| m == model)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let out: Vec<Value> = models
+        .iter()
+        .map(|m| {
+            let state_row = states.iter().find(|s| s.model == m.name);
+            let mut parked = Map::new();
+            for (model, reason, n) in &counts.parked {
+                if *model == m.name {
+                    parked.insert(reason.clone(), json!(n));
+                }
+            }
+            let serving = state.engine().plugins().get(&m.name).map(|p| p.version().to_string());
+            json!({
+                "model": m.name,
+                "kind": m.kind,
+                "plugin_version": state_row.map(|s| s.version.clone()).unwrap_or_else(|| m.plugin_version.clone()),
+                "source": state_row.map(|s| s.source.as_str()),
+                "state": state_row.map(|s| s.state.clone()),
+                "serving_here": serving,
+                "counts": {
+                    "references": of(&counts.references, &m.name),
+                    "keyed": of(&counts.keyed, &m.name),
+                    "pending": of(&counts.queued, &m.name),
+                    "dirty": of(&counts.dirty, &m.name),
+                    "parked": parked,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({"models": out, "intake": counts.intake})))
+}
+
+/// Reads `?model=&reason=`, checking both.
+async fn parked_filter(store: &Store, params: &HashMap<String, String>) -> ApiResult<ParkedFilter> {
+    let model = match params.get("model") {
+        Some(m) => {
+            known_model(store, m).await?;
+            Some(m.clone())
+        }
+        None => None,
+    };
+    let reason = match params.get("reason") {
+        Some(r) => Some(ParkReason::parse(r).ok_or_else(|| {
+            let all: Vec<&str> = ParkReason::ALL.iter().map(|r| r.as_str()).collect();
+            ApiError::bad_request(format!("unknown reason '{r}'; one of {}", all.join(", ")))
+        })?),
+        None => None,
+    };
+    Ok(ParkedFilter { model, reason })
+}
+
+/// `GET /v1/parked?model=&reason=&limit=&after=`: parked records as NDJSON (as
+/// `flowhost parked --json`), in intake order; `x-next-after` pages on.
+pub(crate) async fn parked(
+    State(state): State<AppState>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Response> {
+    let params = query(q)?;
+    only_params(&params, &["model", "reason", "limit", "after"])?;
+    let store = state.store();
+    let filter = parked_filter(store, &params).await?;
+    let limit = page_limit(&params)?;
+    let after = match params.get("after") {
+        None => 0,
+        Some(a) => a.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "after must be the number from the previous page's x-next-after header, got '{a}'"
+            ))
+        })?,
+    };
+    let mut rows = store.parked(&filter, after, limit + 1).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let mut body = String::new();
+    for p in &rows {
+        body.push_str(&parked_json(p).to_string());
+        body.push('\n');
+    }
+    let next = more
+        .then(|| rows.last().map(|p| p.record.seq.to_string()))
+        .flatten();
+    Ok(ndjson(body, next))
+}
+
+/// `POST /v1/parked/requeue?model=&reason=` (admin): puts the matching parked records back
+/// in the queue.
+pub(crate) async fn requeue(
+    State(state): State<AppState>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let params = query(q)?;
+    only_params(&params, &["model", "reason"])?;
+    let store = state.store();
+    let filter = parked_filter(store, &params).await?;
+    let n = store.requeue(&filter).await?;
+    tracing::info!(model = ?filter.model, reason = ?filter.reason.map(|r| r.as_str()), requeued = n, "parked records re-queued over HTTP");
+    Ok(Json(json!({"requeued": n})))
+}
+
+/// `GET /v1/plugins`.
+pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let (models, refused) = plugins_json(state.store()).await?;
+    let breakers: Vec<Value> = state
+        .engine()
+        .breakers()
+        .into_iter()
+        .map(|b| {
+            json!({
+                "model": b.model,
+                "stage": b.stage.as_str(),
+                "version": b.version,
+                "failed_batches": b.failed_batches,
+                "cooling": b.cooling_until.is_some(),
+                "last_error": b.last_error,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "plugins": models,
+        "refused_files": refused,
+        "failing_here": breakers,
+        "swaps": state.registry().swaps(),
+        "refused_validations": state.registry().refused(),
+    })))
+}
+
+/// `POST /v1/plugins/{model}/rollback?to=PREFIX` (admin): makes the previous (or the given)
+/// version of a model current, here at once and for every host on the database.
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let model = path(p)?;
+    let params = query(q)?;
+    only_params(&params, &["to"])?;
+    let before = state
+        .store()
+        .plugin_states()
+        .await?
+        .into_iter()
+        .find(|s| s.model == model)
+        .map(|s| s.version);
+    let to = params.get("to").map(String::as_str);
+    match state.registry().rollback(&model, to).await {
+        Ok(version) => {
+            tracing::info!(
+                model,
+                version = flowhost_registry::short(&version),
+                "rolled back over HTTP"
+            );
+            Ok(Json(
+                json!({"model": model, "version": version, "was": before}),
+            ))
+        }
+        Err(e) => {
+            let status = match &e {
+                RollbackError::UnknownModel(_) => StatusCode::NOT_FOUND,
+                RollbackError::NoEarlier { .. }
+                | RollbackError::NoSuchVersion { .. }
+                | RollbackError::Ambiguous { .. } => StatusCode::CONFLICT,
+                RollbackError::Unloadable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                RollbackError::Other(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(ApiError::new(status, e.to_string()))
+        }
+    }
+}

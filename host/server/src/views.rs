@@ -1,0 +1,184 @@
+//! The views as NDJSON lines, exactly as `flowhost export` writes them (shared by the CLI
+//! and the HTTP API), and the view routes.
+
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, known_model, ndjson};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use flowhost_store::{Cursor, ParkedRow, ViewRow};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// Which view of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    Canonical,
+    Root,
+    Lineage,
+}
+
+impl ViewKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "canonical" => Some(Self::Canonical),
+            "root" => Some(Self::Root),
+            "lineage" => Some(Self::Lineage),
+            _ => None,
+        }
+    }
+}
+
+fn q(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// One line of a view export (without the newline). The stored JSON texts are embedded as
+/// they are.
+pub fn view_line(kind: ViewKind, v: &ViewRow) -> String {
+    let (id, m) = (q(&v.reference), q(&v.model));
+    match kind {
+        ViewKind::Canonical => format!(r#"{{"id":{id},"model":{m},"canonical":{}}}"#, v.canonical),
+        ViewKind::Root => format!(
+            r#"{{"id":{id},"model":{m},"root":{},"parents":{}}}"#,
+            v.root, v.parents
+        ),
+        ViewKind::Lineage => format!(r#"{{"id":{id},"model":{m},"lineage":{}}}"#, v.lineage),
+    }
+}
+
+/// One parked record as exported.
+pub fn parked_json(p: &ParkedRow) -> Value {
+    let r = &p.record;
+    json!({
+        "model": r.model,
+        "source": {"system": r.source.system, "adapter": r.source.adapter},
+        "id": r.external_id,
+        "reason": p.reason,
+        "details": p.details,
+        "attempts": p.attempts,
+    })
+}
+
+/// The most lines one page may ask for.
+pub const MAX_PAGE: usize = 10_000;
+const DEFAULT_PAGE: usize = 1_000;
+
+/// Reads `?limit=` (1..=MAX_PAGE, default 1,000).
+pub(crate) fn page_limit(query: &HashMap<String, String>) -> ApiResult<usize> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be a whole number from 1 to {MAX_PAGE}, got '{text}'"
+            ))),
+        },
+    }
+}
+
+/// Rejects query parameters a route does not know (a misspelt filter must not silently
+/// return everything).
+pub(crate) fn only_params(query: &HashMap<String, String>, known: &[&str]) -> ApiResult<()> {
+    match query.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!(
+            "unknown query parameter '{k}'; this route takes: {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<HashMap<String, String>> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+}
+
+pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// `GET /v1/models/{model}/{view}?limit=&after=`: one page of a view, ordered by each
+/// reference's first intake; `after` is the last `id` of the previous page, and the
+/// `x-next-after` header gives it while more pages follow.
+pub(crate) async fn view_page(
+    State(state): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Response> {
+    let (model, view) = path(p)?;
+    let params = query(q)?;
+    only_params(&params, &["limit", "after"])?;
+    let Some(kind) = ViewKind::parse(&view) else {
+        return Err(ApiError::not_found(format!(
+            "no view '{view}'; the views are canonical, root and lineage, and \
+             references/{{id}} for one reference"
+        )));
+    };
+    let store = state.store();
+    known_model(store, &model).await?;
+    let limit = page_limit(&params)?;
+    let cursor = match params.get("after") {
+        None => None,
+        Some(after) => match store.view(&model, after).await? {
+            Some(v) => Some(Cursor {
+                first_seq: v.first_seq,
+                reference: v.reference,
+            }),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "after: model '{model}' has no reference '{after}' (give the last id of \
+                     the previous page)"
+                )));
+            }
+        },
+    };
+    let mut rows = store.views(&model, cursor.as_ref(), limit + 1).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let mut body = String::with_capacity(rows.len() * 256);
+    for v in &rows {
+        body.push_str(&view_line(kind, v));
+        body.push('\n');
+    }
+    let next = more
+        .then(|| rows.last().map(|v| v.reference.clone()))
+        .flatten();
+    Ok(ndjson(body, next))
+}
+
+/// `GET /v1/models/{model}/references/{id}`: one reference's canonical, root, lineage and
+/// parents, the plugin version that made them, and the sources that contributed.
+pub(crate) async fn reference(
+    State(state): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    let (model, id) = path(p)?;
+    let store = state.store();
+    known_model(store, &model).await?;
+    let Some(v) = store.view(&model, &id).await? else {
+        return Err(ApiError::not_found(format!(
+            "model '{model}' has no reference '{id}' (or it is not projected yet)"
+        )));
+    };
+    let sources = store.sources(&model, &id).await?;
+    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+    Ok(axum::Json(json!({
+        "id": v.reference,
+        "model": v.model,
+        "canonical": parse(&v.canonical),
+        "root": parse(&v.root),
+        "lineage": parse(&v.lineage),
+        "parents": parse(&v.parents),
+        "plugin_version": v.plugin_version,
+        "sources": sources.iter().map(|s| json!({
+            "system": s.system,
+            "adapter": s.adapter,
+            "records": s.records,
+            "last_occurred_at": s.last_occurred_at,
+        })).collect::<Vec<_>>(),
+    })))
+}
