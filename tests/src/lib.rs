@@ -407,6 +407,10 @@ impl Server {
         if !args.contains(&"--log") {
             command.args(["--log", "info"]);
         }
+        // Tests run side by side: each server takes a free port (see `url`).
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         let child = command
             .args(args)
             .arg("serve")
@@ -426,9 +430,47 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The HTTP API's base URL (`http://127.0.0.1:PORT`), once the server says it listens.
+    pub fn url(&mut self) -> String {
+        let mut found = None;
+        let deadline = std::time::Duration::from_secs(120);
+        wait_for("the server to listen", deadline, || {
+            let log = self.log();
+            found = log
+                .lines()
+                .find_map(|l| l.split("listening on ").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|u| u.trim_end_matches(',').to_string());
+            assert!(
+                found.is_some() || self.running(),
+                "serve exited before listening:\n{log}"
+            );
+            found.is_some()
+        });
+        found.expect("found")
+    }
+
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for the process to exit, with its status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("serve exits")
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then the exit status and everything the service logged.
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) with SIGTERM on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("serve exits");
+        (status, self.log())
     }
 
     /// SIGTERM, then the exit status.
@@ -443,5 +485,101 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (panics with the body otherwise).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    /// An NDJSON body, one value per line.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        json_lines(self.body.as_bytes())
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// A small blocking client of the HTTP API.
+pub struct Http {
+    pub base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Http {
+        Http {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    fn send(&self, request: reqwest::blocking::RequestBuilder) -> Answer {
+        let response = request.send().expect("request");
+        Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.text().expect("body"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    /// POST with optional bearer token and body.
+    pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> Answer {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-ndjson")
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        self.send(r)
+    }
+
+    /// `POST /v1/records` of NDJSON text.
+    pub fn records(&self, ndjson: &str) -> Answer {
+        self.post("/v1/records", None, ndjson)
+    }
+
+    /// A raw request (any method, headers and body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        self.send(r)
     }
 }

@@ -14,7 +14,7 @@ fn serve_processes_what_another_process_ingests_and_stops_cleanly() {
         block_until_ok(&host.ingest(&line("device", "bms", "D-1", json!({"serial":"A"}))));
         let mut server = host
             .command()
-            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "serve"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

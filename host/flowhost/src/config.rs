@@ -153,45 +153,62 @@ impl Default for Stages {
 }
 
 /// Batch size bounds and latency target of a stage: batches grow while they finish under
-/// the target and shrink when they take longer.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// the target and shrink when they take longer. A setting left out keeps the stage's
+/// default.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StageBatch {
-    pub min_batch: usize,
-    pub max_batch: usize,
-    pub initial_batch: usize,
-    pub target_latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_latency_ms: Option<u64>,
 }
 
 impl From<flowhost_core::batch::BatchConfig> for StageBatch {
     fn from(b: flowhost_core::batch::BatchConfig) -> Self {
         Self {
-            min_batch: b.min,
-            max_batch: b.max,
-            initial_batch: b.initial,
-            target_latency_ms: b.target.as_millis() as u64,
+            min_batch: Some(b.min),
+            max_batch: Some(b.max),
+            initial_batch: Some(b.initial),
+            target_latency_ms: Some(b.target.as_millis() as u64),
         }
     }
 }
 
 impl StageBatch {
+    /// These settings over `defaults`.
+    fn over(self, defaults: StageBatch) -> StageBatch {
+        StageBatch {
+            min_batch: self.min_batch.or(defaults.min_batch),
+            max_batch: self.max_batch.or(defaults.max_batch),
+            initial_batch: self.initial_batch.or(defaults.initial_batch),
+            target_latency_ms: self.target_latency_ms.or(defaults.target_latency_ms),
+        }
+    }
+
     fn to_batch(self, name: &str) -> Result<flowhost_core::batch::BatchConfig> {
-        if self.min_batch == 0
-            || self.min_batch > self.initial_batch
-            || self.initial_batch > self.max_batch
-        {
+        let (Some(min), Some(max), Some(initial), Some(target)) = (
+            self.min_batch,
+            self.max_batch,
+            self.initial_batch,
+            self.target_latency_ms,
+        ) else {
+            bail!("stages.{name}: incomplete settings");
+        };
+        if min == 0 || min > initial || initial > max {
             bail!(
-                "stages.{name}: need 0 < min_batch <= initial_batch <= max_batch, got {} / {} / {}",
-                self.min_batch,
-                self.initial_batch,
-                self.max_batch
+                "stages.{name}: need 0 < min_batch <= initial_batch <= max_batch, got {min} / {initial} / {max}"
             );
         }
         Ok(flowhost_core::batch::BatchConfig {
-            min: self.min_batch,
-            max: self.max_batch,
-            initial: self.initial_batch,
-            target: std::time::Duration::from_millis(self.target_latency_ms.max(1)),
+            min,
+            max,
+            initial,
+            target: std::time::Duration::from_millis(target.max(1)),
         })
     }
 }
@@ -368,8 +385,11 @@ pub fn load(layers: &Layers) -> Result<Config> {
         let value = typed(text, example).map_err(|e| anyhow::anyhow!("--set {key}: {e}"))?;
         set(&mut table, key, value);
     }
-    let config: Config =
+    let mut config: Config =
         Table::try_into(table).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let defaults = Stages::default();
+    config.stages.associate = config.stages.associate.over(defaults.associate);
+    config.stages.project = config.stages.project.over(defaults.project);
     config.check()?;
     Ok(config)
 }
