@@ -51,6 +51,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The HTTP API under load: concurrent clients post the workload to a `flowhost serve`
+    /// child on loopback; then the views are awaited and checked against every answer.
+    Http {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// About how many records in all.
+        #[arg(long, default_value_t = 50_000)]
+        records: u64,
+        /// Records per request.
+        #[arg(long, default_value_t = 500)]
+        per_request: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hot-swap latency: a plugin file renamed into a watched folder until the new version
     /// serves, for versions never seen (compiled) and seen before (cached artefact).
     Swap {
@@ -104,6 +120,24 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
             batch,
             json,
         } => plugin(&wasm, records, batch, json),
+        BenchCommand::Http {
+            clients,
+            records,
+            per_request,
+            json,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::bench_http::run(
+                db,
+                plugins,
+                crate::bench_http::Load {
+                    clients,
+                    records,
+                    per_request,
+                    json,
+                },
+            )),
         BenchCommand::Swap {
             v1,
             v2,

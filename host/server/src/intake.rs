@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flowhost_core::intake::{IntakeRecord, LineError, parse_line};
 use flowhost_store::{Appended, Store, StoreError};
@@ -135,7 +135,25 @@ pub(crate) async fn post_records(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Response> {
+) -> Response {
+    match receive(state, headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            let unread = e.status == StatusCode::PAYLOAD_TOO_LARGE;
+            let mut response = e.into_response();
+            if unread {
+                // The rest of the body is not read: the connection cannot carry another
+                // request, and a client must not reuse it.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }
+}
+
+async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     check_content_type(&headers)?;
     let limit = state.config().body_limit;
     if let Some(length) = headers

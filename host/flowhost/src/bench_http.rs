@@ -1,0 +1,252 @@
+//! `flowhost bench http`: the load check of the HTTP API. A `flowhost serve` child process
+//! on a loopback port and a fresh database; N concurrent clients post the generated
+//! workload in NDJSON requests; then the views are awaited and checked: every record
+//! acknowledged is in intake once, and keyed or parked for a reason.
+
+use crate::bench_modes::FreshDb;
+use crate::workload;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// What the clients send.
+pub struct Load {
+    pub clients: usize,
+    pub records: u64,
+    pub per_request: usize,
+    pub json: bool,
+}
+
+pub async fn run(db: &str, plugins: &Path, load: Load) -> Result<ExitCode> {
+    let dir = tempfile_dir()?;
+    let fresh = FreshDb::new(db, &dir, "http").await?;
+    let result = measure(&fresh.url, plugins, &load).await;
+    fresh.drop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = result?;
+    if load.json {
+        println!("{out}");
+    } else {
+        print_table(&out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("flowhost-bench-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn measure(url: &str, plugins: &Path, load: &Load) -> Result<Value> {
+    let mut workload = Vec::new();
+    workload::generate(load.records, &mut workload)?;
+    let lines: Vec<&[u8]> = workload
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let bodies: Vec<Vec<u8>> = lines
+        .chunks(load.per_request.max(1))
+        .map(|chunk| {
+            let mut body = chunk.join(&b'\n');
+            body.push(b'\n');
+            body
+        })
+        .collect();
+
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--db", url, "--plugins"])
+        .arg(plugins)
+        .args(["--listen", "127.0.0.1:0", "--log", "warn", "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start flowhost serve")?;
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let base = loop {
+        let Some(line) = stderr.next_line().await? else {
+            bail!("flowhost serve exited before listening");
+        };
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split([',', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    // Keep draining the child's log so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per_client: Vec<Vec<Vec<u8>>> = (0..load.clients.max(1))
+        .map(|c| {
+            bodies
+                .iter()
+                .skip(c)
+                .step_by(load.clients.max(1))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    for bodies in per_client {
+        let (client, base) = (client.clone(), base.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(bodies.len());
+            let (mut accepted, mut duplicates, mut refused) = (0u64, 0u64, 0u64);
+            for body in bodies {
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("{base}/v1/records"))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                let answer: Value = serde_json::from_str(&response.text().await?)?;
+                if status != 200 {
+                    bail!("request answered {status}: {answer}");
+                }
+                latencies.push(sent.elapsed());
+                accepted += answer["accepted"].as_u64().unwrap_or(0);
+                duplicates += answer["duplicates"].as_u64().unwrap_or(0);
+                refused += answer["refused"].as_u64().unwrap_or(0);
+            }
+            anyhow::Ok((latencies, accepted, duplicates, refused))
+        });
+    }
+    let mut latencies = Vec::new();
+    let (mut accepted, mut duplicates, mut refused) = (0, 0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (l, a, d, r) = done??;
+        latencies.extend(l);
+        accepted += a;
+        duplicates += d;
+        refused += r;
+    }
+    let intake_s = started.elapsed().as_secs_f64();
+
+    // Until the views have caught up with everything acknowledged.
+    let idle = loop {
+        let models: Value = serde_json::from_str(
+            &client
+                .get(format!("{base}/v1/models"))
+                .send()
+                .await?
+                .text()
+                .await?,
+        )?;
+        let list = models["models"].as_array().cloned().unwrap_or_default();
+        let waiting: i64 = list
+            .iter()
+            .map(|m| {
+                m["counts"]["pending"].as_i64().unwrap_or(0)
+                    + m["counts"]["dirty"].as_i64().unwrap_or(0)
+            })
+            .sum();
+        if waiting == 0 {
+            break models;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the views did not catch up within 10 minutes: {models}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let views_s = started.elapsed().as_secs_f64();
+    let list = idle["models"].as_array().cloned().unwrap_or_default();
+    let keyed: i64 = list
+        .iter()
+        .map(|m| m["counts"]["keyed"].as_i64().unwrap_or(0))
+        .sum();
+    let parked: i64 = list
+        .iter()
+        .flat_map(|m| {
+            m["counts"]["parked"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|(_, n)| n.as_i64().unwrap_or(0))
+        .sum();
+    let stored = idle["intake"].as_i64().unwrap_or(-1);
+
+    // SIGTERM: the service must stop cleanly.
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with SIGTERM on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let status = child.wait().await?;
+
+    latencies.sort();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q).round() as usize)
+            .map(|d| (d.as_secs_f64() * 1e4).round() / 10.0)
+            .unwrap_or(0.0)
+    };
+    let lines_sent = lines.len() as u64;
+    let out = json!({
+        "backend": if url.starts_with("postgres") { "postgres" } else { "sqlite" },
+        "clients": load.clients,
+        "requests": bodies.len(),
+        "records_per_request": load.per_request,
+        "lines_sent": lines_sent,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "refused": refused,
+        "intake_seconds": (intake_s * 100.0).round() / 100.0,
+        "requests_per_s": (bodies.len() as f64 / intake_s).round(),
+        "records_per_s": (lines_sent as f64 / intake_s).round(),
+        "request_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        "views_caught_up_seconds": (views_s * 100.0).round() / 100.0,
+        "end_to_end_records_per_s": (lines_sent as f64 / views_s).round(),
+        "stored": stored,
+        "keyed": keyed,
+        "parked": parked,
+        "every_acknowledged_record_stored_once": stored == accepted as i64,
+        "every_stored_record_keyed_or_parked": keyed + parked == stored,
+        "serve_exit": status.code(),
+    });
+    if stored != accepted as i64 || keyed + parked != stored || !status.success() {
+        bail!("the load check failed: {out}");
+    }
+    Ok(out)
+}
+
+fn print_table(v: &Value) {
+    println!(
+        "HTTP load on {}: {} clients, {} requests of {} records ({} lines)",
+        v["backend"].as_str().unwrap_or("?"),
+        v["clients"],
+        v["requests"],
+        v["records_per_request"],
+        v["lines_sent"]
+    );
+    println!(
+        "  intake      {} s: {} requests/s, {} records/s; request p50 {} ms, p99 {} ms, max {} ms",
+        v["intake_seconds"],
+        v["requests_per_s"],
+        v["records_per_s"],
+        v["request_ms"]["p50"],
+        v["request_ms"]["p99"],
+        v["request_ms"]["max"]
+    );
+    println!(
+        "  answers     accepted {}, duplicates {}, refused {}",
+        v["accepted"], v["duplicates"], v["refused"]
+    );
+    println!(
+        "  views       caught up after {} s ({} records/s end to end)",
+        v["views_caught_up_seconds"], v["end_to_end_records_per_s"]
+    );
+    println!(
+        "  check       stored {} (= accepted), keyed {} + parked {} = stored; serve exited {}",
+        v["stored"], v["keyed"], v["parked"], v["serve_exit"]
+    );
+}
