@@ -564,6 +564,17 @@ impl Http {
         self.post("/v1/records", None, ndjson)
     }
 
+    /// `POST /v1/records` with a body sent in chunks, without a `content-length`.
+    pub fn records_chunked(&self, ndjson: &str) -> Answer {
+        let reader = std::io::Cursor::new(ndjson.as_bytes().to_vec());
+        self.send(
+            self.client
+                .post(format!("{}/v1/records", self.base))
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::blocking::Body::new(reader)),
+        )
+    }
+
     /// A raw request (any method, headers and body).
     pub fn request(
         &self,

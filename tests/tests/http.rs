@@ -350,6 +350,51 @@ fn the_api_on_both_backends() {
             );
         }
 
+        // Streamed past the limit: the lines before it are stored and counted, the answer
+        // says so, and nothing of the rest is.
+        let streamed: String = (0..200)
+            .map(|i| {
+                line(
+                    "sensor",
+                    "stream",
+                    &format!("T-{i}"),
+                    json!({"code": format!("C{i}"), "device_id": "D-1"}),
+                )
+            })
+            .collect();
+        assert!(
+            streamed.len() > 20_000 && streamed.len() < 40_000,
+            "{}",
+            streamed.len()
+        );
+        let answer = http.records_chunked(&streamed);
+        assert_eq!(answer.status, 413, "{b}: {}", answer.body);
+        let a = answer.json();
+        let stored_first = a["accepted"].as_i64().unwrap();
+        assert!(stored_first > 0 && stored_first < 200, "{b}: {a}");
+        assert!(a["error"].as_str().unwrap().contains("durable"), "{a}");
+        let in_intake = count_by(
+            &db.url,
+            "SELECT 'n', COUNT(*) FROM intake WHERE system = 'stream'",
+        )[0]
+        .1;
+        assert_eq!(
+            in_intake, stored_first,
+            "{b}: exactly the counted lines are stored"
+        );
+        // The rest, re-sent whole, adds only what was missing.
+        let mid = streamed[..streamed.len() / 2].rfind('\n').unwrap() + 1;
+        let answer = http.records(&streamed[..mid]);
+        assert_eq!(answer.status, 200);
+        let answer = http.records(&streamed[mid..]);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let in_intake = count_by(
+            &db.url,
+            "SELECT 'n', COUNT(*) FROM intake WHERE system = 'stream'",
+        )[0]
+        .1;
+        assert_eq!(in_intake, 200, "{b}");
+
         let status = server.stop();
         assert!(status.success(), "{b}: exits 0 on SIGTERM: {status}");
     }

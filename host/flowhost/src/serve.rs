@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
     let server = config.server()?;
     server.check().map_err(anyhow::Error::msg)?;
+    let mut signals = Signals::catch()?;
     let metrics = Metrics::install().map_err(anyhow::Error::msg)?;
     let (engine, registry) = app::engine(env, env.engine.clone()).await?;
     let listener = tokio::net::TcpListener::bind(server.listen)
@@ -26,6 +27,7 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
     let address = listener.local_addr()?;
 
     let stop = CancellationToken::new();
+    let watcher = registry.watch(stop.clone()).await?;
     let tracker = TaskTracker::new();
     let state = AppState::new(
         engine.clone(),
@@ -39,7 +41,6 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
         let (engine, stop) = (engine.clone(), stop.clone());
         tracker.spawn(async move { engine.serve(stop).await })
     };
-    let watcher = registry.watch(stop.clone()).await?;
     tracker.spawn(async move {
         let _ = watcher.await;
     });
@@ -68,7 +69,7 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
     let mut http_done = None;
     let mut stages_done = None;
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = signals.received() => {
             tracing::info!("shutting down: answering requests in flight, finishing batches in flight");
         }
         r = &mut http => {
@@ -88,7 +89,7 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
     stop.cancel();
 
     let deadline = Duration::from_secs(config.server.shutdown_deadline_s.max(1));
-    let drained = tokio::time::timeout(deadline, async {
+    let drain = tokio::time::timeout(deadline, async {
         if http_done.is_none()
             && let Ok(Err(e)) = (&mut http).await
         {
@@ -100,8 +101,14 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
         };
         tracker.wait().await;
         report
-    })
-    .await;
+    });
+    let drained = tokio::select! {
+        drained = drain => drained,
+        _ = signals.received() => {
+            eprintln!("error: a second signal: stopping without waiting; batches not committed stay queued and run after a restart");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let Ok(report) = drained else {
         eprintln!(
             "error: shutdown did not finish within {} s (server.shutdown_deadline_s); \
@@ -134,24 +141,37 @@ fn describe(r: &Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, caught from the moment this is made (so a signal sent as soon as the
+/// service says it listens is never the default, abrupt one).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Resolves on the first of them.
+    async fn received(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -203,6 +203,13 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
         };
         received += chunk.len();
         if received > limit {
+            // Read on (discarding) up to the limit again, so that a client still sending
+            // gets the answer rather than a reset connection.
+            while received <= limit.saturating_mul(2)
+                && let Some(Ok(more)) = stream.next().await
+            {
+                received += more.len();
+            }
             stop = Some(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
