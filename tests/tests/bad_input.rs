@@ -153,3 +153,26 @@ fn a_database_that_cannot_be_opened_is_one_clear_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_nul_character_is_refused_by_its_line_and_the_batch_is_kept_on_both_backends() {
+    for db in Scratch::both() {
+        let host = Host::new(&db.url);
+        let input = line("device", "bms", "D-1", json!({"serial":"A"}))
+            + &line("device", "bms", "D-2", json!({"serial":"B\u{0}C"}))
+            + &line("device", "bms", "D-3", json!({"serial":"C"}));
+        let out = host.ingest(&input);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "accepted 2, duplicates 0, refused 1",
+            "{}: {stderr}",
+            db.backend
+        );
+        assert!(
+            stderr.contains("line 2: `payload.serial` contains a NUL character"),
+            "{}: {stderr}",
+            db.backend
+        );
+    }
+}

@@ -168,6 +168,12 @@ fn the_api_on_both_backends() {
                 "{b}: {view}"
             );
         }
+        let (paged, pages) = all_pages(&http, "device", "lineage", 1);
+        assert_eq!(
+            (paged, pages),
+            (host.export("lineage", "device"), 2),
+            "{b}: paging"
+        );
         let one = &http.get("/v1/models/device/canonical").lines()[0];
         let id = one["id"].as_str().unwrap();
         assert_eq!(one["canonical"]["serial"], json!(["A1"]), "{b}: {one}");
@@ -317,6 +323,65 @@ fn the_api_on_both_backends() {
         );
         assert_eq!(answer.status, 400);
         assert_eq!(answer.json()["refused"], 2);
+
+        // Odd input anywhere: a JSON client error, never a server error or a dropped
+        // connection.
+        let long = "x".repeat(10_000);
+        let odd_paths = [
+            "/v1/models/%ff/canonical".to_string(),
+            "/v1/models/device/references/%00".to_string(),
+            "/v1/models/device/canonical?limit=%ff".to_string(),
+            "/v1/models/device/canonical?limit=-1".to_string(),
+            "/v1/models/device/canonical?after=%27%3B%20DROP%20TABLE%20views%3B--".to_string(),
+            format!("/v1/models/{long}/canonical"),
+            "/v1/models/device/canonical/extra".to_string(),
+            "/v1/parked?model=device&model=sensor".to_string(),
+            "/%2e%2e/%2e%2e/etc/passwd".to_string(),
+        ];
+        for path in &odd_paths {
+            let answer = http.get(path);
+            assert!(
+                (400..500).contains(&answer.status),
+                "{b}: {path}: {} {}",
+                answer.status,
+                answer.body
+            );
+            assert!(answer.json()["error"].is_string(), "{b}: {path}");
+        }
+        for (method, path, body) in [
+            ("POST", "/v1/records", vec![b'{'; 5000]),
+            ("POST", "/v1/records", b"\n\n\r\n  \n".to_vec()),
+            (
+                "POST",
+                "/v1/records",
+                br#"{"model":"device","source":{"system":"","adapter":""},"id":"","payload":null}"#
+                    .to_vec(),
+            ),
+            ("POST", "/v1/plugins/%ff/rollback", vec![]),
+            ("POST", "/v1/plugins/device/rollback?to=zz&to=yy", vec![]),
+            ("GET", "/v1/records", vec![]),
+        ] {
+            let answer = http.request(
+                method,
+                path,
+                &[
+                    ("content-type", "application/x-ndjson"),
+                    ("authorization", &format!("Bearer {TOKEN}")),
+                ],
+                body,
+            );
+            assert!(
+                answer.status < 500,
+                "{b}: {method} {path}: {} {}",
+                answer.status,
+                answer.body
+            );
+            let json = answer.json();
+            assert!(
+                json["error"].is_string() || json["refused"].is_number(),
+                "{b}: {path}: {json}"
+            );
+        }
 
         // Metrics: counters of this process and the database's state.
         let metrics = http.get("/metrics");

@@ -99,6 +99,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A gauge family per model: name, help, and the counts it reads.
+type PerModel<'a> = (&'static str, &'static str, &'a [(String, i64)]);
+
 /// The state read at scrape time: database counts, plugin versions, registry counters.
 async fn state_section(state: &AppState) -> Result<String, flowhost_store::StoreError> {
     let store = state.store();
@@ -114,7 +117,7 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
         "Records stored in intake (every process).",
     );
     let _ = writeln!(out, "flowhost_intake_records {}", counts.intake);
-    let per_model: [(&str, &str, &Vec<(String, i64)>); 4] = [
+    let per_model: [PerModel; 4] = [
         (
             "flowhost_pending_records",
             "Records waiting for association (queue depth), per model.",

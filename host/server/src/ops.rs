@@ -133,7 +133,7 @@ async fn parked_filter(store: &Store, params: &HashMap<String, String>) -> ApiRe
 /// `flowhost parked --json`), in intake order; `x-next-after` pages on.
 pub(crate) async fn parked(
     State(state): State<AppState>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
     let params = query(q)?;
     only_params(&params, &["model", "reason", "limit", "after"])?;
@@ -166,7 +166,7 @@ pub(crate) async fn parked(
 /// in the queue.
 pub(crate) async fn requeue(
     State(state): State<AppState>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let params = query(q)?;
     only_params(&params, &["model", "reason"])?;
@@ -209,7 +209,7 @@ pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Val
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     p: Result<Path<String>, PathRejection>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let model = path(p)?;
     let params = query(q)?;

@@ -89,16 +89,54 @@ pub(crate) fn only_params(query: &HashMap<String, String>, known: &[&str]) -> Ap
     }
 }
 
+/// The query parameters; each may be given once.
 pub(crate) fn query(
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<HashMap<String, String>> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+    let Query(pairs) =
+        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let mut out = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if k.contains('\0') || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "query parameter '{}' contains a NUL character",
+                k.replace('\0', "\\0")
+            )));
+        }
+        if out.contains_key(&k) {
+            return Err(ApiError::bad_request(format!(
+                "query parameter '{k}' is given twice; give it once"
+            )));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
 }
 
-pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
-    p.map(|Path(p)| p)
-        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+/// The path's parameters; none may hold a NUL character (no name or id does).
+pub(crate) fn path<T: PathParts>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    let Path(p) = p.map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))?;
+    if p.parts().iter().any(|s| s.contains('\0')) {
+        return Err(ApiError::bad_request("the path contains a NUL character"));
+    }
+    Ok(p)
+}
+
+/// Path parameters as strings, to check them.
+pub(crate) trait PathParts {
+    fn parts(&self) -> Vec<&str>;
+}
+
+impl PathParts for String {
+    fn parts(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl PathParts for (String, String) {
+    fn parts(&self) -> Vec<&str> {
+        vec![&self.0, &self.1]
+    }
 }
 
 /// `GET /v1/models/{model}/{view}?limit=&after=`: one page of a view, ordered by each
@@ -107,7 +145,7 @@ pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
 pub(crate) async fn view_page(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
     let (model, view) = path(p)?;
     let params = query(q)?;
