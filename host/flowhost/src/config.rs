@@ -507,9 +507,10 @@ impl Config {
         })
     }
 
-    /// As TOML, with the admin token hidden.
+    /// As TOML, with the admin token and a database password hidden.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
+        shown.database.url = flowhost_store::redacted(&shown.database.url);
         if shown.server.admin_token.is_some() {
             shown.server.admin_token = Some("(set)".into());
         }

@@ -59,10 +59,10 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
     tracker.close();
     eprintln!(
         "flowhost listening on http://{address}, serving {} with models {}",
-        env.db,
+        flowhost_store::redacted(&env.db),
         engine.plugins().models().join(", ")
     );
-    tracing::info!(%address, db = %env.db, "serving");
+    tracing::info!(%address, db = %flowhost_store::redacted(&env.db), "serving");
 
     // Until a signal, or until a part fails on its own (then the rest stops too).
     let mut failure: Option<String> = None;

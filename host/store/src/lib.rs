@@ -26,10 +26,38 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A database URL fit for logs and messages: a password in it is replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 /// Counts executed statements; shared by a store and its clones.
 #[derive(Debug, Default)]
 pub struct Stats {
     statements: AtomicU64,
+}
+
+#[cfg(test)]
+mod redaction {
+    #[test]
+    fn passwords_do_not_reach_messages() {
+        use super::redacted;
+        assert_eq!(
+            redacted("postgres://u:p%40ss@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+        assert_eq!(redacted("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redacted("sqlite://flowhost.db"), "sqlite://flowhost.db");
+    }
 }
 
 impl Stats {

@@ -72,14 +72,14 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(|source| StoreError::Open {
-                url: url.to_string(),
+                url: crate::redacted(url),
                 source,
             })?;
         Self::MIGRATOR
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
-                url: url.to_string(),
+                url: crate::redacted(url),
                 source,
             })?;
         Ok(Self {

@@ -91,7 +91,7 @@ impl SqliteStore {
 
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
-            url: url.to_string(),
+            url: crate::redacted(url),
             source,
         };
         let connect = SqliteConnectOptions::from_str(url)
@@ -118,7 +118,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
-                url: url.to_string(),
+                url: crate::redacted(url),
                 source,
             })?;
         Ok(Self {
