@@ -133,6 +133,12 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
         plugins.display(),
         file.display()
     );
+    println!(
+        "  {bin} {flags} serve    # the service: HTTP API on 127.0.0.1:8080, plugins folder watched"
+    );
+    println!(
+        "  curl -s localhost:8080/v1/models; curl -s 'localhost:8080/v1/models/device/canonical?limit=3'"
+    );
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
