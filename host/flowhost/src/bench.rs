@@ -95,6 +95,14 @@ pub struct BenchArgs {
     modes: crate::bench_modes::ModesArgs,
 }
 
+/// Runs an async benchmark on a runtime of its own.
+fn block_on(bench: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench)
+}
+
 pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
     let Some(cmd) = args.command else {
         return crate::bench_modes::run(args.modes, db, plugins);
@@ -104,16 +112,10 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
             rate,
             seconds,
             json,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::bench_latency::latency(
-                db, plugins, rate, seconds, json,
-            )),
-        BenchCommand::Store { records, per_row } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(store_bench(db, records, per_row)),
+        } => block_on(crate::bench_latency::latency(
+            db, plugins, rate, seconds, json,
+        )),
+        BenchCommand::Store { records, per_row } => block_on(store_bench(db, records, per_row)),
         BenchCommand::Plugin {
             wasm,
             records,
@@ -125,28 +127,22 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
             records,
             per_request,
             json,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::bench_http::run(
-                db,
-                plugins,
-                crate::bench_http::Load {
-                    clients,
-                    records,
-                    per_request,
-                    json,
-                },
-            )),
+        } => block_on(crate::bench_http::run(
+            db,
+            plugins,
+            crate::bench_http::Load {
+                clients,
+                records,
+                per_request,
+                json,
+            },
+        )),
         BenchCommand::Swap {
             v1,
             v2,
             rounds,
             json,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::bench_swap::swap(&v1, &v2, rounds, json)),
+        } => block_on(crate::bench_swap::swap(&v1, &v2, rounds, json)),
     }
 }
 

@@ -568,63 +568,48 @@ mod tests {
         assert_eq!(load(&layers).unwrap().database.url, "sqlite://b.db");
     }
 
+    /// The message of a configuration that does not load.
+    fn load_error(file: Option<&Path>, vars: &[(&str, &str)], flags: &[(&str, &str)]) -> String {
+        let flags = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&Layers {
+            file,
+            env: env(vars),
+            flags,
+        })
+        .unwrap_err()
+        .to_string()
+    }
+
     #[test]
     fn mistakes_name_their_place() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
-        let e = load(&Layers {
-            file: Some(&file),
-            env: vec![],
-            flags: vec![],
-        })
-        .unwrap_err()
-        .to_string();
+        let e = load_error(Some(&file), &[], &[]);
         assert!(
             e.contains("bad.toml") && e.contains("lisen") && e.contains("line 3"),
             "{e}"
         );
 
-        let e = load(&Layers {
-            file: None,
-            env: env(&[("FLOWHOST_DATABASE_POOL_SIZE", "many")]),
-            flags: vec![],
-        })
-        .unwrap_err()
-        .to_string();
+        let e = load_error(None, &[("FLOWHOST_DATABASE_POOL_SIZE", "many")], &[]);
         assert!(
             e.contains("FLOWHOST_DATABASE_POOL_SIZE") && e.contains("many"),
             "{e}"
         );
 
-        let e = load(&Layers {
-            file: None,
-            env: vec![],
-            flags: vec![("server.lissen".into(), "x".into())],
-        })
-        .unwrap_err()
-        .to_string();
+        let e = load_error(None, &[], &[("server.lissen", "x")]);
         assert!(
             e.contains("server.lissen") && e.contains("server.listen"),
             "{e}"
         );
 
-        let e = load(&Layers {
-            file: None,
-            env: vec![],
-            flags: vec![("stages.project.min_batch".into(), "900".into())],
-        })
-        .unwrap_err()
-        .to_string();
+        let e = load_error(None, &[], &[("stages.project.min_batch", "900")]);
         assert!(e.contains("stages.project"), "{e}");
 
-        let e = load(&Layers {
-            file: None,
-            env: vec![],
-            flags: vec![("server.listen".into(), "nowhere".into())],
-        })
-        .unwrap_err()
-        .to_string();
+        let e = load_error(None, &[], &[("server.listen", "nowhere")]);
         assert!(e.contains("server.listen"), "{e}");
     }
 

@@ -365,10 +365,11 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
         }
         Command::Export { view, model } => {
             let store = env.open_store().await?;
-            let known = store.models().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            if !known.iter().any(|m| m.name == model) {
-                let names: Vec<String> = known.into_iter().map(|m| m.name).collect();
-                anyhow::bail!("unknown model '{model}'; known: {}", names.join(", "));
+            if let Some(message) = flowhost_server::unknown_model(&store, &model)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                anyhow::bail!("{message}");
             }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

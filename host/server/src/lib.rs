@@ -15,7 +15,7 @@ mod views;
 pub use error::ApiError;
 pub use intake::{IntakeSummary, LineIntake, LineOutcome};
 pub use metrics::Metrics;
-pub use ops::{plugins_json, when};
+pub use ops::plugins_json;
 pub use views::{MAX_PAGE, ViewKind, parked_json, view_line};
 
 use axum::Router;
@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use error::ApiResult;
 use flowhost_engine::Engine;
 use flowhost_registry::Registry;
-use flowhost_store::Store;
+use flowhost_store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -171,14 +171,15 @@ pub async fn serve(
         .await
 }
 
-/// Fails with 404 naming the known models when `model` is not one.
-pub(crate) async fn known_model(store: &Store, model: &str) -> ApiResult<()> {
+/// Why `model` is not one the store knows (naming the known ones), or `None` when it is.
+/// The HTTP API and the CLI refuse an unknown model with this message.
+pub async fn unknown_model(store: &Store, model: &str) -> Result<Option<String>, StoreError> {
     let models = store.models().await?;
     if models.iter().any(|m| m.name == model) {
-        return Ok(());
+        return Ok(None);
     }
     let names: Vec<String> = models.into_iter().map(|m| m.name).collect();
-    Err(ApiError::not_found(format!(
+    Ok(Some(format!(
         "unknown model '{model}'; known: {}",
         if names.is_empty() {
             "none".into()
@@ -186,6 +187,14 @@ pub(crate) async fn known_model(store: &Store, model: &str) -> ApiResult<()> {
             names.join(", ")
         }
     )))
+}
+
+/// Fails with 404 naming the known models when `model` is not one.
+pub(crate) async fn known_model(store: &Store, model: &str) -> ApiResult<()> {
+    match unknown_model(store, model).await? {
+        None => Ok(()),
+        Some(message) => Err(ApiError::not_found(message)),
+    }
 }
 
 /// An NDJSON answer; `next` (the cursor of the next page) goes in `x-next-after`.
