@@ -400,10 +400,15 @@ pub struct Server {
 impl Server {
     /// Starts `serve` for `host` with extra global arguments, logging at info.
     pub fn start(host: &Host, args: &[&str]) -> Server {
+        Self::start_command(host.command(), args)
+    }
+
+    /// Starts `serve` from a prepared command (`Host::command` with changes, say another
+    /// environment) with extra global arguments, logging at info.
+    pub fn start_command(mut command: Command, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("serve.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut command = host.command();
         if !args.contains(&"--log") {
             command.args(["--log", "info"]);
         }

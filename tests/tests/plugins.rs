@@ -79,7 +79,10 @@ fn device_keys_normalise_serials() {
             rec(4, "device", "bms", "D-3", json!({"name":"no serial"})),
             rec(5, "device", "bms", "D-4", json!({"serial": 12})),
         ])
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(out[0], keyed(&["serial:SN-001"], &[]));
     assert_eq!(out[1], keyed(&["serial:SN-001"], &[]));
     assert_eq!(out[2], keyed(&["serial:S1", "serial:S2"], &[]));
@@ -99,7 +102,10 @@ fn sensor_and_reading_name_their_parents_by_source_key() {
             "S-1",
             json!({"code":" t1","device_id":"D-7"}),
         )])
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(s[0], keyed(&["sensor:T1"], &[("device", "src:bms:D-7")]));
     let r = reading
         .associate(&[
@@ -119,7 +125,10 @@ fn sensor_and_reading_name_their_parents_by_source_key() {
             ),
             rec(3, "reading", "oem", "R-3", json!({"value":1})),
         ])
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(r[0], keyed(&[], &[("sensor", "src:bms:S-1")]));
     assert_eq!(r[1], keyed(&[], &[("sensor", "src:oem:T-1")]));
     assert!(matches!(&r[2], Association::Rejected { code, .. } if code == "MISSING_SENSOR"));
@@ -154,7 +163,7 @@ fn device_projection_merges_with_lineage() {
             })
             .collect(),
     };
-    let p = device.project(&[group]).unwrap().remove(0);
+    let p = device.project(&[group]).unwrap().remove(0).unwrap();
     let canonical: Value = serde_json::from_str(&p.canonical).unwrap();
     let lineage: Value = serde_json::from_str(&p.lineage).unwrap();
     let root: Value = serde_json::from_str(&p.root).unwrap();
@@ -267,29 +276,70 @@ fn a_cached_plugin_loads_without_compiling() {
     .unwrap();
     let first = runtime.load(&plugin("device")).unwrap();
     assert!(!first.load_info().from_cache, "compiled the first time");
-    let artefacts = std::fs::read_dir(cache.path()).unwrap().count();
+    let artefacts: Vec<std::path::PathBuf> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
     assert_eq!(
-        artefacts, 1,
+        artefacts.len(),
+        1,
         "one artefact, named by content hash and engine"
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(cache.path()), 0o700, "the cache folder is private");
+    assert_eq!(mode(&artefacts[0]), 0o600);
+    assert_eq!(mode(&cache.path().join("cache.key")), 0o600);
     let second = runtime.load(&plugin("device")).unwrap();
     assert!(
         second.load_info().from_cache,
         "loaded from the cache the second time"
     );
     assert_eq!(second.version(), first.version());
-    // A corrupt artefact is recompiled, not trusted. It is replaced (a new file renamed
-    // over it), as the cache itself writes: loaded plugins map the old file.
-    let path = std::fs::read_dir(cache.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let tmp = cache.path().join("corrupt.tmp");
-    std::fs::write(&tmp, b"garbage").unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+
+    // 4 KiB in the middle of the artefact overwritten with 0xCC (int3): loading those bytes
+    // would run them. The digest no longer matches, so it is recompiled, never loaded.
+    let mut bytes = std::fs::read(&artefacts[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 4096].fill(0xCC);
+    std::fs::write(&artefacts[0], &bytes).unwrap();
     let third = runtime.load(&plugin("device")).unwrap();
-    assert!(!third.load_info().from_cache);
+    assert!(
+        !third.load_info().from_cache,
+        "a tampered artefact is not loaded"
+    );
     assert_eq!(third.associate(&[]).unwrap().len(), 0);
+    let fourth = runtime.load(&plugin("device")).unwrap();
+    assert!(
+        fourth.load_info().from_cache,
+        "the recompiled artefact replaced it"
+    );
+
+    // An artefact written by anything but this cache (no digest under its key) is refused too.
+    std::fs::write(&artefacts[0], b"garbage that is not an artefact").unwrap();
+    assert!(
+        !runtime
+            .load(&plugin("device"))
+            .unwrap()
+            .load_info()
+            .from_cache
+    );
+}
+
+#[test]
+fn compiling_has_a_time_limit() {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        compile_timeout: std::time::Duration::from_millis(1),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let error = runtime.load(&plugin("device")).err().expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("compiling took longer than its limit of 0.001 s"),
+        "{error}"
+    );
 }

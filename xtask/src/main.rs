@@ -24,7 +24,12 @@ const FIXTURES: &[(&str, &str)] = &[
     ("fixture-broken-describe", "broken-describe"),
     ("fixture-other-world", "other-world"),
     ("fixture-device-v2", "device-v2"),
+    ("fixture-sleepy-describe", "sleepy-describe"),
 ];
+
+/// Fixtures written by hand as core modules (`plugins/fixtures/wat/<name>.wat`), made into
+/// components of the `plugin` world here; placed at `target/plugins/fixtures/<name>.wasm`.
+const WAT_FIXTURES: &[&str] = &["memories", "table"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -112,18 +117,48 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
         let from = built.join(format!("{}.wasm", krate.replace('-', "_")));
         copy_if_changed(&from, &fixtures.join(format!("{name}.wasm")))?;
     }
+    for name in WAT_FIXTURES {
+        let component = wat_component(root, name)?;
+        write_if_changed(&component, &fixtures.join(format!("{name}.wasm")))?;
+    }
     eprintln!("plugins in {}", out.display());
     Ok(out)
 }
 
+/// A hand-written core module made into a component of flowhost's `plugin` world.
+fn wat_component(root: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = root
+        .join("plugins/fixtures/wat")
+        .join(format!("{name}.wat"));
+    let mut module = wat::parse_file(&path).with_context(|| format!("{}", path.display()))?;
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(root.join("wit"))?;
+    let world = resolve.select_world(&[package], Some("plugin"))?;
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )?;
+    wit_component::ComponentEncoder::default()
+        .module(&module)?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("making {} a component", path.display()))
+}
+
 fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).with_context(|| format!("missing {}", from.display()))?;
-    if std::fs::read(to).ok().as_deref() == Some(bytes.as_slice()) {
+    write_if_changed(&bytes, to)
+}
+
+fn write_if_changed(bytes: &[u8], to: &Path) -> Result<()> {
+    if std::fs::read(to).ok().as_deref() == Some(bytes) {
         return Ok(());
     }
     // Write then rename, so a watcher of the folder never sees half a file.
     let tmp = to.with_extension("wasm.tmp");
-    std::fs::write(&tmp, &bytes)?;
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, to)?;
     Ok(())
 }

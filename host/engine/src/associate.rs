@@ -1,7 +1,7 @@
 //! The association stage: one batch of one model.
 
-use crate::isolate::isolate;
-use crate::{Engine, EngineError};
+use crate::isolate::Slot;
+use crate::{BatchDone, Engine, EngineError};
 use flowhost_core::association::{self, Outcome};
 use flowhost_core::{Association, Kind, ParkReason, Record};
 use flowhost_runtime::Plugin;
@@ -13,47 +13,7 @@ use std::collections::BTreeSet;
 /// A commit that lost a key race is decided again; this bounds the retries.
 const MAX_DECISIONS: usize = 5;
 
-/// What one batch did.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BatchDone {
-    pub records: usize,
-    pub healed: u64,
-    /// Plugin calls made (more than one only when a failure was narrowed down).
-    pub calls: usize,
-    /// Nothing was committed but work is waiting: the batch ran on a plugin version that
-    /// another process replaced; it runs again on the current one.
-    pub retry: bool,
-    /// Time spent in plugin calls.
-    pub plugin_time: std::time::Duration,
-}
-
 impl Engine {
-    /// Leases a stage of a model, taking it over from a dead process on this machine.
-    pub(crate) async fn lease(
-        &self,
-        stage: Stage,
-        model: &str,
-    ) -> Result<Option<Lease>, EngineError> {
-        let store = &self.inner.store;
-        let ttl = self.inner.config.lease_ttl.as_micros() as i64;
-        let lease = Lease {
-            stage,
-            model: model.to_string(),
-            holder: self.inner.holder.clone(),
-        };
-        if store.acquire_lease(&lease, ttl).await? {
-            return Ok(Some(lease));
-        }
-        if let Some(current) = store.lease_holder(stage, model).await?
-            && crate::holder::is_dead_local(&current)
-            && store.take_over_lease(&lease, &current, ttl).await?
-        {
-            tracing::info!(model, stage = stage.as_str(), from = %current, "took over the lease of a process that is gone");
-            return Ok(Some(lease));
-        }
-        Ok(None)
-    }
-
     /// Associates the next batch of a model (up to `size` records).
     pub async fn associate_batch(
         &self,
@@ -80,7 +40,7 @@ impl Engine {
             model,
             size,
             &plugin,
-            self.associate_pending(&plugin, &lease, pending),
+            self.heartbeat(&lease, self.associate_pending(&plugin, &lease, pending)),
         )
         .await
     }
@@ -93,41 +53,56 @@ impl Engine {
     ) -> Result<BatchDone, EngineError> {
         let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
         let call = plugin.clone();
-        let called = std::time::Instant::now();
-        let (records, results, calls) = tokio::task::spawn_blocking(move || {
-            let mut calls = 0;
-            let results = isolate(&records, &|r: &[Record]| call.associate(r), &mut calls);
-            (records, results, calls)
-        })
-        .await
-        .map_err(|e| EngineError::Worker {
-            model: lease.model.clone(),
-            message: e.to_string(),
-        })?;
-        let plugin_time = called.elapsed();
+        let (records, isolated, plugin_time) = self
+            .call_isolated(&lease.model, records, move |r: &[Record]| call.associate(r))
+            .await?;
+        let (calls, waiting, narrow_to) = (isolated.calls, isolated.waiting(), isolated.narrow_to);
+        let failed = isolated
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Failed(_)))
+            .count();
+        let error = isolated.slots.iter().find_map(|s| match s {
+            Slot::Failed(e) => Some(e.as_str()),
+            _ => None,
+        });
+        self.after_isolation(Stage::Associate, plugin, &isolated, failed, error)
+            .await;
 
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        let error = results.iter().find_map(|r| r.as_ref().err());
-        self.after_batch(
-            Stage::Associate,
-            plugin,
-            records.len(),
-            failed,
-            error.map(String::as_str),
-        )
-        .await;
+        // Records the budget left undecided are the batch's end: they stay in the queue, in
+        // order, and the next batch starts with them.
+        let decided = records.len() - waiting;
+        let (records, pending) = (&records[..decided], &pending[..decided]);
+        let results: Vec<Result<Association, String>> = isolated
+            .slots
+            .into_iter()
+            .take(decided)
+            .map(|s| match s {
+                Slot::Done(a) => Ok(a),
+                Slot::Failed(e) => Err(e),
+                Slot::Wait => unreachable!("waiting records are the batch's end"),
+            })
+            .collect();
+        let idle = BatchDone {
+            calls,
+            plugin_time,
+            waiting,
+            narrow_to,
+            ..Default::default()
+        };
+        if decided == 0 {
+            return Ok(idle);
+        }
 
-        let input = Input::new(&records, &results);
+        let input = Input::new(records, &results);
         for attempt in 1..=MAX_DECISIONS {
-            let outcome = self.decide(plugin, &pending, &input).await?;
+            let outcome = self.decide(plugin, pending, &input).await?;
             match self.inner.store.commit_association(lease, &outcome).await {
                 Ok(summary) => {
                     return Ok(BatchDone {
                         records: records.len(),
                         healed: summary.healed,
-                        calls,
-                        retry: false,
-                        plugin_time,
+                        ..idle
                     });
                 }
                 Err(CommitError::VersionChanged { model, current }) => {

@@ -7,6 +7,7 @@
 //! run in parallel.
 
 mod associate;
+mod batch;
 mod breaker;
 mod holder;
 mod isolate;
@@ -14,6 +15,7 @@ mod plugins;
 mod project;
 mod run;
 
+pub use batch::BatchDone;
 pub use breaker::{BreakerConfig, BreakerStatus};
 pub use plugins::PluginSet;
 pub use run::{RunReport, StageReport};
@@ -29,8 +31,13 @@ use std::time::Duration;
 pub struct EngineConfig {
     pub associate: BatchConfig,
     pub project: BatchConfig,
-    /// How long a lease lasts without renewal (each batch renews it).
+    /// How long a lease lasts without renewal. Each batch takes it, and renews it every
+    /// third of this while the batch runs, so a slow but live batch keeps it; a host that
+    /// stops renewing loses it within this time.
     pub lease_ttl: Duration,
+    /// How long narrowing down the failing records of one batch may take in all (plugin
+    /// calls after the first). Past it the batch's remaining records wait in the queue.
+    pub isolation_budget: Duration,
     /// How often an idle worker looks for new work (records ingested by other processes).
     pub idle_poll: Duration,
     /// When a failing plugin is rested.
@@ -53,6 +60,7 @@ impl Default for EngineConfig {
                 target: Duration::from_millis(250),
             },
             lease_ttl: Duration::from_secs(30),
+            isolation_budget: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),
             breaker: BreakerConfig::default(),
         }
@@ -77,8 +85,8 @@ pub(crate) async fn in_batch_span(
     model: &str,
     size: usize,
     plugin: &Plugin,
-    work: impl std::future::Future<Output = Result<associate::BatchDone, EngineError>>,
-) -> Result<associate::BatchDone, EngineError> {
+    work: impl std::future::Future<Output = Result<BatchDone, EngineError>>,
+) -> Result<BatchDone, EngineError> {
     use tracing::Instrument;
     let version = plugin.version();
     let span = tracing::info_span!(
@@ -94,10 +102,11 @@ pub(crate) async fn in_batch_span(
         let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         let took_ms = ms(started.elapsed());
         match &out {
-            Ok(done) if done.records > 0 => tracing::info!(
+            Ok(done) if done.records > 0 || done.waiting > 0 => tracing::info!(
                 items = done.records,
                 calls = done.calls,
                 plugin_ms = ms(done.plugin_time),
+                waiting = done.waiting,
                 took_ms,
                 "batch done"
             ),
@@ -169,7 +178,7 @@ impl Engine {
 
     /// A commit found the batch's plugin version replaced elsewhere: nothing was written;
     /// bring the plugins up to date and have the batch run again.
-    pub(crate) async fn version_changed(&self, model: &str, current: &str) -> associate::BatchDone {
+    pub(crate) async fn version_changed(&self, model: &str, current: &str) -> BatchDone {
         tracing::info!(
             model,
             current = &current[..current.len().min(12)],
@@ -178,7 +187,7 @@ impl Engine {
         if let Some(refresh) = self.inner.refresh.get() {
             refresh.refresh().await;
         }
-        associate::BatchDone {
+        BatchDone {
             retry: true,
             ..Default::default()
         }

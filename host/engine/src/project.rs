@@ -1,8 +1,7 @@
 //! The projection stage: one batch of dirty references of one model.
 
-use crate::associate::BatchDone;
-use crate::isolate::isolate;
-use crate::{Engine, EngineError};
+use crate::isolate::Slot;
+use crate::{BatchDone, Engine, EngineError};
 use flowhost_core::{Group, Kind, Projection};
 use flowhost_runtime::Plugin;
 use flowhost_store::{CommitError, ProjectFailure, Stage, ViewRow};
@@ -29,36 +28,57 @@ impl Engine {
         let size = batch.groups.len();
         let work = async {
             let call = plugin.clone();
-            let groups = batch.groups;
-            let called = std::time::Instant::now();
-            let (groups, results, calls) = tokio::task::spawn_blocking(move || {
-                let mut calls = 0;
-                let results = isolate(&groups, &|g: &[Group]| call.project(g), &mut calls);
-                (groups, results, calls)
-            })
-            .await
-            .map_err(|e| EngineError::Worker {
-                model: model.to_string(),
-                message: e.to_string(),
-            })?;
-            let plugin_time = called.elapsed();
+            let (groups, isolated, plugin_time) = self
+                .call_isolated(model, batch.groups, move |g: &[Group]| call.project(g))
+                .await?;
+            let (calls, waiting, narrow_to) =
+                (isolated.calls, isolated.waiting(), isolated.narrow_to);
+            let failed = isolated
+                .slots
+                .iter()
+                .filter(|s| matches!(s, Slot::Failed(_)))
+                .count();
+            let first_error = isolated.slots.iter().find_map(|s| match s {
+                Slot::Failed(e) => Some(format!(
+                    "plugin {} ({}): {e}",
+                    plugin.file(),
+                    &plugin.version()[..12]
+                )),
+                _ => None,
+            });
+            self.after_isolation(
+                Stage::Project,
+                &plugin,
+                &isolated,
+                failed,
+                first_error.as_deref(),
+            )
+            .await;
 
             let mut views = Vec::with_capacity(groups.len());
             let mut errors = std::collections::HashMap::new();
-            for (group, result) in groups.iter().zip(results) {
-                match result {
-                    Ok(p) => views.push(view_row(model, &plugin, group, p)),
-                    Err(error) => {
+            let mut undecided = std::collections::HashSet::new();
+            for (group, slot) in groups.iter().zip(isolated.slots) {
+                match slot {
+                    Slot::Done(p) => views.push(view_row(model, &plugin, group, p)),
+                    Slot::Failed(error) => {
                         errors.insert(group.reference.clone(), error);
+                    }
+                    // Left dirty as it is: a later batch projects it.
+                    Slot::Wait => {
+                        undecided.insert(group.reference.clone());
                     }
                 }
             }
-            // A failed reference keeps its mark with the error: skipped until new records,
-            // a new plugin version or a re-queue give it another try.
-            let (failed, seen): (Vec<Mark>, Vec<Mark>) = batch
+            let marks: Vec<Mark> = batch
                 .seen
                 .into_iter()
-                .partition(|(r, _)| errors.contains_key(r));
+                .filter(|(r, _)| !undecided.contains(r))
+                .collect();
+            // A failed reference keeps its mark with the error: skipped until new records,
+            // a new plugin version or a re-queue give it another try.
+            let (failed, seen): (Vec<Mark>, Vec<Mark>) =
+                marks.into_iter().partition(|(r, _)| errors.contains_key(r));
             let failed: Vec<ProjectFailure> = failed
                 .into_iter()
                 .map(|(reference, stamp)| ProjectFailure {
@@ -72,37 +92,33 @@ impl Engine {
                     stamp,
                 })
                 .collect();
-            if let Some(first) = failed.first() {
+            if let Some(first) = &first_error {
                 tracing::warn!(
                     model,
                     failed = failed.len(),
                     of = groups.len(),
                     "projection failed for some references; they keep their mark with the error: {}",
-                    first.error
+                    first
                 );
             }
-            let first_error = failed.first().map(|f| f.error.clone());
-            self.after_batch(
-                Stage::Project,
-                &plugin,
-                groups.len(),
-                failed.len(),
-                first_error.as_deref(),
-            )
-            .await;
+            let done = BatchDone {
+                records: views.len(),
+                calls,
+                plugin_time,
+                waiting,
+                narrow_to,
+                ..Default::default()
+            };
+            if views.is_empty() && failed.is_empty() {
+                return Ok(done);
+            }
             match self
                 .inner
                 .store
                 .commit_projection(&lease, &views, &seen, &failed)
                 .await
             {
-                Ok(()) => Ok(BatchDone {
-                    records: views.len(),
-                    healed: 0,
-                    calls,
-                    retry: false,
-                    plugin_time,
-                }),
+                Ok(()) => Ok(done),
                 Err(CommitError::VersionChanged { model, current }) => {
                     Ok(self.version_changed(&model, &current).await)
                 }
@@ -110,7 +126,14 @@ impl Engine {
                 Err(e) => Err(e.into()),
             }
         };
-        crate::in_batch_span(Stage::Project, model, size, &plugin, work).await
+        crate::in_batch_span(
+            Stage::Project,
+            model,
+            size,
+            &plugin,
+            self.heartbeat(&lease, work),
+        )
+        .await
     }
 }
 

@@ -57,6 +57,9 @@ struct Worker {
     stage: Stage,
     model: String,
     sizer: BatchSizer,
+    /// The size of the next batch when the last one left records waiting (isolation ran
+    /// out of budget): the next batch starts with them and goes on narrowing.
+    narrow: Option<usize>,
 }
 
 impl Engine {
@@ -74,7 +77,10 @@ impl Engine {
         report: &mut StageReport,
         healed: &mut u64,
     ) -> Result<usize, EngineError> {
-        let size = worker.sizer.size();
+        let size = match worker.narrow.take() {
+            Some(n) => n.clamp(1, worker.sizer.size().max(1)),
+            None => worker.sizer.size(),
+        };
         let started = Instant::now();
         let (done, statements) = flowhost_store::counting_statements(async {
             match worker.stage {
@@ -89,9 +95,11 @@ impl Engine {
         ];
         metrics::counter!("flowhost_db_statements_total", &labels).increment(statements);
         let done = done?;
+        worker.narrow = done.narrow_to;
         if done.records == 0 {
-            // A batch to run again counts as work, so that `run_until_idle` goes on.
-            return Ok(usize::from(done.retry));
+            // A batch to run again, or records left waiting, count as work, so that
+            // `run_until_idle` goes on (a breaker that trips stops it in bounded time).
+            return Ok(usize::from(done.retry || done.waiting > 0));
         }
         let took = started.elapsed();
         worker.sizer.observe(done.records, took);
@@ -118,6 +126,7 @@ impl Engine {
                     stage,
                     model: model.clone(),
                     sizer: BatchSizer::new(self.batch_config(stage)),
+                    narrow: None,
                 });
             }
         }

@@ -59,6 +59,20 @@ pub struct Plugins {
     pub memory_mb: usize,
     /// The most records (or references) in one plugin call.
     pub max_batch: usize,
+    /// The longest compiling one component may take.
+    pub compile_timeout_s: u64,
+    /// The longest `describe` may run when a plugin is loaded.
+    pub describe_timeout_ms: u64,
+    /// The longest each call of the validation probe may run.
+    pub probe_timeout_ms: u64,
+    /// How long narrowing down the failing records of one batch may take in all.
+    pub isolation_budget_ms: u64,
+    /// The longest key (aggregation or parent) a plugin may return.
+    pub max_key_bytes: usize,
+    /// The largest view (canonical, lineage or root) of one reference a plugin may return.
+    pub max_view_bytes: usize,
+    /// The largest plugin file the folder takes.
+    pub max_file_mb: u64,
     /// Limits of single models over the ones above.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelLimit>,
@@ -66,12 +80,21 @@ pub struct Plugins {
 
 impl Default for Plugins {
     fn default() -> Self {
+        let runtime = flowhost_runtime::RuntimeConfig::default();
+        let engine = flowhost_engine::EngineConfig::default();
         Self {
             dir: "./plugins".into(),
             versions_dir: None,
-            timeout_ms: 10_000,
-            memory_mb: 512,
+            timeout_ms: runtime.call_timeout.as_millis() as u64,
+            memory_mb: runtime.memory_limit >> 20,
             max_batch: flowhost_runtime::Limits::DEFAULT_MAX_BATCH,
+            compile_timeout_s: runtime.compile_timeout.as_secs(),
+            describe_timeout_ms: runtime.describe_timeout.as_millis() as u64,
+            probe_timeout_ms: runtime.probe_timeout.as_millis() as u64,
+            isolation_budget_ms: engine.isolation_budget.as_millis() as u64,
+            max_key_bytes: runtime.output.max_key_bytes,
+            max_view_bytes: runtime.output.max_view_bytes,
+            max_file_mb: flowhost_registry::RegistryConfig::DEFAULT_MAX_FILE_BYTES >> 20,
             models: BTreeMap::new(),
         }
     }
@@ -139,6 +162,9 @@ pub struct Stages {
     pub project: StageBatch,
     /// How often an idle stage looks for new work.
     pub idle_poll_ms: u64,
+    /// How long a stage's lease lasts without renewal (renewed every third of it while a
+    /// batch runs); a host that stops loses its leases within this time.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for Stages {
@@ -148,6 +174,7 @@ impl Default for Stages {
             associate: StageBatch::from(e.associate),
             project: StageBatch::from(e.project),
             idle_poll_ms: e.idle_poll.as_millis() as u64,
+            lease_ttl_ms: e.lease_ttl.as_millis() as u64,
         }
     }
 }
@@ -232,6 +259,11 @@ pub struct Log {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     pub format: LogFormat,
+}
+
+/// A setting in milliseconds as a duration (at least 1 ms).
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis.max(1))
 }
 
 /// Short variables kept beside the generated `FLOWHOST_SECTION_KEY` ones.
@@ -466,8 +498,16 @@ impl Config {
 
     pub fn runtime(&self) -> flowhost_runtime::RuntimeConfig {
         flowhost_runtime::RuntimeConfig {
-            call_timeout: std::time::Duration::from_millis(self.plugins.timeout_ms.max(1)),
+            call_timeout: ms(self.plugins.timeout_ms),
             memory_limit: self.plugins.memory_mb.max(1) << 20,
+            compile_timeout: std::time::Duration::from_secs(self.plugins.compile_timeout_s.max(1)),
+            describe_timeout: ms(self.plugins.describe_timeout_ms),
+            probe_timeout: ms(self.plugins.probe_timeout_ms),
+            output: flowhost_runtime::OutputLimits {
+                max_key_bytes: self.plugins.max_key_bytes.max(1),
+                max_view_bytes: self.plugins.max_view_bytes.max(2),
+                ..flowhost_runtime::OutputLimits::default()
+            },
             ..flowhost_runtime::RuntimeConfig::default()
         }
     }
@@ -478,6 +518,7 @@ impl Config {
             registry.versions_dir = dir.clone();
         }
         registry.max_batch = self.plugins.max_batch.max(1);
+        registry.max_file_bytes = self.plugins.max_file_mb.max(1) << 20;
         for (model, limit) in &self.plugins.models {
             registry.limits.insert(model.clone(), limit.to_override());
         }
@@ -493,7 +534,9 @@ impl Config {
                 .to_batch("associate")
                 .unwrap_or_default(),
             project: self.stages.project.to_batch("project").unwrap_or_default(),
-            idle_poll: std::time::Duration::from_millis(self.stages.idle_poll_ms.max(1)),
+            idle_poll: ms(self.stages.idle_poll_ms),
+            lease_ttl: ms(self.stages.lease_ttl_ms),
+            isolation_budget: ms(self.plugins.isolation_budget_ms),
             ..flowhost_engine::EngineConfig::default()
         }
     }

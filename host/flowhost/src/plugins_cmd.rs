@@ -298,7 +298,11 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
             }
         }
     }
-    let associations = match plugin.associate(&records) {
+    let associations = match plugin
+        .associate(&records)
+        .map_err(|e| e.to_string())
+        .and_then(|out| every_item(out, |i| format!("line {}", lines[i])))
+    {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{}: associate failed: {e}", file.display());
@@ -407,7 +411,11 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
             .into_iter()
             .map(|(reference, records)| Group { reference, records })
             .collect();
-        let projections = match plugin.project(&groups) {
+        let projections = match plugin
+            .project(&groups)
+            .map_err(|e| e.to_string())
+            .and_then(|out| every_item(out, |i| format!("reference {}", groups[i].reference)))
+        {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("{}: project failed: {e}", file.display());
@@ -442,4 +450,16 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
 
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
+}
+
+/// The results of a plugin call when every item passed the output checks; otherwise the
+/// first item that did not, named by `name`.
+fn every_item<T>(
+    out: Vec<Result<T, flowhost_runtime::CallError>>,
+    name: impl Fn(usize) -> String,
+) -> Result<Vec<T>, String> {
+    out.into_iter()
+        .enumerate()
+        .map(|(i, r)| r.map_err(|e| format!("{}: {e}", name(i))))
+        .collect()
 }

@@ -56,9 +56,14 @@ pub struct RegistryConfig {
     /// How often a running host reads the current versions from the database (rollbacks made
     /// by other processes).
     pub sync_every: Duration,
+    /// The largest plugin file; a larger one is refused before it is read.
+    pub max_file_bytes: u64,
 }
 
 impl RegistryConfig {
+    /// The default largest plugin file: 64 MiB (a Python component is about 18 MB).
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+
     /// Defaults for a plugins folder: versions kept in `<dir>/.versions`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
@@ -69,6 +74,7 @@ impl RegistryConfig {
             limits: HashMap::new(),
             debounce: Duration::from_millis(100),
             sync_every: Duration::from_millis(250),
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -429,9 +435,11 @@ impl Registry {
                 dir: dir.display().to_string(),
                 message: e.to_string(),
             })?;
+            // Whatever is named like a plugin is looked at: a FIFO, a device, a directory or a
+            // dangling link is refused with its reason rather than passed over in silence.
             present = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_plugin_file(p) && p.is_file())
+                .filter(|p| is_plugin_file(p))
                 .collect();
         }
         present.sort();
@@ -452,20 +460,22 @@ impl Registry {
     pub(crate) async fn file_changed(&self, path: &Path) {
         let _one = self.inner.changing.lock().await;
         let file = path.display().to_string();
-        let before = std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()));
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let max = self.inner.config.max_file_bytes;
+        let owned = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || read_plugin_file(&owned, max))
+            .await
+            .unwrap_or_else(|e| FileRead::Refused(format!("the read failed: {e}")));
+        let (bytes, before) = match read {
+            FileRead::Bytes { bytes, stamp } => (bytes, stamp),
+            FileRead::Gone => {
                 self.file_removed(path).await;
                 return;
             }
-            Err(e) => {
+            FileRead::Refused(message) => {
                 let error = FileError {
                     file,
                     stage: Stage::Read,
-                    message: e.to_string(),
+                    message,
                     at: SystemTime::now(),
                 };
                 self.refuse(path, None, error).await;
@@ -485,10 +495,7 @@ impl Registry {
         let checked = match self.check(file.clone(), bytes).await {
             Ok(checked) => checked,
             Err(error) => {
-                let after = std::fs::metadata(path)
-                    .ok()
-                    .map(|m| (m.len(), m.modified().ok()));
-                if after != before {
+                if stamp(path) != Some(before) {
                     // Still being written: its next event brings it back here.
                     tracing::debug!(
                         file,
@@ -767,6 +774,97 @@ fn empty_status(model: &str) -> ModelStatus {
         loaded_at: None,
         paused: None,
         last_error: None,
+    }
+}
+
+/// A file's size and modification time, to tell whether it changed while it was checked.
+type Stamp = (u64, Option<SystemTime>);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
+}
+
+/// What reading a file of the folder came to.
+enum FileRead {
+    Bytes { bytes: Vec<u8>, stamp: Stamp },
+    Gone,
+    Refused(String),
+}
+
+/// Reads a plugin file if it is a regular file (or a link to one) of at most `max` bytes.
+/// It is opened without blocking (a FIFO renamed in between cannot hold the read) and its
+/// type is checked again on the open file. Blocking IO: call it on a blocking thread.
+fn read_plugin_file(path: &Path, max: u64) -> FileRead {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let kind = |t: std::fs::FileType| {
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else {
+            "not a regular file"
+        }
+    };
+    let refuse_kind = |t: std::fs::FileType| {
+        FileRead::Refused(format!(
+            "{} named like a plugin; only regular files (or links to them) are loaded",
+            kind(t)
+        ))
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match std::fs::symlink_metadata(path) {
+                Ok(_) => FileRead::Refused("a link to a file that does not exist".into()),
+                Err(_) => FileRead::Gone,
+            };
+        }
+        Err(e) => return FileRead::Refused(e.to_string()),
+    };
+    if !meta.is_file() {
+        return refuse_kind(meta.file_type());
+    }
+    let too_large = |size: u64| {
+        FileRead::Refused(format!(
+            "{size} bytes, over the limit of {max} bytes (plugins.max_file_mb)"
+        ))
+    };
+    if meta.len() > max {
+        return too_large(meta.len());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileRead::Gone,
+        Err(e) => return FileRead::Refused(e.to_string()),
+    };
+    let meta = match file.metadata() {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(meta) => return refuse_kind(meta.file_type()),
+        Err(e) => return FileRead::Refused(e.to_string()),
+    };
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    if let Err(e) = file.take(max + 1).read_to_end(&mut bytes) {
+        return FileRead::Refused(e.to_string());
+    }
+    if bytes.len() as u64 > max {
+        return too_large(bytes.len() as u64);
+    }
+    FileRead::Bytes {
+        bytes,
+        stamp: (meta.len(), meta.modified().ok()),
     }
 }
 

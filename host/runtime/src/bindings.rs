@@ -1,8 +1,7 @@
 //! The typed bindings of the `plugin` world and the state each call's store holds.
 
+use crate::guard::{Hoard, LogBudget, TailPipe};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
@@ -13,24 +12,29 @@ wasmtime::component::bindgen!({
     ownership: Borrowing {
         duplicate_if_necessary: true
     },
+    // Exports are called as futures, so that a deadline can end a call wherever the guest
+    // is: running wasm (epoch yields) or blocked in a WASI call (the future is dropped).
+    exports: { default: async },
 });
 
 pub use flowhost::plugin::types as wit;
 
 /// Per-call state: an empty WASI context (no preopened directories, no environment, no
-/// arguments, no network), the resource table WASI needs, and the memory limiter.
+/// arguments, no network), the resource table WASI needs, the memory limiter over the whole
+/// instance, the guest's stderr (its tail) and the log budget.
 pub struct HostState {
     model: String,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
-    /// The guest's stderr (where a Rust guest writes its panic message), kept small.
-    stderr: MemoryOutputPipe,
+    pub(crate) hoard: Hoard,
+    pub(crate) logs: LogBudget,
+    /// The guest's stderr (where a Rust guest writes its panic message): its last bytes.
+    stderr: TailPipe,
 }
 
 impl HostState {
     pub fn new(model: &str, memory_limit: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(4096);
+        let stderr = TailPipe::new(4096);
         Self {
             model: model.to_string(),
             // Nothing inherited: the guest sees no files, no env, no sockets; its stderr is
@@ -43,20 +47,18 @@ impl HostState {
                 .build(),
             stderr,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(16)
-                .build(),
+            hoard: Hoard::new(memory_limit),
+            logs: LogBudget::default(),
         }
     }
 
-    pub fn limits(&mut self) -> &mut StoreLimits {
-        &mut self.limits
+    /// What the guest wrote to stderr during this call (its last bytes).
+    pub fn guest_stderr(&self) -> String {
+        self.stderr.contents()
     }
 
-    /// What the guest wrote to stderr during this call.
-    pub fn guest_stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    pub fn model(&self) -> &str {
+        &self.model
     }
 }
 
@@ -69,21 +71,12 @@ impl WasiView for HostState {
     }
 }
 
-/// Guest log lines longer than this are cut, so a plugin cannot flood the host's log.
-const MAX_LOG_LINE: usize = 4096;
-
 impl flowhost::plugin::host::Host for HostState {
     fn log(&mut self, level: flowhost::plugin::host::Level, message: String) {
         use flowhost::plugin::host::Level;
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let Some(message) = self.logs.admit(&message) else {
+            return;
+        };
         let model = self.model.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "flowhost::plugin", model, "{message}"),
@@ -97,9 +90,10 @@ impl flowhost::plugin::host::Host for HostState {
 
 impl flowhost::plugin::types::Host for HostState {}
 
-/// Links WASI p2 (sync) and the `host` interface.
+/// Links WASI p2 (async: a blocking WASI call is a future the deadline can drop) and the
+/// `host` interface.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
     Plugin::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
     Ok(())
 }

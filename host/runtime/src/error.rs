@@ -15,6 +15,11 @@ pub enum LoadError {
     CoreModule,
     #[error("does not compile: {0}")]
     Compile(String),
+    #[error(
+        "compiling took longer than its limit of {} s (plugins.compile_timeout_s); the component is too large or too complex",
+        .0.as_secs_f64()
+    )]
+    CompileTimeout(std::time::Duration),
     #[error("does not target world flowhost:plugin/plugin@0.1.0: {0}")]
     WrongWorld(String),
     #[error("`describe` failed: {0}")]
@@ -41,8 +46,8 @@ impl fmt::Display for PluginError {
 /// Why one plugin call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    #[error("exceeded its time limit")]
-    Timeout,
+    #[error("exceeded its time limit of {} ms (the call was stopped wherever the guest was, blocking calls included)", .0.as_millis())]
+    Timeout(std::time::Duration),
     #[error("trapped: {0}")]
     Trap(String),
     #[error("`{function}` returned {got} results for {expected} inputs")]
@@ -56,22 +61,22 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Builds the error of a failed call from wasmtime's error and what the guest wrote to
-    /// stderr (a Rust guest's panic message). The wasm backtrace goes to the debug log only.
-    pub(crate) fn from_wasm(e: wasmtime::Error, guest_stderr: &str) -> Self {
-        if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
-            && *trap == wasmtime::Trap::Interrupt
-        {
-            return CallError::Timeout;
-        }
+    /// Builds the error of a failed call from wasmtime's error, what the guest wrote to
+    /// stderr (a Rust guest's panic message) and the memory cap's refusal, if growth was
+    /// refused. The wasm backtrace goes to the debug log only.
+    pub(crate) fn from_wasm(e: wasmtime::Error, guest_stderr: &str, refused: Option<&str>) -> Self {
         tracing::debug!("plugin call failed: {e:?}");
-        let cause = e.root_cause().to_string();
-        let said = one_line(guest_stderr, 600);
-        CallError::Trap(if said.is_empty() {
+        let cause = crate::guard::escape(&e.root_cause().to_string());
+        let said = crate::guard::escape(&one_line(guest_stderr, 600));
+        let mut message = if said.is_empty() {
             cause
         } else {
             format!("{said} ({cause})")
-        })
+        };
+        if let Some(refused) = refused {
+            message = format!("{message}; {refused}");
+        }
+        CallError::Trap(message)
     }
 }
 

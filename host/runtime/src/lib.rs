@@ -1,24 +1,37 @@
 //! The only crate of flowhost that touches wasmtime.
 //!
-//! A [`Runtime`] owns the engine (configured once: epoch interruption for time limits, a
-//! memory cap per instance), a compile cache on disk keyed by content hash and engine, and
-//! the linker that gives guests the `host` interface and an empty WASI (no filesystem,
-//! network or environment). [`Runtime::load`] turns a `.wasm` file into a [`Plugin`]: a
-//! compiled, linked, described component. A plugin is called once per batch; each call runs
-//! in a fresh instance, so a trap never leaves state behind.
+//! A [`Runtime`] owns the engine (configured once), a compile cache on disk keyed by content
+//! hash and engine (artefacts are loaded only when their keyed digest proves this host wrote
+//! them), and the linker that gives guests the `host` interface and an empty WASI (no
+//! filesystem, network or environment). [`Runtime::load`] turns a `.wasm` file into a
+//! [`Plugin`]: a compiled, linked, described component. A plugin is called once per batch;
+//! each call runs in a fresh instance, so a trap never leaves state behind.
+//!
+//! Every way a guest can misbehave ends in bounded time with a reason:
+//! - each call is a future under a deadline: wasm yields at every epoch tick and a guest
+//!   blocked in a WASI call (`sleep`, `poll`) is dropped with its future, so the deadline
+//!   holds whatever the guest does; compiling and `describe` have their own limits;
+//! - one memory budget covers every memory and table of an instance ([`guard::Hoard`]);
+//! - logs have a per-call budget and are escaped; only the tail of stderr is kept;
+//! - what a call returns is checked item by item before anyone stores or logs it
+//!   ([`OutputLimits`]): a bad item fails alone.
 
 mod bindings;
 mod cache;
+mod check;
 mod convert;
 mod error;
+mod guard;
 
+pub use check::OutputLimits;
 pub use error::{CallError, LoadError, PluginError};
+pub use guard::{MAX_LOG_BYTES, MAX_LOG_LINES, MAX_TABLE_ELEMENTS};
 
 use bindings::{HostState, PluginPre};
 use flowhost_core::{Association, Description, Group, Projection, Record};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, Store};
@@ -30,16 +43,37 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// The longest one plugin call may run (default for every plugin).
     pub call_timeout: Duration,
-    /// The most linear memory one instance may grow to, in bytes (default for every plugin).
+    /// The most memory (all memories and tables together) one instance may hold, in bytes
+    /// (default for every plugin).
     pub memory_limit: usize,
+    /// The longest compiling one component may take (a component over it is refused).
+    pub compile_timeout: Duration,
+    /// The longest `describe` may run when a plugin is loaded.
+    pub describe_timeout: Duration,
+    /// The longest each call of the probe batch may run when a plugin is validated.
+    pub probe_timeout: Duration,
+    /// What plugins may return.
+    pub output: OutputLimits,
+}
+
+impl RuntimeConfig {
+    /// The default time limit of one call.
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default memory cap of one instance.
+    pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
-            call_timeout: Duration::from_secs(10),
-            memory_limit: 512 << 20,
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            memory_limit: Self::DEFAULT_MEMORY_LIMIT,
+            // An 18 MB Python component compiles in about 9 s on a 2-core machine.
+            compile_timeout: Duration::from_secs(60),
+            describe_timeout: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(10),
+            output: OutputLimits::default(),
         }
     }
 }
@@ -48,9 +82,9 @@ impl Default for RuntimeConfig {
 /// [`Plugin::with_limits`] overrides them per model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// The longest one call may run (epoch interruption).
+    /// The longest one call may run, whatever the guest does (a deadline on the call).
     pub call_timeout: Duration,
-    /// The most linear memory one instance may grow to, in bytes (resource limiter).
+    /// The most memory one instance may hold, all memories and tables together, in bytes.
     pub memory_limit: usize,
     /// The most records (association) or references (projection) in one call.
     pub max_batch: usize,
@@ -72,8 +106,31 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("flowhost"))
 }
 
-/// The epoch advances every tick; a call's deadline is counted in ticks.
+/// The epoch advances every tick; running wasm yields to its call's deadline at each tick.
 const TICK: Duration = Duration::from_millis(5);
+
+/// The timers of plugin calls: one small runtime for the whole process, never dropped. A
+/// call is driven on the calling thread (a blocking thread: one hop per batch) by
+/// `block_on`; this runtime's thread only fires the deadlines and the guests' WASI timers.
+fn timers() -> &'static tokio::runtime::Runtime {
+    static TIMERS: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    TIMERS.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("flowhost-plugin-timers")
+            .enable_time()
+            .build()
+            .expect("the plugin timers' runtime starts (a thread and a timer)")
+    })
+}
+
+/// Runs a call's future under a deadline on the calling thread; `None` when the deadline
+/// passed first (the future, and whatever the guest was blocked in, is dropped).
+fn bounded<R>(limit: Duration, call: impl std::future::Future<Output = R>) -> Option<R> {
+    timers()
+        .handle()
+        .block_on(async { tokio::time::timeout(limit, call).await.ok() })
+}
 
 struct Inner {
     engine: Engine,
@@ -114,6 +171,7 @@ impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let mut wasm = Config::new();
+        // Epochs make running wasm yield to its call's deadline (never trap on their own).
         wasm.epoch_interruption(true);
         wasm.wasm_component_model(true);
         wasm.max_wasm_stack(1 << 20);
@@ -176,6 +234,7 @@ impl Runtime {
             &version,
             &self.inner.engine_hash,
             bytes,
+            self.inner.config.compile_timeout,
         )
         .map_err(wrap)?;
         let info = LoadInfo {
@@ -293,10 +352,11 @@ impl Plugin {
         }
     }
 
-    /// Runs a small probe batch through `associate` and `project`: both must answer with
-    /// well-formed results of the right length (the calls check lengths and JSON). Returns
-    /// a one-line summary.
+    /// Runs a small probe batch through `associate` and `project`, each call under the
+    /// probe's time limit: both must answer with well-formed results of the right length
+    /// (the calls check lengths and JSON). Returns a one-line summary.
     pub fn probe(&self) -> Result<String, CallError> {
+        let limit = self.runtime.config.probe_timeout;
         let model = &self.description.model;
         let records: Vec<Record> = (1..=3)
             .map(|i| Record {
@@ -313,10 +373,10 @@ impl Plugin {
             })
             .collect();
         let started = Instant::now();
-        let associations = self.associate(&records)?;
+        let associations = self.associate_within(&records, limit)?;
         let keyed = associations
             .iter()
-            .filter(|a| matches!(a, Association::Keyed { .. }))
+            .filter(|a| matches!(a, Ok(Association::Keyed { .. })))
             .count();
         let groups = vec![Group {
             reference: "00000000-0000-7000-8000-000000000000".into(),
@@ -328,7 +388,10 @@ impl Plugin {
                 })
                 .collect(),
         }];
-        let projections = self.project(&groups)?;
+        let projections = self.project_within(&groups, limit)?;
+        if let Some(Err(e)) = projections.iter().find(|p| p.is_err()) {
+            return Err(e.clone());
+        }
         Ok(format!(
             "associate 3 records → {} results ({keyed} keyed); project 1 group → {} projection ({:.1} ms)",
             associations.len(),
@@ -343,32 +406,84 @@ impl Plugin {
             &inner.engine,
             HostState::new(&self.description.model, self.limits.memory_limit),
         );
-        store.limiter(|s| s.limits());
-        let ticks = (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        store.limiter(|s| &mut s.hoard);
+        // Yield at every epoch tick, so the deadline around the call is looked at.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
         store
     }
 
+    /// What a call's future came to: its value, or the error it ends with (deadline, trap,
+    /// memory cap), with what the guest said on stderr. Dropped log lines are reported here,
+    /// once per call.
+    fn finish<R>(
+        &self,
+        outcome: Option<wasmtime::Result<R>>,
+        store: &Store<HostState>,
+        limit: Duration,
+    ) -> Result<R, CallError> {
+        let state = store.data();
+        if state.logs.dropped() > 0 {
+            tracing::warn!(
+                target: "flowhost::plugin",
+                model = state.model(),
+                dropped = state.logs.dropped(),
+                "plugin log: {} lines dropped (over the budget of {} lines / {} KiB per call)",
+                state.logs.dropped(),
+                MAX_LOG_LINES,
+                MAX_LOG_BYTES >> 10
+            );
+        }
+        match outcome {
+            None => Err(CallError::Timeout(limit)),
+            Some(Ok(value)) => Ok(value),
+            Some(Err(e)) => Err(CallError::from_wasm(
+                e,
+                &state.guest_stderr(),
+                state.hoard.refused(),
+            )),
+        }
+    }
+
     fn call_describe(&self) -> Result<Description, CallError> {
+        let limit = self.runtime.config.describe_timeout;
         let mut store = self.store();
-        let d = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.flowhost_plugin_model().call_describe(&mut store))
-            .map_err(|e| CallError::from_wasm(e, &store.data().guest_stderr()))?;
+        let outcome = bounded(limit, async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .flowhost_plugin_model()
+                .call_describe(&mut store)
+                .await
+        });
+        let d = self.finish(outcome, &store, limit)?;
         Ok(convert::description(d))
     }
 
     /// Keys (or rejects) a batch of records: one call, one result per record, same order.
-    pub fn associate(&self, records: &[Record]) -> Result<Vec<Association>, CallError> {
+    /// The call fails as a whole (trap, time or memory limit, wrong length); a record whose
+    /// result breaks the output limits fails alone.
+    pub fn associate(
+        &self,
+        records: &[Record],
+    ) -> Result<Vec<Result<Association, CallError>>, CallError> {
+        self.associate_within(records, self.limits.call_timeout)
+    }
+
+    fn associate_within(
+        &self,
+        records: &[Record],
+        limit: Duration,
+    ) -> Result<Vec<Result<Association, CallError>>, CallError> {
         let input: Vec<_> = records.iter().map(convert::input_record).collect();
         let mut store = self.store();
-        let out = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.flowhost_plugin_model().call_associate(&mut store, &input))
-            .map_err(|e| CallError::from_wasm(e, &store.data().guest_stderr()))?;
+        let outcome = bounded(limit, async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .flowhost_plugin_model()
+                .call_associate(&mut store, &input)
+                .await
+        });
+        let out = self.finish(outcome, &store, limit)?;
         if out.len() != records.len() {
             return Err(CallError::WrongLength {
                 function: "associate",
@@ -376,11 +491,34 @@ impl Plugin {
                 got: out.len(),
             });
         }
-        Ok(out.into_iter().map(convert::association).collect())
+        let limits = &self.runtime.config.output;
+        Ok(out
+            .into_iter()
+            .map(|a| {
+                let a = convert::association(a);
+                check::association(&a, &self.description, limits)
+                    .map(|()| a)
+                    .map_err(CallError::Invalid)
+            })
+            .collect())
     }
 
-    /// Projects a batch of groups: one call, one projection per group, same order.
-    pub fn project(&self, groups: &[Group]) -> Result<Vec<Projection>, CallError> {
+    /// Projects a batch of groups: one call, one projection per group, same order. The call
+    /// fails as a whole (trap, limits, wrong length); a projection that breaks the output
+    /// rules (not the group's reference, a view that is not one JSON object or too large, a
+    /// parent the group does not have) fails alone. Views come back as one line each.
+    pub fn project(
+        &self,
+        groups: &[Group],
+    ) -> Result<Vec<Result<Projection, CallError>>, CallError> {
+        self.project_within(groups, self.limits.call_timeout)
+    }
+
+    fn project_within(
+        &self,
+        groups: &[Group],
+        limit: Duration,
+    ) -> Result<Vec<Result<Projection, CallError>>, CallError> {
         // Borrowed bindings take slices, so each level of nesting is built (and owned) here.
         let links: Vec<Vec<Vec<_>>> = groups
             .iter()
@@ -414,11 +552,14 @@ impl Plugin {
             })
             .collect();
         let mut store = self.store();
-        let out = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.flowhost_plugin_model().call_project(&mut store, &input))
-            .map_err(|e| CallError::from_wasm(e, &store.data().guest_stderr()))?;
+        let outcome = bounded(limit, async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .flowhost_plugin_model()
+                .call_project(&mut store, &input)
+                .await
+        });
+        let out = self.finish(outcome, &store, limit)?;
         if out.len() != groups.len() {
             return Err(CallError::WrongLength {
                 function: "project",
@@ -426,34 +567,16 @@ impl Plugin {
                 got: out.len(),
             });
         }
-        let out: Vec<Projection> = out.into_iter().map(convert::projection).collect();
-        for (p, g) in out.iter().zip(groups) {
-            if p.reference != g.reference {
-                return Err(CallError::Invalid(format!(
-                    "project returned reference {} for group {}",
-                    p.reference, g.reference
-                )));
-            }
-            for (name, text) in [
-                ("canonical", &p.canonical),
-                ("lineage", &p.lineage),
-                ("root", &p.root),
-            ] {
-                if serde_json_is_invalid(text) {
-                    return Err(CallError::Invalid(format!(
-                        "project returned {name} that is not a JSON object for reference {}",
-                        p.reference
-                    )));
-                }
-            }
-        }
-        Ok(out)
+        let limits = &self.runtime.config.output;
+        Ok(out
+            .into_iter()
+            .zip(groups)
+            .map(|(p, g)| {
+                let mut p = convert::projection(p);
+                check::projection(&mut p, g, limits)
+                    .map(|()| p)
+                    .map_err(CallError::Invalid)
+            })
+            .collect())
     }
-}
-
-/// Whether a view is not one JSON object (the store keeps views as text, so a malformed
-/// one must be caught here). Parsing into `IgnoredAny` checks without building values.
-fn serde_json_is_invalid(text: &str) -> bool {
-    !text.trim_start().starts_with('{')
-        || serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
 }

@@ -1,0 +1,298 @@
+//! Guest output is checked before it reaches the database or a log: what a plugin returns
+//! for one record (or one reference) either passes these checks or fails for that item
+//! alone, with a message that says what was wrong.
+
+use flowhost_core::{Association, Description, Group, Projection};
+
+/// Bounds on what a plugin may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// The longest aggregation or parent key, in bytes (a key must fit the key index).
+    pub max_key_bytes: usize,
+    /// The most aggregation keys of one record.
+    pub max_keys: usize,
+    /// The most parents one record may name.
+    pub max_parents: usize,
+    /// The longest rejection code and message, in bytes.
+    pub max_code_bytes: usize,
+    pub max_message_bytes: usize,
+    /// The largest view (canonical, lineage or root) of one reference, in bytes.
+    pub max_view_bytes: usize,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 512,
+            max_keys: 256,
+            max_parents: 64,
+            max_code_bytes: 64,
+            max_message_bytes: 2048,
+            max_view_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Checks one record's association.
+pub(crate) fn association(
+    a: &Association,
+    d: &Description,
+    limits: &OutputLimits,
+) -> Result<(), String> {
+    match a {
+        Association::Keyed { keys, parents } => {
+            if keys.len() > limits.max_keys {
+                return Err(format!(
+                    "{} keys for one record, over the limit of {}",
+                    keys.len(),
+                    limits.max_keys
+                ));
+            }
+            for (i, k) in keys.iter().enumerate() {
+                key(&format!("key {}", i + 1), k, limits.max_key_bytes)?;
+            }
+            if parents.len() > limits.max_parents {
+                return Err(format!(
+                    "{} parents for one record, over the limit of {}",
+                    parents.len(),
+                    limits.max_parents
+                ));
+            }
+            for p in parents {
+                if !d.parents.contains(&p.model) {
+                    return Err(format!(
+                        "parent model {:?} is not one it declared ({})",
+                        shorten(&p.model),
+                        if d.parents.is_empty() {
+                            "none".to_string()
+                        } else {
+                            d.parents.join(", ")
+                        }
+                    ));
+                }
+                key(
+                    &format!("parent key of {}", p.model),
+                    &p.key,
+                    limits.max_key_bytes,
+                )?;
+            }
+            Ok(())
+        }
+        Association::Rejected { code, message } => {
+            if code.is_empty() || code.len() > limits.max_code_bytes {
+                return Err(format!(
+                    "rejection code of {} bytes; it must have 1 to {}",
+                    code.len(),
+                    limits.max_code_bytes
+                ));
+            }
+            if code.chars().any(char::is_control) {
+                return Err(format!(
+                    "rejection code {:?} contains a control character",
+                    shorten(code)
+                ));
+            }
+            if message.len() > limits.max_message_bytes {
+                return Err(format!(
+                    "rejection message of {} bytes, over the limit of {}",
+                    message.len(),
+                    limits.max_message_bytes
+                ));
+            }
+            if message.contains('\0') {
+                return Err(format!(
+                    "rejection message {:?} contains a NUL character",
+                    shorten(message)
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn key(what: &str, key: &str, max: usize) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if key.len() > max {
+        return Err(format!(
+            "{what} is {} bytes long, over the limit of {max} bytes ({:?}…)",
+            key.len(),
+            shorten(key)
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {:?} contains a control character",
+            shorten(key)
+        ));
+    }
+    Ok(())
+}
+
+/// The first characters of a guest string, for a message.
+fn shorten(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+/// Checks one reference's projection and makes each view one compact line.
+pub(crate) fn projection(
+    p: &mut Projection,
+    group: &Group,
+    limits: &OutputLimits,
+) -> Result<(), String> {
+    if p.reference != group.reference {
+        return Err(format!(
+            "project returned reference {:?} for group {}",
+            shorten(&p.reference),
+            group.reference
+        ));
+    }
+    for (name, text) in [
+        ("canonical", &mut p.canonical),
+        ("lineage", &mut p.lineage),
+        ("root", &mut p.root),
+    ] {
+        view(name, text, limits.max_view_bytes)?;
+    }
+    for link in &p.parents {
+        let known = group.records.iter().any(|k| {
+            k.parents
+                .iter()
+                .any(|l| l.model == link.model && l.reference == link.reference)
+        });
+        if !known {
+            return Err(format!(
+                "project named parent {} {:?}, which none of the reference's records has",
+                shorten(&link.model),
+                shorten(&link.reference)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A view must be one JSON object within the size limit; it is stored and exported as one
+/// line, so insignificant whitespace with line breaks is taken out.
+fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "{name} view of {} bytes, over the limit of {max} bytes",
+            text.len()
+        ));
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err(format!("{name} view is not a JSON object"));
+    }
+    // Parsing into `IgnoredAny` checks the text without building values.
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return Err(format!("{name} view is not a JSON object: {e}"));
+    }
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+        *text = compact(text);
+    }
+    Ok(())
+}
+
+/// Valid JSON text without the whitespace between tokens (strings, numbers kept as written).
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowhost_core::{Kind, ParentKey};
+
+    fn description() -> Description {
+        Description {
+            model: "sensor".into(),
+            kind: Kind::Entity,
+            version: "1".into(),
+            parents: vec!["device".into()],
+            policies: Vec::new(),
+        }
+    }
+
+    fn keyed(keys: &[&str]) -> Association {
+        Association::Keyed {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            parents: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn keys_are_bounded_and_clean() {
+        let (d, l) = (description(), OutputLimits::default());
+        assert!(association(&keyed(&["serial:A"]), &d, &l).is_ok());
+        let long = "k".repeat(513);
+        let e = association(&keyed(&["a", &long]), &d, &l).unwrap_err();
+        assert!(
+            e.contains("key 2 is 513 bytes long, over the limit of 512"),
+            "{e}"
+        );
+        let e = association(&keyed(&["a\0b"]), &d, &l).unwrap_err();
+        assert!(e.contains("control character"), "{e}");
+        assert!(association(&keyed(&[""]), &d, &l).is_err());
+        let parent = Association::Keyed {
+            keys: Vec::new(),
+            parents: vec![ParentKey {
+                model: "building".into(),
+                key: "src:a:b".into(),
+            }],
+        };
+        let e = association(&parent, &d, &l).unwrap_err();
+        assert!(e.contains("not one it declared (device)"), "{e}");
+    }
+
+    #[test]
+    fn rejections_are_bounded_and_have_no_nul() {
+        let (d, l) = (description(), OutputLimits::default());
+        let reject = |code: &str, message: &str| Association::Rejected {
+            code: code.into(),
+            message: message.into(),
+        };
+        assert!(association(&reject("BAD", "no serial"), &d, &l).is_ok());
+        assert!(
+            association(&reject("BAD", "a\0b"), &d, &l)
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(association(&reject("", "m"), &d, &l).is_err());
+        assert!(association(&reject("BAD", &"m".repeat(3000)), &d, &l).is_err());
+    }
+
+    #[test]
+    fn views_become_one_compact_line() {
+        let mut text = "{\n  \"a b\": [1, \"x\\n y\"],\n  \"n\": 1.50\n}".to_string();
+        view("canonical", &mut text, 1 << 20).unwrap();
+        assert_eq!(text, r#"{"a b":[1,"x\n y"],"n":1.50}"#);
+        let mut list = "[1]".to_string();
+        assert!(view("root", &mut list, 1 << 20).is_err());
+        let mut big = format!("{{\"a\":\"{}\"}}", "x".repeat(100));
+        assert!(
+            view("root", &mut big, 50)
+                .unwrap_err()
+                .contains("over the limit")
+        );
+    }
+}
