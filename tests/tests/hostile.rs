@@ -38,6 +38,15 @@ fn counts(http: &Http, model: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Posts a device record and waits for its view: the host keeps working.
+fn a_device_flows(http: &Http) {
+    let record = flowhost_tests::line("device", "bms", "D-1", json!({"serial": "S1"}));
+    assert_eq!(http.records(&record).status, 200);
+    wait_for("the device view", Duration::from_secs(30), || {
+        http.get("/v1/models/device/canonical").body.lines().count() == 1
+    });
+}
+
 fn parked_total(counts: &Value) -> i64 {
     counts["parked"]
         .as_object()
@@ -374,19 +383,7 @@ fn a_describe_that_blocks_or_hoards_is_refused_in_seconds_and_the_rest_serves() 
                         .is_some_and(|e| e.contains("exceeded its time limit"))
             })
         });
-        assert_eq!(
-            http.records(&flowhost_tests::line(
-                "device",
-                "bms",
-                "D-1",
-                json!({"serial": "S1"})
-            ))
-            .status,
-            200
-        );
-        wait_for("the device view", Duration::from_secs(30), || {
-            http.get("/v1/models/device/canonical").body.lines().count() == 1
-        });
+        a_device_flows(&http);
         let (status, log) = server.stop_with_log();
         assert!(status.success(), "{log}");
     }
@@ -500,19 +497,7 @@ fn tampered_cache_is_recompiled(db: &Scratch) {
     command.env("FLOWHOST_CACHE_DIR", cache.path());
     let mut server = Server::start_command(command, &[]);
     let http = Http::new(&server.url());
-    assert_eq!(
-        http.records(&flowhost_tests::line(
-            "device",
-            "bms",
-            "D-1",
-            json!({"serial": "S1"})
-        ))
-        .status,
-        200
-    );
-    wait_for("the device view", Duration::from_secs(30), || {
-        http.get("/v1/models/device/canonical").body.lines().count() == 1
-    });
+    a_device_flows(&http);
     let (status, log) = server.stop_with_log();
     assert!(status.success());
     assert!(log.contains("fails its integrity check"), "{log}");

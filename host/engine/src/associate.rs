@@ -57,15 +57,7 @@ impl Engine {
             .call_isolated(&lease.model, records, move |r: &[Record]| call.associate(r))
             .await?;
         let (calls, waiting, narrow_to) = (isolated.calls, isolated.waiting(), isolated.narrow_to);
-        let failed = isolated
-            .slots
-            .iter()
-            .filter(|s| matches!(s, Slot::Failed(_)))
-            .count();
-        let error = isolated.slots.iter().find_map(|s| match s {
-            Slot::Failed(e) => Some(e.as_str()),
-            _ => None,
-        });
+        let (failed, error) = isolated.failures();
         self.after_isolation(Stage::Associate, plugin, &isolated, failed, error)
             .await;
 

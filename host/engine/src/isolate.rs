@@ -34,6 +34,16 @@ pub(crate) struct Isolated<R> {
 }
 
 impl<R> Isolated<R> {
+    /// Items the plugin failed on, and the first error.
+    pub fn failures(&self) -> (usize, Option<&str>) {
+        let mut errors = self.slots.iter().filter_map(|s| match s {
+            Slot::Failed(e) => Some(e.as_str()),
+            _ => None,
+        });
+        let first = errors.next();
+        (first.map_or(0, |_| 1 + errors.count()), first)
+    }
+
     /// Items left waiting (a suffix of the batch).
     pub fn waiting(&self) -> usize {
         self.slots

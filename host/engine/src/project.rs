@@ -33,18 +33,13 @@ impl Engine {
                 .await?;
             let (calls, waiting, narrow_to) =
                 (isolated.calls, isolated.waiting(), isolated.narrow_to);
-            let failed = isolated
-                .slots
-                .iter()
-                .filter(|s| matches!(s, Slot::Failed(_)))
-                .count();
-            let first_error = isolated.slots.iter().find_map(|s| match s {
-                Slot::Failed(e) => Some(format!(
+            let (failed, first_error) = isolated.failures();
+            let first_error = first_error.map(|e| {
+                format!(
                     "plugin {} ({}): {e}",
                     plugin.file(),
                     &plugin.version()[..12]
-                )),
-                _ => None,
+                )
             });
             self.after_isolation(
                 Stage::Project,

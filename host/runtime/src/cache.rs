@@ -128,15 +128,7 @@ impl Cache {
         let mut key = vec![0u8; 32];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&key)?;
-        file.sync_all()?;
-        drop(file);
+        write_private(&tmp, &[&key])?;
         let linked = std::fs::hard_link(&tmp, path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
@@ -195,15 +187,21 @@ impl Cache {
         let digest = self.mac(name, &artefact).finalize().into_bytes();
         // Write then rename: a reader never sees half an artefact.
         let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&digest)?;
-        file.write_all(&artefact)?;
-        drop(file);
+        write_private(&tmp, &[&digest, &artefact])?;
         std::fs::rename(&tmp, self.dir.join(name))
     }
+}
+
+/// Writes a file only this user may read (`0600`), flushed to disk.
+fn write_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    file.sync_all()
 }

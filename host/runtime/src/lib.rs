@@ -413,15 +413,19 @@ impl Plugin {
         store
     }
 
-    /// What a call's future came to: its value, or the error it ends with (deadline, trap,
-    /// memory cap), with what the guest said on stderr. Dropped log lines are reported here,
-    /// once per call.
-    fn finish<R>(
+    /// One call in a fresh instance under `limit`: its value, or the error it ends with
+    /// (deadline, trap, memory cap) with what the guest said on stderr. Dropped log lines
+    /// are reported here, once per call.
+    fn run<R>(
         &self,
-        outcome: Option<wasmtime::Result<R>>,
-        store: &Store<HostState>,
         limit: Duration,
+        call: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        let mut store = self.store();
+        let outcome = bounded(limit, async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            call(&instance, &mut store).await
+        });
         let state = store.data();
         if state.logs.dropped() > 0 {
             tracing::warn!(
@@ -446,16 +450,10 @@ impl Plugin {
     }
 
     fn call_describe(&self) -> Result<Description, CallError> {
-        let limit = self.runtime.config.describe_timeout;
-        let mut store = self.store();
-        let outcome = bounded(limit, async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
-                .flowhost_plugin_model()
-                .call_describe(&mut store)
-                .await
-        });
-        let d = self.finish(outcome, &store, limit)?;
+        let d = self.run(
+            self.runtime.config.describe_timeout,
+            async |plugin, store| plugin.flowhost_plugin_model().call_describe(store).await,
+        )?;
         Ok(convert::description(d))
     }
 
@@ -475,15 +473,12 @@ impl Plugin {
         limit: Duration,
     ) -> Result<Vec<Result<Association, CallError>>, CallError> {
         let input: Vec<_> = records.iter().map(convert::input_record).collect();
-        let mut store = self.store();
-        let outcome = bounded(limit, async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
+        let out = self.run(limit, async |plugin, store| {
+            plugin
                 .flowhost_plugin_model()
-                .call_associate(&mut store, &input)
+                .call_associate(store, &input)
                 .await
-        });
-        let out = self.finish(outcome, &store, limit)?;
+        })?;
         if out.len() != records.len() {
             return Err(CallError::WrongLength {
                 function: "associate",
@@ -551,15 +546,12 @@ impl Plugin {
                 records,
             })
             .collect();
-        let mut store = self.store();
-        let outcome = bounded(limit, async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
+        let out = self.run(limit, async |plugin, store| {
+            plugin
                 .flowhost_plugin_model()
-                .call_project(&mut store, &input)
+                .call_project(store, &input)
                 .await
-        });
-        let out = self.finish(outcome, &store, limit)?;
+        })?;
         if out.len() != groups.len() {
             return Err(CallError::WrongLength {
                 function: "project",
