@@ -5,8 +5,10 @@
 //! - Canonical: each path → its distinct values in intake order. Strings compare trimmed
 //!   and case-insensitively, and the first spelling is kept as sent; numbers compare by
 //!   value; a string never equals a number.
-//! - Lineage: path → value (kept spelling; JSON text for non-strings) → the sources
-//!   (`system/adapter/external id`) that asserted it, in intake order.
+//! - Lineage: path → a list with one entry per canonical value, in the canonical order:
+//!   `{"value": <the kept value>, "sources": ["system/adapter/external id", …]}`, sources
+//!   in intake order. A string `"1"` and a number `1` are two entries, each with its own
+//!   sources.
 //! - Root: one value per path, chosen by the path's [`Policy`]; the chosen record's own
 //!   value, as sent (one value stays a scalar, an array stays a list).
 //!
@@ -300,25 +302,24 @@ impl<'p> Projector<'p> {
         for (path, state) in paths {
             let mut values: Vec<ValueState> = state.values.into_values().collect();
             values.sort_by_key(|v| v.first);
-            let mut path_lineage = Map::new();
+            let mut path_lineage = Vec::with_capacity(values.len());
             for v in &values {
                 let mut sources: Vec<(&String, &u64)> = v.sources.iter().collect();
                 sources.sort_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)));
-                let text = match &v.kept {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
                 let sources = sources
                     .into_iter()
                     .map(|(label, _)| Value::String(label.clone()))
                     .collect();
-                path_lineage.insert(text, Value::Array(sources));
+                let mut entry = Map::new();
+                entry.insert("value".into(), v.kept.clone());
+                entry.insert("sources".into(), Value::Array(sources));
+                path_lineage.push(Value::Object(entry));
             }
             canonical.insert(
                 path.clone(),
                 Value::Array(values.into_iter().map(|v| v.kept).collect()),
             );
-            lineage.insert(path.clone(), Value::Object(path_lineage));
+            lineage.insert(path.clone(), Value::Array(path_lineage));
             if let Some(candidate) = state.root {
                 root.insert(path, candidate.value);
             }

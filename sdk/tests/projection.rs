@@ -61,7 +61,7 @@ fn worked_example_merge() {
     );
     assert_eq!(
         p.lineage["serial"],
-        json!({"sn-001":["bms/bms-v1/D-1","oem/oem-v1/X-9"]})
+        json!([{"value":"sn-001","sources":["bms/bms-v1/D-1","oem/oem-v1/X-9"]}])
     );
     // last: the latest occurred_at wins, as sent.
     assert_eq!(p.root["serial"], json!("SN-001 "));
@@ -181,8 +181,34 @@ fn lineage_lists_each_source_once_in_intake_order() {
         ]),
         &[],
     );
-    assert_eq!(p.lineage["s"], json!({"A":["oem/oem-v1/X","bms/bms-v1/D"]}));
-    assert_eq!(p.lineage["n"], json!({"2":["oem/oem-v1/X"]}));
+    assert_eq!(
+        p.lineage["s"],
+        json!([{"value":"A","sources":["oem/oem-v1/X","bms/bms-v1/D"]}])
+    );
+    assert_eq!(
+        p.lineage["n"],
+        json!([{"value":2,"sources":["oem/oem-v1/X"]}])
+    );
+}
+
+#[test]
+fn lineage_keeps_a_string_and_a_number_of_the_same_text_apart() {
+    let p = project(
+        &group(vec![
+            rec(1, "bms", "D", 1, json!({"n":"1"})),
+            rec(2, "oem", "X", 2, json!({"n": 1})),
+            rec(3, "crm", "C", 3, json!({"n": 1.0})),
+        ]),
+        &[],
+    );
+    assert_eq!(p.canonical["n"], json!(["1", 1]));
+    assert_eq!(
+        p.lineage["n"],
+        json!([
+            {"value":"1","sources":["bms/bms-v1/D"]},
+            {"value":1,"sources":["oem/oem-v1/X","crm/crm-v1/C"]}
+        ])
+    );
 }
 
 fn arb_value() -> impl Strategy<Value = Value> {

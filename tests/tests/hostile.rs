@@ -505,3 +505,74 @@ fn tampered_cache_is_recompiled(db: &Scratch) {
     let again = check();
     assert!(!again.contains("integrity"), "{again}");
 }
+
+#[test]
+fn a_key_too_long_to_index_parks_its_record_and_the_other_ten_are_associated() {
+    for db in Scratch::both() {
+        let host = Host::new(&db.url);
+        let mut input = String::new();
+        for i in 1..=10 {
+            input += &flowhost_tests::line(
+                "device",
+                "bms",
+                &format!("D-{i}"),
+                json!({"serial": format!("SN-{i}")}),
+            );
+        }
+        input.insert_str(
+            0,
+            &flowhost_tests::line("device", "bms", "LONG", json!({"serial": "x".repeat(4000)})),
+        );
+        block_until_ok(&host.ingest(&input));
+        host.process();
+        let parked = host.parked();
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(parked[0]["id"], "LONG");
+        assert_eq!(parked[0]["reason"], "PLUGIN_FAILED");
+        let details = parked[0]["details"].as_str().unwrap();
+        assert!(
+            details.contains("key 1 is 4007 bytes long, over the limit of 512 bytes"),
+            "{details}"
+        );
+        assert_eq!(
+            host.export("canonical", "device").len(),
+            10,
+            "{}",
+            db.backend
+        );
+    }
+}
+
+#[test]
+fn a_parent_is_found_by_the_id_exactly_as_sent_and_colons_in_systems_are_refused() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    // The device's id ends in a space; the sensor names it the same way.
+    let input = flowhost_tests::line("device", "bms", "D-7 ", json!({"serial": "S7"}))
+        + &flowhost_tests::line(
+            "sensor",
+            "bms",
+            "T-1",
+            json!({"code": "T1", "device_id": "D-7 "}),
+        );
+    block_until_ok(&host.ingest(&input));
+    host.process();
+    assert!(host.parked().is_empty(), "{:?}", host.parked());
+    let device = host.export("canonical", "device");
+    let sensor = host.export("root", "sensor");
+    assert_eq!(sensor[0]["parents"]["device"], device[0]["id"]);
+
+    // `system "a:b", id "c"` and `system "a", id "b:c"` would share `src:a:b:c`.
+    let out = host.ingest(&flowhost_tests::line(
+        "device",
+        "a:b",
+        "c",
+        json!({"serial": "S8"}),
+    ));
+    assert!(!out.status.success());
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        said.contains("line 1: field `source.system` (\"a:b\") may not contain ':'"),
+        "{said}"
+    );
+}

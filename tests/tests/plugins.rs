@@ -173,7 +173,7 @@ fn device_projection_merges_with_lineage() {
     );
     assert_eq!(
         lineage["serial"],
-        json!({"sn-001":["bms/bms-v1/D-1","oem/oem-v1/X-9"]})
+        json!([{"value":"sn-001","sources":["bms/bms-v1/D-1","oem/oem-v1/X-9"]}])
     );
     assert_eq!(
         root,
@@ -261,8 +261,8 @@ fn test_command_shows_decisions_and_projection() {
     );
     assert_eq!(lines[2]["canonical"]["serial"], json!(["sn-001"]));
     assert_eq!(
-        lines[2]["lineage"]["serial"]["sn-001"],
-        json!(["bms/bms-v1/D-1", "oem/oem-v1/X-9"])
+        lines[2]["lineage"]["serial"],
+        json!([{"value": "sn-001", "sources": ["bms/bms-v1/D-1", "oem/oem-v1/X-9"]}])
     );
 }
 

@@ -50,7 +50,7 @@ fn merge_two_sources_into_one_device_with_lineage() {
         let lineage = host.export("lineage", "device");
         assert_eq!(
             lineage[0]["lineage"]["serial"],
-            json!({"sn-001":["bms/bms-v1/D-1","oem/oem-v1/X-9"]})
+            json!([{"value":"sn-001","sources":["bms/bms-v1/D-1","oem/oem-v1/X-9"]}])
         );
         assert_eq!(lineage[0]["id"], canonical[0]["id"]);
         let root = host.export("root", "device");

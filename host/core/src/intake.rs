@@ -24,6 +24,34 @@ pub struct IntakeRecord {
     pub payload_hash: String,
 }
 
+/// What one record may hold; a line over a limit is refused with the limit named. Checked
+/// before anything reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntakeLimits {
+    /// The longest `id`, in bytes.
+    pub max_id_bytes: usize,
+    /// The longest `source.system` and `source.adapter`, in bytes.
+    pub max_system_bytes: usize,
+    /// The largest payload, as compact JSON, in bytes.
+    pub max_payload_bytes: usize,
+    /// The deepest nesting of objects and arrays in a payload.
+    pub max_depth: usize,
+    /// The most values (leaves: strings, numbers, booleans, nulls) in one payload.
+    pub max_values: usize,
+}
+
+impl Default for IntakeLimits {
+    fn default() -> Self {
+        Self {
+            max_id_bytes: 256,
+            max_system_bytes: 64,
+            max_payload_bytes: 1 << 20,
+            max_depth: 32,
+            max_values: 10_000,
+        }
+    }
+}
+
 /// Why a line was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
@@ -51,6 +79,21 @@ pub enum LineError {
     UnknownModel { model: String, known: String },
     #[error("`{0}` contains a NUL character (\\u0000), which cannot be stored")]
     Nul(String),
+    #[error(
+        "field `source.system` ({0:?}) may not contain ':' or control characters: source keys are `src:{{system}}:{{id}}`, and a ':' would let two sources share one"
+    )]
+    BadSystem(String),
+    #[error("field `{field}` is {size} bytes, over the limit of {limit} bytes ({setting})")]
+    TooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+        setting: &'static str,
+    },
+    #[error("field `payload` nests {0} levels deep, over the limit of {1} (intake.max_depth)")]
+    TooDeep(String, usize),
+    #[error("field `payload` holds {0} values, over the limit of {1} (intake.max_values)")]
+    TooManyValues(usize, usize),
 }
 
 /// The path of the first string (or object key) holding a NUL character, if any.
@@ -110,10 +153,27 @@ fn required_string(
     }
 }
 
-/// Validates one line. `now` is the intake time, used when `occurred_at` is absent.
+/// Validates one line under the default limits. `now` is the intake time, used when
+/// `occurred_at` is absent.
 pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineError> {
+    parse_line_within(line, now, &IntakeLimits::default())
+}
+
+/// Validates one line under `limits`.
+pub fn parse_line_within(
+    line: &[u8],
+    now: DateTime<Utc>,
+    limits: &IntakeLimits,
+) -> Result<IntakeRecord, LineError> {
     let text = std::str::from_utf8(line).map_err(|e| LineError::NotUtf8(e.valid_up_to()))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        // serde_json stops at 128 levels, before any limit of ours could be looked at.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            LineError::TooDeep("more than 128".into(), limits.max_depth)
+        } else {
+            LineError::Json(e.to_string())
+        }
+    })?;
     // JSON can carry NUL only escaped; neither database stores it in text, and one such
     // record must not fail the batch it would be stored with.
     if text.contains("u0000") {
@@ -138,6 +198,27 @@ pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineE
         }
     };
     let system = required_string(source, "system", "source.system")?;
+    if system.chars().any(|c| c == ':' || c.is_control()) {
+        return Err(LineError::BadSystem(system.chars().take(64).collect()));
+    }
+    let bounded = |field, text: &str, limit, setting| {
+        if text.len() > limit {
+            Err(LineError::TooLarge {
+                field,
+                size: text.len(),
+                limit,
+                setting,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    bounded(
+        "source.system",
+        &system,
+        limits.max_system_bytes,
+        "intake.max_system_bytes",
+    )?;
     let adapter = match source.get("adapter") {
         None | Some(Value::Null) => system.clone(),
         Some(Value::String(s)) if s.trim().is_empty() => system.clone(),
@@ -150,7 +231,19 @@ pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineE
             });
         }
     };
+    bounded(
+        "source.adapter",
+        &adapter,
+        limits.max_system_bytes,
+        "intake.max_system_bytes",
+    )?;
     let external_id = required_string(&obj, "id", "id")?;
+    bounded(
+        "id",
+        &external_id,
+        limits.max_id_bytes,
+        "intake.max_id_bytes",
+    )?;
     let payload = match obj.get("payload") {
         None | Some(Value::Null) => return Err(LineError::Missing("payload")),
         Some(Value::Object(p)) => p,
@@ -175,7 +268,21 @@ pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineE
             });
         }
     };
+    let (depth, values) = shape(payload);
+    if depth > limits.max_depth {
+        return Err(LineError::TooDeep(depth.to_string(), limits.max_depth));
+    }
+    if values > limits.max_values {
+        return Err(LineError::TooManyValues(values, limits.max_values));
+    }
     let payload_value = Value::Object(payload.clone());
+    let payload_text = payload_value.to_string();
+    bounded(
+        "payload",
+        &payload_text,
+        limits.max_payload_bytes,
+        "intake.max_payload_bytes",
+    )?;
     Ok(IntakeRecord {
         model,
         source: Source { adapter, system },
@@ -183,8 +290,35 @@ pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineE
         occurred_at: occurred.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         occurred_micros: occurred.timestamp_micros(),
         payload_hash: payload_hash(&payload_value),
-        payload: payload_value.to_string(),
+        payload: payload_text,
     })
+}
+
+/// How deep a payload nests (the payload object itself is level 1) and how many values
+/// (leaves) it holds.
+fn shape(payload: &Map<String, Value>) -> (usize, usize) {
+    fn walk(value: &Value, depth: usize, deepest: &mut usize, values: &mut usize) {
+        match value {
+            Value::Object(map) => {
+                *deepest = (*deepest).max(depth + 1);
+                for v in map.values() {
+                    walk(v, depth + 1, deepest, values);
+                }
+            }
+            Value::Array(items) => {
+                *deepest = (*deepest).max(depth + 1);
+                for v in items {
+                    walk(v, depth + 1, deepest, values);
+                }
+            }
+            _ => *values += 1,
+        }
+    }
+    let (mut deepest, mut values) = (1, 0);
+    for v in payload.values() {
+        walk(v, 1, &mut deepest, &mut values);
+    }
+    (deepest, values)
 }
 
 /// SHA-256 (hex) of a JSON value written with object keys sorted.
@@ -289,6 +423,74 @@ mod tests {
     fn errors_name_the_field() {
         assert!(err("{").starts_with("invalid JSON"));
         assert_eq!(err("[1]"), "a record must be a JSON object, got an array");
+        let limited = |line: &str| {
+            let limits = IntakeLimits {
+                max_id_bytes: 4,
+                max_system_bytes: 3,
+                max_payload_bytes: 20,
+                max_depth: 3,
+                max_values: 4,
+            };
+            parse_line_within(line.as_bytes(), now(), &limits)
+                .map(|_| "ok".to_string())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        assert_eq!(
+            limited(r#"{"model":"m","source":{"system":"s"},"id":"12345","payload":{}}"#),
+            "field `id` is 5 bytes, over the limit of 4 bytes (intake.max_id_bytes)"
+        );
+        assert_eq!(
+            limited(r#"{"model":"m","source":{"system":"sys1"},"id":"1","payload":{}}"#),
+            "field `source.system` is 4 bytes, over the limit of 3 bytes (intake.max_system_bytes)"
+        );
+        assert_eq!(
+            limited(
+                r#"{"model":"m","source":{"system":"s","adapter":"long"},"id":"1","payload":{}}"#
+            ),
+            "field `source.adapter` is 4 bytes, over the limit of 3 bytes (intake.max_system_bytes)"
+        );
+        assert_eq!(
+            limited(r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"a":{"b":[1]}}}"#),
+            "ok"
+        );
+        assert_eq!(
+            limited(
+                r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"a":{"b":[[1]]}}}"#
+            ),
+            "field `payload` nests 4 levels deep, over the limit of 3 (intake.max_depth)"
+        );
+        assert_eq!(
+            limited(
+                r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"a":[1,2,3],"b":null,"c":true}}"#
+            ),
+            "field `payload` holds 5 values, over the limit of 4 (intake.max_values)"
+        );
+        assert_eq!(
+            limited(
+                r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"text":"abcdefghijklmnop"}}"#
+            ),
+            "field `payload` is 27 bytes, over the limit of 20 bytes (intake.max_payload_bytes)"
+        );
+        let deep = format!(
+            r#"{{"model":"m","source":{{"system":"s"}},"id":"1","payload":{{"a":{}1{}}}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(
+            err(&deep),
+            "field `payload` nests more than 128 levels deep, over the limit of 32 (intake.max_depth)"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","source":{"system":"a:b"},"id":"c","payload":{}}"#),
+            "field `source.system` (\"a:b\") may not contain ':' or control characters: source keys are `src:{system}:{id}`, and a ':' would let two sources share one"
+        );
+        assert_eq!(
+            err(r#"{"model":"m","source":{"system":"a\tb"},"id":"c","payload":{}}"#)
+                .split(':')
+                .next()
+                .unwrap(),
+            "field `source.system` (\"a\\tb\") may not contain '"
+        );
         assert_eq!(
             err(r#"{"source":{"system":"s"},"id":"1","payload":{}}"#),
             "missing field `model`"

@@ -439,7 +439,16 @@ async fn pipeline(
     let before = store.statements();
     let started = Instant::now();
     let intake_batch = batch_size.unwrap_or(ingest::BATCH);
-    ingest::ingest(&store, file, &known, 4 << 20, false, intake_batch).await?;
+    ingest::ingest(
+        &store,
+        file,
+        &known,
+        4 << 20,
+        &Default::default(),
+        false,
+        intake_batch,
+    )
+    .await?;
     let ingest_time = started.elapsed();
     let report = engine
         .run_until_idle()

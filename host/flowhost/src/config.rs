@@ -21,6 +21,7 @@ pub struct Config {
     pub database: Database,
     pub plugins: Plugins,
     pub server: Server,
+    pub intake: Intake,
     pub stages: Stages,
     pub log: Log,
 }
@@ -33,6 +34,18 @@ pub struct Database {
     pub pool_size: u32,
     /// How long a SQLite writer waits for another process's write lock.
     pub busy_timeout_ms: u64,
+    /// SQLite: `full` flushes every commit to disk before it returns (an acknowledged
+    /// record survives a power failure); `normal` survives a crash of the process only.
+    pub sqlite_synchronous: Synchronous,
+}
+
+/// How SQLite commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
 }
 
 impl Default for Database {
@@ -41,6 +54,7 @@ impl Default for Database {
             url: "sqlite://flowhost.db".into(),
             pool_size: 8,
             busy_timeout_ms: 30_000,
+            sqlite_synchronous: Synchronous::Full,
         }
     }
 }
@@ -151,6 +165,33 @@ impl Default for Server {
             body_limit_bytes: d.body_limit,
             max_line_bytes: d.max_line_bytes,
             shutdown_deadline_s: 30,
+        }
+    }
+}
+
+/// What one record may hold (HTTP and `ingest`); a line over a limit is refused naming it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Intake {
+    pub max_id_bytes: usize,
+    /// For `source.system` and `source.adapter`.
+    pub max_system_bytes: usize,
+    pub max_payload_bytes: usize,
+    /// Nesting of objects and arrays in a payload.
+    pub max_depth: usize,
+    /// Values (strings, numbers, booleans, nulls) in one payload.
+    pub max_values: usize,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        let d = flowhost_core::intake::IntakeLimits::default();
+        Self {
+            max_id_bytes: d.max_id_bytes,
+            max_system_bytes: d.max_system_bytes,
+            max_payload_bytes: d.max_payload_bytes,
+            max_depth: d.max_depth,
+            max_values: d.max_values,
         }
     }
 }
@@ -493,6 +534,7 @@ impl Config {
         flowhost_store::StoreOptions {
             max_connections: self.database.pool_size.max(1),
             busy_timeout: std::time::Duration::from_millis(self.database.busy_timeout_ms),
+            durable_commits: self.database.sqlite_synchronous == Synchronous::Full,
         }
     }
 
@@ -541,12 +583,23 @@ impl Config {
         }
     }
 
+    pub fn intake_limits(&self) -> flowhost_core::intake::IntakeLimits {
+        flowhost_core::intake::IntakeLimits {
+            max_id_bytes: self.intake.max_id_bytes.max(1),
+            max_system_bytes: self.intake.max_system_bytes.max(1),
+            max_payload_bytes: self.intake.max_payload_bytes.max(2),
+            max_depth: self.intake.max_depth.max(1),
+            max_values: self.intake.max_values,
+        }
+    }
+
     pub fn server(&self) -> Result<flowhost_server::ServerConfig> {
         Ok(flowhost_server::ServerConfig {
             listen: self.listen()?,
             admin_token: self.server.admin_token.clone().filter(|t| !t.is_empty()),
             body_limit: self.server.body_limit_bytes,
             max_line_bytes: self.server.max_line_bytes,
+            intake: self.intake_limits(),
         })
     }
 

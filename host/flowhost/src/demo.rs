@@ -57,7 +57,16 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
     let known: BTreeSet<String> = models.iter().cloned().collect();
     let statements_before = store.statements();
     let started = Instant::now();
-    let summary = ingest::ingest(&store, &file, &known, 4 << 20, true, ingest::BATCH).await?;
+    let summary = ingest::ingest(
+        &store,
+        &file,
+        &known,
+        4 << 20,
+        &Default::default(),
+        true,
+        ingest::BATCH,
+    )
+    .await?;
     let ingest_time = started.elapsed();
     println!(
         "ingest   accepted {}, duplicates {}, refused {} in {:.2} s ({:.0} records/s)",

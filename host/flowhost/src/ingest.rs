@@ -55,6 +55,7 @@ pub async fn ingest(
     input: &Path,
     known: &BTreeSet<String>,
     max_line: usize,
+    limits: &flowhost_core::intake::IntakeLimits,
     progress: bool,
     batch_size: usize,
 ) -> Result<IntakeSummary> {
@@ -74,7 +75,8 @@ pub async fn ingest(
     };
     let bar = progress_bar(progress && std::io::stderr().is_terminal(), size);
     let mut reader = reader;
-    let mut intake = LineIntake::new(store, known.clone(), max_line, batch_size);
+    let mut intake =
+        LineIntake::new(store, known.clone(), max_line, batch_size).with_limits(*limits);
     let mut line = Vec::new();
     let mut line_no = 0u64;
     let mut bytes = 0u64;

@@ -311,6 +311,7 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
                 &input,
                 &known,
                 max_line_bytes.unwrap_or(config.server.max_line_bytes),
+                &config.intake_limits(),
                 true,
                 ingest::BATCH,
             )

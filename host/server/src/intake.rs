@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flowhost_core::intake::{IntakeRecord, LineError, parse_line};
+use flowhost_core::intake::{IntakeLimits, IntakeRecord, LineError, parse_line_within};
 use flowhost_store::{Appended, Store, StoreError};
 use futures::StreamExt;
 use serde_json::json;
@@ -38,6 +38,7 @@ pub struct LineIntake<'a> {
     known: BTreeSet<String>,
     known_list: String,
     max_line: usize,
+    limits: IntakeLimits,
     batch_size: usize,
     batch: Vec<IntakeRecord>,
     pub summary: IntakeSummary,
@@ -63,10 +64,16 @@ impl<'a> LineIntake<'a> {
             known,
             known_list,
             max_line,
+            limits: IntakeLimits::default(),
             batch_size,
             batch: Vec::with_capacity(batch_size.min(4_096)),
             summary: IntakeSummary::default(),
         }
+    }
+
+    /// The same intake under other record limits.
+    pub fn with_limits(self, limits: IntakeLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// Takes one line (without its newline; a trailing `\r` is dropped). `len` is the
@@ -80,7 +87,7 @@ impl<'a> LineIntake<'a> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return LineOutcome::Skipped;
         }
-        let parsed = parse_line(line, chrono::Utc::now()).and_then(|r| {
+        let parsed = parse_line_within(line, chrono::Utc::now(), &self.limits).and_then(|r| {
             if self.known.contains(&r.model) {
                 Ok(r)
             } else {
@@ -174,7 +181,8 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     let store = state.store();
     let known: BTreeSet<String> = store.models().await?.into_iter().map(|m| m.name).collect();
     let max_line = state.config().max_line_bytes;
-    let mut intake = LineIntake::new(store, known, max_line, BATCH);
+    let mut intake =
+        LineIntake::new(store, known, max_line, BATCH).with_limits(state.config().intake);
     let mut errors = Vec::new();
     let mut line_no = 0u64;
     let mut current: Vec<u8> = Vec::new();

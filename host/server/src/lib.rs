@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// The longest NDJSON line, in bytes (the line is refused above it).
     pub max_line_bytes: usize,
+    /// What one record may hold.
+    pub intake: flowhost_core::intake::IntakeLimits,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             admin_token: None,
             body_limit: 64 << 20,
             max_line_bytes: 4 << 20,
+            intake: flowhost_core::intake::IntakeLimits::default(),
         }
     }
 }

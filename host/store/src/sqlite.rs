@@ -98,7 +98,11 @@ impl SqliteStore {
             .map_err(open_err)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(if options.durable_commits {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
             .busy_timeout(options.busy_timeout)
             // 16 MiB of page cache per connection (bounded memory whatever the data size;
             // larger caches measured no faster), temporary tables in memory.

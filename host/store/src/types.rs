@@ -9,6 +9,10 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a writer waits for another process's write lock (SQLite).
     pub busy_timeout: std::time::Duration,
+    /// SQLite: every commit is flushed to disk before it returns (`synchronous=FULL`), so
+    /// an acknowledged record survives a power failure. Off (`NORMAL`), a commit survives a
+    /// crash of the process but the last ones may be lost when the machine loses power.
+    pub durable_commits: bool,
 }
 
 impl Default for StoreOptions {
@@ -16,6 +20,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 8,
             busy_timeout: std::time::Duration::from_secs(30),
+            durable_commits: true,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! PostgreSQL database (created per test, dropped after). Under `CI=true` a PostgreSQL that
 //! cannot be reached fails the suite.
 
-use flowhost_core::intake::{IntakeRecord, parse_line};
+use flowhost_core::intake::{IntakeLimits, IntakeRecord, parse_line_within};
 use flowhost_core::{ParentKey, ParentLink, ParkReason};
 use flowhost_store::*;
 use std::future::Future;
@@ -89,7 +89,13 @@ fn record(model: &str, system: &str, id: &str, payload: &str) -> IntakeRecord {
     let line = format!(
         r#"{{"model":"{model}","source":{{"system":"{system}"}},"id":"{id}","occurred_at":"2026-03-01T10:00:00Z","payload":{payload}}}"#
     );
-    parse_line(line.as_bytes(), chrono::Utc::now()).unwrap()
+    // The store must round-trip whatever an operator lets in: payloads over the default
+    // intake limit included.
+    let limits = IntakeLimits {
+        max_payload_bytes: 64 << 20,
+        ..IntakeLimits::default()
+    };
+    parse_line_within(line.as_bytes(), chrono::Utc::now(), &limits).unwrap()
 }
 
 fn lease(stage: Stage, model: &str, holder: &str) -> Lease {

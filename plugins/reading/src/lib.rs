@@ -27,7 +27,7 @@ impl Model for Reading {
             Some(Value::String(id)) if !id.trim().is_empty() => Ok(vec![ParentKey::by_source(
                 "sensor",
                 &record.source.system,
-                id.trim(),
+                id,
             )]),
             _ => Err(Rejection::new(
                 "MISSING_SENSOR",

@@ -26,14 +26,16 @@ impl Model for Sensor {
         }
     }
 
-    /// The device, by its source key in this record's system.
+    /// The device, by its source key in this record's system, built from `device_id` exactly
+    /// as the device's own source key is built from its id (untrimmed: ids are taken as
+    /// sent).
     fn parents(record: &Record) -> Result<Vec<ParentKey>, Rejection> {
         match record.get("device_id") {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::String(id)) if !id.trim().is_empty() => Ok(vec![ParentKey::by_source(
                 "device",
                 &record.source.system,
-                id.trim(),
+                id,
             )]),
             Some(_) => Err(Rejection::new(
                 "BAD_DEVICE_ID",
