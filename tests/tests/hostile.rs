@@ -576,3 +576,50 @@ fn a_parent_is_found_by_the_id_exactly_as_sent_and_colons_in_systems_are_refused
         "{said}"
     );
 }
+
+#[test]
+fn requests_a_web_page_could_send_from_another_site_are_refused() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let mut server = Server::start(&host, &[]);
+    let base = server.url();
+    let http = Http::new(&base);
+    let record = flowhost_tests::line("device", "bms", "D-1", json!({"serial": "S1"}));
+    // A browser sends these cross-site without asking the host first: refused, nothing stored.
+    for headers in [
+        vec![("content-type", "text/plain")],
+        vec![("content-type", "application/x-www-form-urlencoded")],
+        vec![],
+    ] {
+        let answer = http.request("POST", "/v1/records", &headers, record.clone().into_bytes());
+        assert_eq!(answer.status, 415, "{headers:?}: {}", answer.body);
+        assert!(
+            answer.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("application/x-ndjson")
+        );
+    }
+    assert_eq!(counts(&http, "device")["references"], 0);
+    assert_eq!(http.records(&record).status, 200, "NDJSON is taken");
+
+    // Admin actions from a page of another origin are refused; from this host's own
+    // origin, or without an Origin header, they are taken.
+    let requeue = |origin: Option<&str>| {
+        let mut headers = Vec::new();
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        http.request("POST", "/v1/parked/requeue", &headers, Vec::new())
+    };
+    let refused = requeue(Some("http://attacker.example"));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("cross-site request refused"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(requeue(Some(&base)).status, 200);
+    assert_eq!(requeue(None).status, 200);
+    assert!(server.stop().success());
+}

@@ -31,13 +31,19 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// The database failed: the request may be retried.
+    /// The database failed: the request may be retried. What the database said (SQL,
+    /// names, paths) goes to the log under an error id; the client gets the id only.
     pub fn store(e: StoreError) -> Self {
-        tracing::warn!("request failed on the database: {e}");
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let id = &id[id.len() - 12..];
+        tracing::warn!(error_id = id, "request failed on the database: {e}");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database failed: {e}; retry later"),
+            format!(
+                "the database failed (error id {id}; the service's log has the details); retry later"
+            ),
         )
+        .with(json!({ "error_id": id }))
     }
 
     pub fn with(mut self, extra: Value) -> Self {
@@ -71,3 +77,23 @@ impl From<StoreError> for ApiError {
 
 /// The result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_reaches_the_client_as_an_id_only() {
+        let e = StoreError::Query {
+            operation: "read views",
+            model: "device".into(),
+            source: sqlx::Error::Protocol("SELECT secret FROM /var/lib/flowhost/x.db".into()),
+        };
+        let error = ApiError::store(e);
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!error.message.contains("SELECT"), "{}", error.message);
+        assert!(!error.message.contains("/var/lib"), "{}", error.message);
+        let id = error.extra.as_ref().unwrap()["error_id"].as_str().unwrap();
+        assert!(error.message.contains(id));
+    }
+}

@@ -327,9 +327,15 @@ fn record_metrics(s: &IntakeSummary) {
     }
 }
 
+/// Intake takes NDJSON (or JSON) by its content type only. A web page can make a browser
+/// send `text/plain`, a form or no type at all to another site without asking it first;
+/// refusing those means no page can post records through a user's loopback host.
 fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "no content-type: send one JSON record per line with content-type: application/x-ndjson",
+        ));
     };
     let essence = value
         .to_str()
@@ -343,13 +349,13 @@ fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
         "application/x-ndjson"
         | "application/jsonl"
         | "application/json-lines"
-        | "application/json"
-        | "text/plain" => Ok(()),
+        | "application/json" => Ok(()),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
                 "content-type '{other}' is not NDJSON: send one JSON record per line with \
-                 content-type: application/x-ndjson"
+                 content-type: application/x-ndjson (text/plain and forms are refused: a web \
+                 page could send them from another site)"
             ),
         )),
     }

@@ -209,12 +209,36 @@ pub(crate) fn ndjson(body: String, next: Option<String>) -> Response {
     response
 }
 
+/// Why a request that a browser sent from another site's page is refused: its `Origin` is
+/// not this host (as the request's `Host` names it). Requests without `Origin` (curl,
+/// scripts, the CLI) pass.
+fn foreign_origin(headers: &axum::http::HeaderMap) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let own = |scheme: &str| format!("{scheme}://{host}");
+    if !host.is_empty() && (origin == own("http") || origin == own("https")) {
+        return None;
+    }
+    Some(format!(
+        "cross-site request refused: admin actions are not taken for a page from origin \
+         {:?}; send them without an Origin header (curl, scripts) or from this host's own page",
+        origin.chars().take(100).collect::<String>()
+    ))
+}
+
 /// Compares in time independent of where the strings differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(refusal) = foreign_origin(request.headers()) {
+        return ApiError::new(StatusCode::FORBIDDEN, refusal).into_response();
+    }
     let Some(token) = state
         .config()
         .admin_token
