@@ -161,8 +161,19 @@ pub(crate) async fn post_records(
 }
 
 async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    check_content_type(&headers)?;
     let limit = state.config().body_limit;
+    if let Err(refusal) = check_content_type(&headers) {
+        // Read the body (discarding, at most up to the limit), so that a client still
+        // sending gets the answer rather than a reset connection.
+        let mut stream = body.into_data_stream();
+        let mut received = 0usize;
+        while received <= limit
+            && let Some(Ok(chunk)) = stream.next().await
+        {
+            received += chunk.len();
+        }
+        return Err(refusal);
+    }
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
