@@ -623,3 +623,93 @@ fn requests_a_web_page_could_send_from_another_site_are_refused() {
     assert_eq!(requeue(None).status, 200);
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_client_that_stops_sending_is_cut_off_and_excess_requests_are_told_to_retry() {
+    use std::io::{Read, Write};
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let mut server = Server::start(
+        &host,
+        &[
+            "--set",
+            "server.max_concurrent_requests=1",
+            "--set",
+            "server.body_idle_timeout_s=1",
+        ],
+    );
+    let base = server.url();
+    let http = Http::new(&base);
+    // A client that starts a body and then sends nothing more, holding the only place. (If
+    // one of this test's own requests held the place at that moment, the slow one is turned
+    // away at once: then it tries again.)
+    let address = base.trim_start_matches("http://").to_string();
+    let line = flowhost_tests::line("device", "bms", "D-1", json!({"serial": "S1"}));
+    let started = Instant::now();
+    let mut slow = loop {
+        let mut slow = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            slow,
+            "POST /v1/records HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-ndjson\r\n\
+             transfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
+            line.len()
+        )
+        .unwrap();
+        slow.flush().unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut first = [0u8; 12];
+        match slow.read(&mut first) {
+            // No answer yet: the request is in the handler, waiting for more body.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break slow;
+            }
+            other => assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the slow request was answered: {other:?}"
+            ),
+        }
+    };
+    let mut busy = None;
+    wait_for("a request turned away", Duration::from_secs(30), || {
+        let answer = http.get("/v1/models");
+        let turned_away = answer.status == 503;
+        if turned_away {
+            busy = Some(answer);
+        }
+        turned_away
+    });
+    let busy = busy.unwrap();
+    assert_eq!(busy.header("retry-after").as_deref(), Some("1"));
+    assert!(
+        busy.body.contains("server.max_concurrent_requests"),
+        "{}",
+        busy.body
+    );
+    assert_eq!(http.get("/health/ready").status, 200, "probes always pass");
+
+    // The idle body is cut off: 408, and the line before it is durable.
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.body_idle_timeout_s"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    wait_for(
+        "the place to be free again",
+        Duration::from_secs(30),
+        || http.get("/v1/models").status == 200,
+    );
+    assert_eq!(
+        counts(&http, "device")["pending"].as_i64().unwrap()
+            + counts(&http, "device")["keyed"].as_i64().unwrap(),
+        1
+    );
+    assert!(server.stop().success());
+}

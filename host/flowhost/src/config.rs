@@ -154,6 +154,10 @@ pub struct Server {
     pub max_line_bytes: usize,
     /// On SIGTERM/SIGINT: how long in-flight requests and batches may take to finish.
     pub shutdown_deadline_s: u64,
+    /// The most requests served at once; more get 503 with `retry-after`.
+    pub max_concurrent_requests: usize,
+    /// How long a request body may send nothing before the request ends (408).
+    pub body_idle_timeout_s: u64,
 }
 
 impl Default for Server {
@@ -165,6 +169,8 @@ impl Default for Server {
             body_limit_bytes: d.body_limit,
             max_line_bytes: d.max_line_bytes,
             shutdown_deadline_s: 30,
+            max_concurrent_requests: d.max_concurrent_requests,
+            body_idle_timeout_s: d.body_idle_timeout.as_secs(),
         }
     }
 }
@@ -600,6 +606,10 @@ impl Config {
             body_limit: self.server.body_limit_bytes,
             max_line_bytes: self.server.max_line_bytes,
             intake: self.intake_limits(),
+            max_concurrent_requests: self.server.max_concurrent_requests.max(1),
+            body_idle_timeout: std::time::Duration::from_secs(
+                self.server.body_idle_timeout_s.max(1),
+            ),
         })
     }
 

@@ -210,7 +210,26 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
         }
     };
 
-    'read: while let Some(chunk) = stream.next().await {
+    let idle = state.config().body_idle_timeout;
+    'read: loop {
+        // A client that stops sending mid-body would hold the request (and a place among
+        // the concurrent ones) forever: past the idle timeout the request ends.
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                stop = Some(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body sent nothing for {} s (server.body_idle_timeout_s) after line \
+                         {line_no}; the good records of the lines before are durable; send the \
+                         rest again (re-sending is safe: duplicates are recognised)",
+                        idle.as_secs_f64()
+                    ),
+                ));
+                break;
+            }
+        };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {

@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub max_line_bytes: usize,
     /// What one record may hold.
     pub intake: flowhost_core::intake::IntakeLimits,
+    /// The most requests served at once; more get 503 with `retry-after`.
+    pub max_concurrent_requests: usize,
+    /// How long a request body may send nothing before the request ends (408).
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,8 @@ impl Default for ServerConfig {
             body_limit: 64 << 20,
             max_line_bytes: 4 << 20,
             intake: flowhost_core::intake::IntakeLimits::default(),
+            max_concurrent_requests: 256,
+            body_idle_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct AppState {
 struct Inner {
     engine: Engine,
     registry: Registry,
+    /// Places for requests served at once (`max_concurrent_requests`).
+    places: Arc<tokio::sync::Semaphore>,
     config: ServerConfig,
     metrics: Option<Metrics>,
     shutdown: CancellationToken,
@@ -106,6 +114,9 @@ impl AppState {
             inner: Arc::new(Inner {
                 engine,
                 registry,
+                places: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_concurrent_requests.max(1),
+                )),
                 config,
                 metrics,
                 shutdown,
@@ -158,6 +169,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_concurrency,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
@@ -207,6 +222,35 @@ pub(crate) fn ndjson(body: String, next: Option<String>) -> Response {
         response.headers_mut().insert("x-next-after", next);
     }
     response
+}
+
+/// Serves at most `max_concurrent_requests` requests at once; the next ones are told at
+/// once to come back (503 with `retry-after`) rather than queued without bound. Health
+/// probes always get through, so an overloaded host is not taken for a dead one.
+async fn limit_concurrency(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path().starts_with("/health/") {
+        return next.run(request).await;
+    }
+    let Ok(_place) = state.inner.places.clone().try_acquire_owned() else {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the service is serving {} requests at once (server.max_concurrent_requests); \
+                 retry in a moment",
+                state.config().max_concurrent_requests
+            ),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request).await
 }
 
 /// Why a request that a browser sent from another site's page is refused: its `Origin` is
