@@ -60,7 +60,7 @@ fn processes_opening_a_new_sqlite_file_at_once_all_succeed() {
         let children: Vec<_> = (0..4)
             .map(|_| {
                 host.command()
-                    .args(["plugins", "list"])
+                    .args(["parked"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -76,4 +76,36 @@ fn processes_opening_a_new_sqlite_file_at_once_all_succeed() {
             );
         }
     }
+}
+
+#[test]
+fn a_host_without_plugins_says_so_until_one_arrives() {
+    use flowhost_tests::{Http, Server, plugin, text};
+    let db = Scratch::sqlite();
+    let empty = tempfile::tempdir().unwrap();
+    let host = Host {
+        db: db.url.clone(),
+        plugins: empty.path().to_path_buf(),
+    };
+    let said = format!("no plugins in {}", empty.path().display());
+    let out = host.run(&["plugins", "list"]);
+    assert!(
+        !out.status.success(),
+        "plugins list with nothing to list fails"
+    );
+    assert!(text(&out.stderr).contains(&said), "{}", text(&out.stderr));
+
+    let mut server = Server::start(&host, &[]);
+    let http = Http::new(&server.url());
+    let ready = http.get("/health/ready");
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains(&said), "{}", ready.body);
+    // A plugin dropped into the folder makes the host ready.
+    std::fs::copy(plugin("device"), empty.path().join("device.wasm")).unwrap();
+    wait_for("readiness", Duration::from_secs(30), || {
+        http.get("/health/ready").status == 200
+    });
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    assert!(log.contains(&said), "serve warns: {log}");
 }

@@ -71,9 +71,19 @@ pub async fn run_with_database(cmd: PluginsCommand, env: &crate::app::Env) -> Re
         PluginsCommand::List { json } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            list(&store, json, &mut out).await?;
+            let listed = list(&store, json, &mut out).await?;
             std::io::Write::flush(&mut out)?;
-            ExitCode::SUCCESS
+            if listed == 0 {
+                // Nothing was ever loaded from this database: say where we looked.
+                eprintln!(
+                    "no plugins in {}: no model has ever been loaded into {}; drop *.wasm components there (or name the folder with --plugins)",
+                    env.registry.dir.display(),
+                    flowhost_store::redacted(&env.db)
+                );
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         PluginsCommand::Rollback { model, to } => {
             let runtime = Runtime::new(env.limits.clone())?;
@@ -116,12 +126,12 @@ pub async fn run_with_database(cmd: PluginsCommand, env: &crate::app::Env) -> Re
 use flowhost_registry::short;
 
 /// `flowhost plugins list`, from the database (what every host recorded): the same objects
-/// as `GET /v1/plugins`, as NDJSON or readable text.
+/// as `GET /v1/plugins`, as NDJSON or readable text. Returns how many models it listed.
 async fn list(
     store: &flowhost_store::Store,
     as_json: bool,
     out: &mut impl std::io::Write,
-) -> Result<()> {
+) -> Result<usize> {
     let (models, refused) = flowhost_server::plugins_json(store)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -129,7 +139,7 @@ async fn list(
         for line in models.iter().chain(&refused) {
             writeln!(out, "{line}")?;
         }
-        return Ok(());
+        return Ok(models.len());
     }
     let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let n = |v: &Value| v.as_i64().unwrap_or(0);
@@ -194,7 +204,7 @@ async fn list(
             s(&f["at"])
         )?;
     }
-    Ok(())
+    Ok(models.len())
 }
 
 /// Loads a plugin, or prints the one-line reason and returns `None`.

@@ -57,10 +57,22 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
         });
     }
     tracker.close();
+    let models = engine.plugins().models();
+    if models.is_empty() {
+        tracing::warn!(
+            dir = %env.registry.dir.display(),
+            "no plugins in {}: nothing can be processed until *.wasm components are dropped there (not ready until then)",
+            env.registry.dir.display()
+        );
+    }
     eprintln!(
         "flowhost listening on http://{address}, serving {} with models {}",
         flowhost_store::redacted(&env.db),
-        engine.plugins().models().join(", ")
+        if models.is_empty() {
+            format!("none (no plugins in {})", env.registry.dir.display())
+        } else {
+            models.join(", ")
+        }
     );
     tracing::info!(%address, db = %flowhost_store::redacted(&env.db), "serving");
 

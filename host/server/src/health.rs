@@ -25,6 +25,10 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Va
             h.missing_migrations.join(", ")
         )),
         Ok(_) => match store.models().await {
+            Ok(_) if state.engine().plugins().models().is_empty() => reasons.push(format!(
+                "no plugins in {}: drop *.wasm components there (a running host loads them at once)",
+                state.registry().config().dir.display()
+            )),
             Ok(models) => {
                 let (status, _) = state.registry().status();
                 for m in models {
