@@ -59,3 +59,29 @@ fn latency_under_steady_load_measures_every_record() {
     assert_eq!(v["records"], v["measured"], "{v}");
     assert!(v["p99_ms"].as_f64().unwrap() >= v["p50_ms"].as_f64().unwrap());
 }
+
+#[test]
+fn bench_faults_times_each_misbehaving_call_to_its_time_limit() {
+    let fixtures = flowhost_tests::plugins_dir().join("fixtures");
+    let out = flowhost_tests::flowhost(&[
+        "bench",
+        "faults",
+        "--wasm",
+        fixtures.join("faulty.wasm").to_str().unwrap(),
+        "--describe",
+        fixtures.join("sleepy-describe.wasm").to_str().unwrap(),
+        "--timeout-ms",
+        "200",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(v["limit_ms"], 200);
+    for case in ["sleeps an hour", "polls an hour away", "spins"] {
+        let ms = v["results"][case]["median_ms"].as_f64().unwrap();
+        assert!((200.0..10_000.0).contains(&ms), "{case}: {ms} ms");
+    }
+    assert!(v["results"]["describe sleeps (compile + describe)"]["max_ms"].is_number());
+}

@@ -67,6 +67,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// How long a misbehaving plugin call takes to end under its time limit: a guest that
+    /// sleeps, polls a far deadline or spins in `associate`, and one whose `describe`
+    /// sleeps while it is loaded (the test fixtures).
+    Faults {
+        /// The `faulty` fixture.
+        #[arg(long, default_value = "target/plugins/fixtures/faulty.wasm")]
+        wasm: PathBuf,
+        /// The `sleepy-describe` fixture.
+        #[arg(long, default_value = "target/plugins/fixtures/sleepy-describe.wasm")]
+        describe: PathBuf,
+        /// The time limit of each call (and of `describe`).
+        #[arg(long, default_value_t = 1_000)]
+        timeout_ms: u64,
+        /// Calls of each kind.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hot-swap latency: a plugin file renamed into a watched folder until the new version
     /// serves, for versions never seen (compiled) and seen before (cached artefact).
     Swap {
@@ -143,7 +163,120 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
             rounds,
             json,
         } => block_on(crate::bench_swap::swap(&v1, &v2, rounds, json)),
+        BenchCommand::Faults {
+            wasm,
+            describe,
+            timeout_ms,
+            rounds,
+            json,
+        } => faults(
+            &wasm,
+            &describe,
+            Duration::from_millis(timeout_ms),
+            rounds,
+            json,
+        ),
     }
+}
+
+/// Times misbehaving calls from their start until the host has their error.
+fn faults(
+    wasm: &std::path::Path,
+    describe: &std::path::Path,
+    limit: Duration,
+    rounds: usize,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let runtime = Runtime::new(RuntimeConfig {
+        call_timeout: limit,
+        describe_timeout: limit,
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = runtime.load(wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if plugin.description().model != "faulty" {
+        bail!(
+            "{}: this benchmark needs the faulty fixture",
+            wasm.display()
+        );
+    }
+    let record = |payload: serde_json::Value| Record {
+        seq: 1,
+        model: "faulty".into(),
+        source: Source {
+            system: "bench".into(),
+            adapter: "bench".into(),
+        },
+        external_id: "F-1".into(),
+        occurred_at: "2026-01-01T00:00:00Z".into(),
+        occurred_micros: 1_767_225_600_000_000,
+        payload: payload.to_string(),
+    };
+    let cases = [
+        ("sleeps an hour", json!({"key": "k", "sleep_ms": 3_600_000})),
+        ("polls an hour away", json!({"key": "k", "poll": true})),
+        ("spins", json!({"key": "k", "spin": true})),
+    ];
+    let mut rows: Vec<(&str, Vec<Duration>)> = Vec::new();
+    for (name, payload) in cases {
+        let input = [record(payload)];
+        let mut took = Vec::with_capacity(rounds);
+        for _ in 0..rounds.max(1) {
+            let started = Instant::now();
+            match plugin.associate(&input) {
+                Err(flowhost_runtime::CallError::Timeout(_)) => took.push(started.elapsed()),
+                other => bail!("{name}: expected the time limit, got {other:?}"),
+            }
+        }
+        rows.push((name, took));
+    }
+    let mut took = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        // Compiled each time (no cache), as a file dropped into the folder would be.
+        match runtime.load(describe) {
+            Err(e) if e.to_string().contains("exceeded its time limit") => {
+                took.push(started.elapsed())
+            }
+            other => bail!(
+                "describe: expected the time limit, got {:?}",
+                other.map(|p| p.version().to_string())
+            ),
+        }
+    }
+    rows.push(("describe sleeps (compile + describe)", took));
+
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let stats = |took: &[Duration]| {
+        let mut sorted: Vec<f64> = took.iter().map(ms).collect();
+        sorted.sort_by(f64::total_cmp);
+        (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
+    };
+    if as_json {
+        let mut out = serde_json::Map::new();
+        for (name, took) in &rows {
+            let (median, max) = stats(took);
+            out.insert(
+                name.to_string(),
+                json!({"median_ms": median.round(), "max_ms": max.round()}),
+            );
+        }
+        println!(
+            "{}",
+            json!({"limit_ms": limit.as_millis() as u64, "rounds": rounds, "results": out})
+        );
+    } else {
+        println!(
+            "faulty fixture, time limit {} ms, {rounds} calls each: from the call to its error",
+            limit.as_millis()
+        );
+        println!("{:<38} {:>10} {:>10}", "the guest…", "median ms", "max ms");
+        for (name, took) in &rows {
+            let (median, max) = stats(took);
+            println!("{name:<38} {median:>10.0} {max:>10.0}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Device records from three systems; every serial is shared by three records.

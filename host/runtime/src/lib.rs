@@ -479,13 +479,7 @@ impl Plugin {
                 .call_associate(store, &input)
                 .await
         })?;
-        if out.len() != records.len() {
-            return Err(CallError::WrongLength {
-                function: "associate",
-                expected: records.len(),
-                got: out.len(),
-            });
-        }
+        same_length("associate", records.len(), out.len())?;
         let limits = &self.runtime.config.output;
         Ok(out
             .into_iter()
@@ -552,13 +546,7 @@ impl Plugin {
                 .call_project(store, &input)
                 .await
         })?;
-        if out.len() != groups.len() {
-            return Err(CallError::WrongLength {
-                function: "project",
-                expected: groups.len(),
-                got: out.len(),
-            });
-        }
+        same_length("project", groups.len(), out.len())?;
         let limits = &self.runtime.config.output;
         Ok(out
             .into_iter()
@@ -571,4 +559,16 @@ impl Plugin {
             })
             .collect())
     }
+}
+
+/// A batch call must answer once per input, in order.
+fn same_length(function: &'static str, expected: usize, got: usize) -> Result<(), CallError> {
+    if expected == got {
+        return Ok(());
+    }
+    Err(CallError::WrongLength {
+        function,
+        expected,
+        got,
+    })
 }
