@@ -16,6 +16,7 @@
 //! the result depends only on the set of records, never on how they were batched.
 
 use crate::{Group, KeyedRecord, ParentLink, PathPolicy, Policy, Projection};
+use flowhost_json::Decimal;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -36,8 +37,10 @@ type Seen = (u64, u32);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Distinct {
     Str(String),
-    Int(i128),
-    Float(u64),
+    /// A number by its exact decimal value (`1` = `1.0` = `1e0`).
+    Num(Decimal),
+    /// A number that cannot be compared exactly (intake refuses them): by its text.
+    NumText(String),
     Bool(bool),
 }
 
@@ -45,28 +48,17 @@ fn distinct(value: &Value) -> Distinct {
     match value {
         Value::String(s) => Distinct::Str(s.trim().to_lowercase()),
         Value::Bool(b) => Distinct::Bool(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Distinct::Int(i.into())
-            } else if let Some(u) = n.as_u64() {
-                Distinct::Int(u.into())
-            } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                if f.fract() == 0.0 && f.abs() < 1e30 {
-                    Distinct::Int(f as i128)
-                } else {
-                    // -0.0 and 0.0 are one value.
-                    Distinct::Float(if f == 0.0 { 0 } else { f.to_bits() })
-                }
-            }
-        }
+        Value::Number(n) => match Decimal::of(n) {
+            Some(d) => Distinct::Num(d),
+            None => Distinct::NumText(n.to_string()),
+        },
         // Objects, arrays and nulls never reach here: flattening removes them.
         other => Distinct::Str(other.to_string()),
     }
 }
 
-/// The order used by `max` and `min`: booleans < numbers < strings; numbers by value,
-/// strings by their trimmed lower-case text, then by spelling.
+/// The order used by `max` and `min`: booleans < numbers < strings; numbers by exact
+/// value, strings by their trimmed lower-case text, then by spelling.
 fn value_order(a: &Value, b: &Value) -> Ordering {
     fn rank(v: &Value) -> u8 {
         match v {
@@ -76,10 +68,12 @@ fn value_order(a: &Value, b: &Value) -> Ordering {
         }
     }
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
-            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
-        }
+        (Value::Number(x), Value::Number(y)) => match (Decimal::of(x), Decimal::of(y)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => x.to_string().cmp(&y.to_string()),
+        },
         (Value::String(x), Value::String(y)) => x
             .trim()
             .to_lowercase()

@@ -38,6 +38,9 @@ pub struct IntakeLimits {
     pub max_depth: usize,
     /// The most values (leaves: strings, numbers, booleans, nulls) in one payload.
     pub max_values: usize,
+    /// How far ahead of the intake clock `occurred_at` may be (a source's clock skew): a
+    /// later time would win every `last` policy until then.
+    pub max_future: std::time::Duration,
 }
 
 impl Default for IntakeLimits {
@@ -48,6 +51,7 @@ impl Default for IntakeLimits {
             max_payload_bytes: 1 << 20,
             max_depth: 32,
             max_values: 10_000,
+            max_future: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -94,6 +98,15 @@ pub enum LineError {
     TooDeep(String, usize),
     #[error("field `payload` holds {0} values, over the limit of {1} (intake.max_values)")]
     TooManyValues(usize, usize),
+    #[error(
+        "number {text} at `payload.{path}` has an exponent beyond ±{} and cannot be compared exactly",
+        flowhost_json::MAX_EXPONENT
+    )]
+    Number { path: String, text: String },
+    #[error(
+        "field `occurred_at` ({0}) is {1} s ahead of the intake clock, over the limit of {2} s (intake.max_future_s)"
+    )]
+    Future(String, i64, u64),
 }
 
 /// The path of the first string (or object key) holding a NUL character, if any.
@@ -166,7 +179,8 @@ pub fn parse_line_within(
     limits: &IntakeLimits,
 ) -> Result<IntakeRecord, LineError> {
     let text = std::str::from_utf8(line).map_err(|e| LineError::NotUtf8(e.valid_up_to()))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    // Strict: an object with a key twice is refused (serde_json alone keeps one value).
+    let value: Value = flowhost_json::parse_strict(text).map_err(|e| {
         // serde_json stops at 128 levels, before any limit of ours could be looked at.
         if e.to_string().starts_with("recursion limit exceeded") {
             LineError::TooDeep("more than 128".into(), limits.max_depth)
@@ -268,6 +282,14 @@ pub fn parse_line_within(
             });
         }
     };
+    let ahead = occurred.signed_duration_since(now);
+    if ahead.num_seconds() > limits.max_future.as_secs() as i64 {
+        return Err(LineError::Future(
+            occurred.to_rfc3339_opts(SecondsFormat::Secs, true),
+            ahead.num_seconds(),
+            limits.max_future.as_secs(),
+        ));
+    }
     let (depth, values) = shape(payload);
     if depth > limits.max_depth {
         return Err(LineError::TooDeep(depth.to_string(), limits.max_depth));
@@ -276,6 +298,14 @@ pub fn parse_line_within(
         return Err(LineError::TooManyValues(values, limits.max_values));
     }
     let payload_value = Value::Object(payload.clone());
+    if let Some((path, text)) = flowhost_json::inexact_number(&payload_value) {
+        return Err(LineError::Number {
+            path,
+            text: text.chars().take(40).collect(),
+        });
+    }
+    // Numbers keep their text (serde_json's arbitrary_precision): the payload is stored as
+    // sent, less insignificant whitespace.
     let payload_text = payload_value.to_string();
     bounded(
         "payload",
@@ -321,41 +351,12 @@ fn shape(payload: &Map<String, Value>) -> (usize, usize) {
     (deepest, values)
 }
 
-/// SHA-256 (hex) of a JSON value written with object keys sorted.
+/// SHA-256 (hex) of a JSON value in canonical form (keys sorted, numbers by exact value):
+/// two payloads equal as JSON values have the same hash.
 pub fn payload_hash(value: &Value) -> String {
     let mut hasher = Sha256::new();
-    canonical(value, &mut hasher);
+    flowhost_json::canonical(value, &mut |bytes| hasher.update(bytes));
     hex::encode(hasher.finalize())
-}
-
-fn canonical(value: &Value, out: &mut Sha256) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.update(b"{");
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                out.update(Value::String(key.clone()).to_string().as_bytes());
-                out.update(b":");
-                canonical(&map[key], out);
-            }
-            out.update(b"}");
-        }
-        Value::Array(items) => {
-            out.update(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                canonical(item, out);
-            }
-            out.update(b"]");
-        }
-        scalar => out.update(scalar.to_string().as_bytes()),
-    }
 }
 
 #[cfg(test)]
@@ -363,7 +364,7 @@ mod tests {
     use super::*;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
     }
@@ -415,8 +416,64 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.source.adapter, "s");
-        assert_eq!(a.occurred_at, "2026-01-01T00:00:00Z");
+        assert_eq!(a.occurred_at, "2026-06-01T00:00:00Z");
         assert_eq!(a.payload_hash, b.payload_hash);
+    }
+
+    #[test]
+    fn duplicates_compare_numbers_by_exact_value_and_payloads_keep_their_text() {
+        let rec = |payload: &str| {
+            parse_line(
+                format!(
+                    r#"{{"model":"m","source":{{"system":"s"}},"id":"1","payload":{payload}}}"#
+                )
+                .as_bytes(),
+                now(),
+            )
+            .unwrap()
+        };
+        let one = rec(r#"{"n":1}"#);
+        for same in [r#"{"n":1.0}"#, r#"{"n":1e0}"#, r#"{ "n" : 10E-1 }"#] {
+            assert_eq!(rec(same).payload_hash, one.payload_hash, "{same}");
+        }
+        assert_ne!(rec(r#"{"n":"1"}"#).payload_hash, one.payload_hash);
+        let big = rec(r#"{"n":100000000000000000001}"#);
+        assert_eq!(
+            big.payload, r#"{"n":100000000000000000001}"#,
+            "kept as sent"
+        );
+        assert_ne!(
+            big.payload_hash,
+            rec(r#"{"n":100000000000000000000}"#).payload_hash
+        );
+        assert_eq!(
+            rec(r#"{"n":-0}"#).payload_hash,
+            rec(r#"{"n":0}"#).payload_hash
+        );
+        assert_eq!(rec(r#"{"n":1.50}"#).payload, r#"{"n":1.50}"#);
+    }
+
+    #[test]
+    fn duplicate_keys_wild_exponents_and_far_future_times_are_refused() {
+        let e = err(r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"a":1,"a":2}}"#);
+        assert!(e.contains("duplicate key `a`"), "{e}");
+        let e = err(
+            r#"{"model":"m","source":{"system":"s"},"id":"1","payload":{"a":[1e99999999999]}}"#,
+        );
+        // serde_json writes an exponent's sign: the same value.
+        assert!(e.contains("number 1e+99999999999 at `payload.a[0]`"), "{e}");
+        let e = err(
+            r#"{"model":"m","source":{"system":"s"},"id":"1","occurred_at":"2026-06-03T00:00:01Z","payload":{}}"#,
+        );
+        assert!(e.contains("172801 s ahead of the intake clock"), "{e}");
+        assert!(
+            parse_line(
+                br#"{"model":"m","source":{"system":"s"},"id":"1","occurred_at":"2026-06-01T23:00:00Z","payload":{}}"#,
+                now()
+            )
+            .is_ok(),
+            "within a day is a clock's skew"
+        );
     }
 
     #[test]
@@ -430,6 +487,7 @@ mod tests {
                 max_payload_bytes: 20,
                 max_depth: 3,
                 max_values: 4,
+                max_future: std::time::Duration::from_secs(60),
             };
             parse_line_within(line.as_bytes(), now(), &limits)
                 .map(|_| "ok".to_string())

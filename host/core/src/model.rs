@@ -159,16 +159,20 @@ pub enum ParkReason {
     KeyCollision,
     /// The plugin failed (trap, time or memory limit) on it.
     PluginFailed,
+    /// The store cannot take its outcome: a key longer than the key index takes, or a
+    /// refusal of the database tied to this record (a constraint, a size, an encoding).
+    StoreRefused,
 }
 
 impl ParkReason {
     /// All reasons, in display order.
-    pub const ALL: [ParkReason; 5] = [
+    pub const ALL: [ParkReason; 6] = [
         ParkReason::Rejected,
         ParkReason::ParentNotFound,
         ParkReason::NoKeys,
         ParkReason::KeyCollision,
         ParkReason::PluginFailed,
+        ParkReason::StoreRefused,
     ];
 
     /// The code stored and exported (`KEY_COLLISION`).
@@ -179,6 +183,7 @@ impl ParkReason {
             ParkReason::NoKeys => "NO_KEYS",
             ParkReason::KeyCollision => "KEY_COLLISION",
             ParkReason::PluginFailed => "PLUGIN_FAILED",
+            ParkReason::StoreRefused => "STORE_REFUSED",
         }
     }
 

@@ -4,7 +4,7 @@ use crate::isolate::Slot;
 use crate::{BatchDone, Engine, EngineError};
 use flowhost_core::association::{self, Outcome};
 use flowhost_core::{Association, Kind, ParkReason, Record};
-use flowhost_runtime::Plugin;
+use flowhost_runtime::{CallError, Plugin};
 use flowhost_store::{
     AssociationOutcome, CommitError, KeyedRow, Lease, ParkRow, Pending, Stage, now_micros,
 };
@@ -58,14 +58,20 @@ impl Engine {
             .await?;
         let (calls, waiting, narrow_to) = (isolated.calls, isolated.waiting(), isolated.narrow_to);
         let (failed, error) = isolated.failures();
-        self.after_isolation(Stage::Associate, plugin, &isolated, failed, error)
-            .await;
+        self.after_isolation(
+            Stage::Associate,
+            plugin,
+            &isolated,
+            failed,
+            error.as_deref(),
+        )
+        .await;
 
         // Records the budget left undecided are the batch's end: they stay in the queue, in
         // order, and the next batch starts with them.
         let decided = records.len() - waiting;
         let (records, pending) = (&records[..decided], &pending[..decided]);
-        let results: Vec<Result<Association, String>> = isolated
+        let results: Vec<Result<Association, CallError>> = isolated
             .slots
             .into_iter()
             .take(decided)
@@ -75,7 +81,7 @@ impl Engine {
                 Slot::Wait => unreachable!("waiting records are the batch's end"),
             })
             .collect();
-        let idle = BatchDone {
+        let mut done = BatchDone {
             calls,
             plugin_time,
             waiting,
@@ -83,34 +89,107 @@ impl Engine {
             ..Default::default()
         };
         if decided == 0 {
-            return Ok(idle);
+            return Ok(done);
         }
 
-        let input = Input::new(records, &results);
+        // Spans of the batch to commit, in order. A commit the database refuses because of
+        // the data in it is split in two until the refused records are alone; those park
+        // STORE_REFUSED and the rest commit. Committing the halves in order decides exactly
+        // as one commit would (sequential equivalence). Only this rare path costs more than
+        // one commit per batch: 2·log2(n) for each refused record.
+        let mut spans = std::collections::VecDeque::from([(0, decided)]);
+        while let Some((lo, hi)) = spans.pop_front() {
+            let span = (&pending[lo..hi], &records[lo..hi], &results[lo..hi]);
+            match self.commit_span(plugin, lease, span).await? {
+                Committed::Done(healed) => {
+                    done.records += hi - lo;
+                    done.healed += healed;
+                }
+                Committed::Refused(message) if hi - lo == 1 => {
+                    self.park_refused(plugin, lease, &pending[lo], &message)
+                        .await?;
+                    done.records += 1;
+                }
+                Committed::Refused(_) => {
+                    let mid = lo + (hi - lo) / 2;
+                    spans.push_front((mid, hi));
+                    spans.push_front((lo, mid));
+                }
+                Committed::Stop(stop) => return Ok(stop),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Decides and commits one span of a batch, deciding again when another host claimed
+    /// some of its keys first.
+    async fn commit_span(
+        &self,
+        plugin: &Plugin,
+        lease: &Lease,
+        (pending, records, results): (&[Pending], &[Record], &[Result<Association, CallError>]),
+    ) -> Result<Committed, EngineError> {
+        let input = Input::new(records, results);
         for attempt in 1..=MAX_DECISIONS {
             let outcome = self.decide(plugin, pending, &input).await?;
             match self.inner.store.commit_association(lease, &outcome).await {
-                Ok(summary) => {
-                    return Ok(BatchDone {
-                        records: records.len(),
-                        healed: summary.healed,
-                        ..idle
-                    });
-                }
+                Ok(summary) => return Ok(Committed::Done(summary.healed)),
                 Err(CommitError::VersionChanged { model, current }) => {
-                    return Ok(self.version_changed(&model, &current).await);
+                    return Ok(Committed::Stop(
+                        self.version_changed(&model, &current).await,
+                    ));
                 }
                 Err(CommitError::KeyConflict(keys)) if attempt < MAX_DECISIONS => {
                     tracing::debug!(model = %lease.model, ?keys, "keys claimed elsewhere first; deciding the batch again");
                 }
                 Err(CommitError::LeaseLost { .. }) => {
                     tracing::warn!(model = %lease.model, "lost the association lease; the batch is left to its new holder");
-                    return Ok(BatchDone::default());
+                    return Ok(Committed::Stop(BatchDone::default()));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => match e.refused() {
+                    Some(message) => {
+                        tracing::debug!(model = %lease.model, records = records.len(), "the database refused a commit; splitting it: {message}");
+                        return Ok(Committed::Refused(message));
+                    }
+                    None => return Err(e.into()),
+                },
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Parks one record whose outcome the database refused, with the database's reason.
+    async fn park_refused(
+        &self,
+        plugin: &Plugin,
+        lease: &Lease,
+        pending: &Pending,
+        message: &str,
+    ) -> Result<(), EngineError> {
+        let now = now_micros();
+        tracing::warn!(model = %lease.model, seq = pending.record.seq, id = %pending.record.external_id, "the database refused a record; it parks STORE_REFUSED: {message}");
+        let outcome = AssociationOutcome {
+            model: lease.model.clone(),
+            plugin_version: plugin.version().to_string(),
+            now_micros: now,
+            done: vec![pending.pos],
+            stamp: pending.pos,
+            parked: vec![ParkRow {
+                seq: pending.record.seq,
+                reason: ParkReason::StoreRefused,
+                details: format!("the database refused this record's outcome: {message}"),
+                awaiting: None,
+                attempts: pending.attempts + 1,
+                first_micros: pending.first_parked_micros.unwrap_or(now),
+            }],
+            ..Default::default()
+        };
+        match self.inner.store.commit_association(lease, &outcome).await {
+            Ok(_) | Err(CommitError::LeaseLost { .. } | CommitError::VersionChanged { .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Looks up the batch's keys and parents (one statement each) and
@@ -196,8 +275,8 @@ impl Engine {
             }
         }
         for (i, result) in results.iter().enumerate() {
-            if let Err(error) = result {
-                outcome.parked.push(park(
+            match result {
+                Err(error) if error.is_plugin_fault() => outcome.parked.push(park(
                     i,
                     ParkReason::PluginFailed,
                     format!(
@@ -206,7 +285,13 @@ impl Engine {
                         &plugin.version()[..12]
                     ),
                     None,
-                ));
+                )),
+                Err(error) => {
+                    outcome
+                        .parked
+                        .push(park(i, ParkReason::StoreRefused, error.to_string(), None))
+                }
+                Ok(_) => {}
             }
         }
         if description.kind == Kind::Entity {
@@ -216,19 +301,30 @@ impl Engine {
     }
 }
 
+/// How committing a span of a batch went.
+enum Committed {
+    /// Written; the number of parked records it healed.
+    Done(u64),
+    /// The database refused it because of the data in it (its message).
+    Refused(String),
+    /// Nothing more of the batch may be written (lease lost, version changed): the batch's
+    /// answer.
+    Stop(BatchDone),
+}
+
 /// A batch's records with the plugin's results, and the part the plugin succeeded on
 /// (which takes part in the decision; records it failed on claim nothing). Built once per
 /// batch, not per decision attempt; borrowed when nothing failed.
 struct Input<'a> {
     records: &'a [Record],
-    results: &'a [Result<Association, String>],
+    results: &'a [Result<Association, CallError>],
     ok: Vec<usize>,
     ok_records: std::borrow::Cow<'a, [Record]>,
     ok_assocs: Vec<Association>,
 }
 
 impl<'a> Input<'a> {
-    fn new(records: &'a [Record], results: &'a [Result<Association, String>]) -> Self {
+    fn new(records: &'a [Record], results: &'a [Result<Association, CallError>]) -> Self {
         let ok: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_ok()).collect();
         let ok_records = if ok.len() == records.len() {
             std::borrow::Cow::Borrowed(records)

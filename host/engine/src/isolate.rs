@@ -17,8 +17,9 @@ use std::time::Instant;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Slot<R> {
     Done(R),
-    /// The plugin failed on this item (the error, for a person).
-    Failed(String),
+    /// The call failed on this item: a fault of the plugin, or a result the store cannot
+    /// take ([`CallError::is_plugin_fault`] tells which).
+    Failed(CallError),
     /// The isolation budget ran out before this item was decided.
     Wait,
 }
@@ -34,14 +35,15 @@ pub(crate) struct Isolated<R> {
 }
 
 impl<R> Isolated<R> {
-    /// Items the plugin failed on, and the first error.
-    pub fn failures(&self) -> (usize, Option<&str>) {
+    /// Items the plugin failed on by its own fault, and the first such error (what its
+    /// breaker counts; a result the store cannot take is the data's fault, not the plugin's).
+    pub fn failures(&self) -> (usize, Option<String>) {
         let mut errors = self.slots.iter().filter_map(|s| match s {
-            Slot::Failed(e) => Some(e.as_str()),
+            Slot::Failed(e) if e.is_plugin_fault() => Some(e),
             _ => None,
         });
-        let first = errors.next();
-        (first.map_or(0, |_| 1 + errors.count()), first)
+        let first = errors.next().map(|e| e.to_string());
+        (first.as_ref().map_or(0, |_| 1 + errors.count()), first)
     }
 
     /// Items left waiting (a suffix of the batch).
@@ -105,9 +107,9 @@ impl<C> Run<'_, C> {
         match (self.call)(items) {
             Ok(results) => out.extend(results.into_iter().map(|r| match r {
                 Ok(value) => Slot::Done(value),
-                Err(e) => Slot::Failed(e.to_string()),
+                Err(e) => Slot::Failed(e),
             })),
-            Err(e) if items.len() == 1 => out.push(Slot::Failed(e.to_string())),
+            Err(e) if items.len() == 1 => out.push(Slot::Failed(e)),
             Err(_) => {
                 let (left, right) = items.split_at(items.len() / 2);
                 self.split(left, out, false);
@@ -155,7 +157,7 @@ mod tests {
         for (i, r) in out.slots.iter().enumerate() {
             match i {
                 100 | 900 => assert!(
-                    matches!(r, Slot::Failed(e) if e.contains("bad item in [-")),
+                    matches!(r, Slot::Failed(e) if e.to_string().contains("bad item in [-")),
                     "{r:?}"
                 ),
                 _ => assert_eq!(r, &Slot::Done((i as i64 + 1) * 2)),
@@ -174,7 +176,7 @@ mod tests {
             out.slots,
             [
                 Slot::Done(2),
-                Slot::Failed("returned an invalid result: zero".into()),
+                Slot::Failed(CallError::Invalid("zero".into())),
                 Slot::Done(6)
             ]
         );

@@ -13,11 +13,13 @@ mod holder;
 mod isolate;
 mod plugins;
 mod project;
+mod retry;
 mod run;
 
 pub use batch::BatchDone;
 pub use breaker::{BreakerConfig, BreakerStatus};
 pub use plugins::PluginSet;
+pub use retry::{MAX_BACKOFF, RetryStatus};
 pub use run::{RunReport, StageReport};
 
 use flowhost_core::batch::BatchConfig;
@@ -141,6 +143,7 @@ struct Inner {
     config: EngineConfig,
     holder: String,
     breakers: breaker::Breakers,
+    retries: retry::Retries,
     refresh: std::sync::OnceLock<Arc<dyn Refresh>>,
 }
 
@@ -151,6 +154,7 @@ impl Engine {
                 store,
                 plugins,
                 breakers: breaker::Breakers::new(config.breaker),
+                retries: retry::Retries::default(),
                 config,
                 holder: holder::new_holder_id(),
                 refresh: std::sync::OnceLock::new(),

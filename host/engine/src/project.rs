@@ -34,7 +34,7 @@ impl Engine {
             let (calls, waiting, narrow_to) =
                 (isolated.calls, isolated.waiting(), isolated.narrow_to);
             let (failed, first_error) = isolated.failures();
-            let first_error = first_error.map(|e| {
+            let first_error = first_error.map(|e: String| {
                 format!(
                     "plugin {} ({}): {e}",
                     plugin.file(),
@@ -50,76 +50,109 @@ impl Engine {
             )
             .await;
 
-            let mut views = Vec::with_capacity(groups.len());
-            let mut errors = std::collections::HashMap::new();
-            let mut undecided = std::collections::HashSet::new();
-            for (group, slot) in groups.iter().zip(isolated.slots) {
-                match slot {
-                    Slot::Done(p) => views.push(view_row(model, &plugin, group, p)),
-                    Slot::Failed(error) => {
-                        errors.insert(group.reference.clone(), error);
-                    }
-                    // Left dirty as it is: a later batch projects it.
-                    Slot::Wait => {
-                        undecided.insert(group.reference.clone());
-                    }
-                }
-            }
-            let marks: Vec<Mark> = batch
-                .seen
-                .into_iter()
-                .filter(|(r, _)| !undecided.contains(r))
+            // One unit per decided reference, in batch order: its new view, or the error
+            // that keeps its mark. Undecided references stay dirty as they are: a later
+            // batch projects them.
+            let mut slots: std::collections::HashMap<String, Slot<Projection>> = groups
+                .iter()
+                .map(|g| g.reference.clone())
+                .zip(isolated.slots)
                 .collect();
-            // A failed reference keeps its mark with the error: skipped until new records,
-            // a new plugin version or a re-queue give it another try.
-            let (failed, seen): (Vec<Mark>, Vec<Mark>) =
-                marks.into_iter().partition(|(r, _)| errors.contains_key(r));
-            let failed: Vec<ProjectFailure> = failed
-                .into_iter()
-                .map(|(reference, stamp)| ProjectFailure {
-                    error: format!(
-                        "plugin {} ({}): {}",
-                        plugin.file(),
-                        &plugin.version()[..12],
-                        errors[&reference]
+            let label = format!("plugin {} ({})", plugin.file(), &plugin.version()[..12]);
+            let groups_by_ref: std::collections::HashMap<&str, &Group> =
+                groups.iter().map(|g| (g.reference.as_str(), g)).collect();
+            let mut units = Vec::with_capacity(batch.seen.len());
+            for (reference, stamp) in batch.seen {
+                let unit = match slots.remove(&reference) {
+                    Some(Slot::Done(p)) => Unit::View(
+                        view_row(model, &plugin, groups_by_ref[reference.as_str()], p),
+                        stamp,
                     ),
-                    reference,
-                    stamp,
-                })
-                .collect();
+                    // A failed reference keeps its mark with the error: skipped until new
+                    // records, a new plugin version or a re-queue give it another try.
+                    Some(Slot::Failed(error)) => Unit::Failed(ProjectFailure {
+                        error: format!("{label}: {error}"),
+                        reference,
+                        stamp,
+                    }),
+                    Some(Slot::Wait) | None => continue,
+                };
+                units.push(unit);
+            }
+            let failed = units
+                .iter()
+                .filter(|u| matches!(u, Unit::Failed(_)))
+                .count();
             if let Some(first) = &first_error {
                 tracing::warn!(
                     model,
-                    failed = failed.len(),
+                    failed,
                     of = groups.len(),
                     "projection failed for some references; they keep their mark with the error: {}",
                     first
                 );
             }
-            let done = BatchDone {
-                records: views.len(),
+            let mut done = BatchDone {
                 calls,
                 plugin_time,
                 waiting,
                 narrow_to,
                 ..Default::default()
             };
-            if views.is_empty() && failed.is_empty() {
-                return Ok(done);
-            }
-            match self
-                .inner
-                .store
-                .commit_projection(&lease, &views, &seen, &failed)
-                .await
-            {
-                Ok(()) => Ok(done),
-                Err(CommitError::VersionChanged { model, current }) => {
-                    Ok(self.version_changed(&model, &current).await)
+            // A commit the database refuses because of the data in it is split until the
+            // refused views are alone; each keeps its mark with the database's reason and
+            // the rest commit (the rare path: 2·log2(n) commits per refused view).
+            let mut spans = std::collections::VecDeque::from([(0, units.len())]);
+            while let Some((lo, hi)) = spans.pop_front() {
+                let span = &units[lo..hi];
+                let (views, seen, failed) = Unit::split(span);
+                if views.is_empty() && failed.is_empty() {
+                    continue;
                 }
-                Err(CommitError::LeaseLost { .. }) => Ok(BatchDone::default()),
-                Err(e) => Err(e.into()),
+                match self
+                    .inner
+                    .store
+                    .commit_projection(&lease, &views, &seen, &failed)
+                    .await
+                {
+                    Ok(()) => done.records += views.len(),
+                    Err(CommitError::VersionChanged { model, current }) => {
+                        return Ok(self.version_changed(&model, &current).await);
+                    }
+                    Err(CommitError::LeaseLost { .. }) => return Ok(BatchDone::default()),
+                    Err(e) => match e.refused() {
+                        Some(message) if hi - lo == 1 => {
+                            let Unit::View(view, stamp) = &units[lo] else {
+                                return Err(e.into());
+                            };
+                            tracing::warn!(model, reference = %view.reference, "the database refused a view; the reference keeps its mark: {message}");
+                            let refused = ProjectFailure {
+                                reference: view.reference.clone(),
+                                stamp: *stamp,
+                                error: format!(
+                                    "STORE_REFUSED: the database refused this view: {message}"
+                                ),
+                            };
+                            self.inner
+                                .store
+                                .commit_projection(&lease, &[], &[], &[refused])
+                                .await
+                                .or_else(|e| match e {
+                                    CommitError::LeaseLost { .. }
+                                    | CommitError::VersionChanged { .. } => Ok(()),
+                                    e => Err(e),
+                                })?;
+                        }
+                        Some(_) => {
+                            let mid = lo + (hi - lo) / 2;
+                            spans.push_front((mid, hi));
+                            spans.push_front((lo, mid));
+                        }
+                        None => return Err(e.into()),
+                    },
+                }
             }
+            Ok(done)
         };
         crate::in_batch_span(
             Stage::Project,
@@ -134,6 +167,31 @@ impl Engine {
 
 /// A dirty mark as read: (reference, stamp).
 type Mark = (String, i64);
+
+/// What a projection batch commits for one reference.
+enum Unit {
+    /// Its new view and the mark it clears.
+    View(ViewRow, i64),
+    /// The error its mark keeps.
+    Failed(ProjectFailure),
+}
+
+impl Unit {
+    /// A span of units as the store's commit takes them: views, marks seen, failures.
+    fn split(units: &[Unit]) -> (Vec<ViewRow>, Vec<Mark>, Vec<ProjectFailure>) {
+        let (mut views, mut seen, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        for unit in units {
+            match unit {
+                Unit::View(view, stamp) => {
+                    seen.push((view.reference.clone(), *stamp));
+                    views.push(view.clone());
+                }
+                Unit::Failed(f) => failed.push(f.clone()),
+            }
+        }
+        (views, seen, failed)
+    }
+}
 
 fn view_row(model: &str, plugin: &Plugin, group: &Group, p: Projection) -> ViewRow {
     let mut parents = serde_json::Map::new();

@@ -286,23 +286,25 @@ impl Engine {
                             // A service keeps no per-batch history (the metrics have the
                             // distribution), so its memory does not grow with uptime.
                             stage.latencies.clear();
-                            match step {
-                                Ok(0) => {
-                                    tokio::select! {
-                                        _ = cancel.cancelled() => break,
-                                        _ = tokio::time::sleep(poll) => {}
+                            let pause = match step {
+                                Ok(n) => {
+                                    engine.batch_ok(worker.stage, &worker.model).await;
+                                    if n > 0 {
+                                        continue;
                                     }
+                                    poll
                                 }
-                                Ok(_) => {}
+                                // A failure that is not about the data (those park their
+                                // records) must not stop the service: nothing of the batch
+                                // was committed; it is tried again after a growing pause,
+                                // and the stage shows as retrying meanwhile.
                                 Err(e) => {
-                                    // A database hiccup must not stop the service: log and
-                                    // retry after a pause; the batch was not committed.
-                                    tracing::error!(stage = worker.stage.as_str(), model = %worker.model, "batch failed: {e}");
-                                    tokio::select! {
-                                        _ = cancel.cancelled() => break,
-                                        _ = tokio::time::sleep(poll * 10) => {}
-                                    }
+                                    engine.batch_failed(worker.stage, &worker.model, &e).await
                                 }
+                            };
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                _ = tokio::time::sleep(pause) => {}
                             }
                         }
                         (worker.stage, stage, healed)

@@ -87,6 +87,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What durable commits cost on the embedded SQLite store: intake appends with
+    /// `synchronous=FULL` (the default) against `NORMAL`, for several batch sizes, rounds
+    /// alternating in one run.
+    Durability {
+        /// Records per batch size (small batches use fewer: at most 400 commits).
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        /// Records per append (one transaction each), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,2000")]
+        batches: Vec<usize>,
+        /// Rounds of each setting.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Print one JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hot-swap latency: a plugin file renamed into a watched folder until the new version
     /// serves, for versions never seen (compiled) and seen before (cached artefact).
     Swap {
@@ -154,6 +171,19 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
                 clients,
                 records,
                 per_request,
+                json,
+            },
+        )),
+        BenchCommand::Durability {
+            records,
+            batches,
+            rounds,
+            json,
+        } => block_on(crate::bench_durability::run(
+            crate::bench_durability::Durability {
+                records,
+                batches,
+                rounds,
                 json,
             },
         )),
@@ -456,7 +486,7 @@ fn plugin(wasm: &std::path::Path, n: usize, batch: usize, as_json: bool) -> Resu
 }
 
 /// Intake records of a model unique to this run.
-fn intake_records(
+pub(crate) fn intake_records(
     model: &str,
     n: usize,
     offset: usize,
@@ -617,7 +647,7 @@ async fn store_bench(db: &str, records: usize, per_row: usize) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
+pub(crate) fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("flowhost-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -158,6 +158,12 @@ pub struct Server {
     pub max_concurrent_requests: usize,
     /// How long a request body may send nothing before the request ends (408).
     pub body_idle_timeout_s: u64,
+    /// How long a client may take to send a request's headers (the connection closes).
+    pub header_read_timeout_s: u64,
+    /// The longest one request may take in all.
+    pub request_timeout_s: u64,
+    /// The most open connections; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for Server {
@@ -171,6 +177,9 @@ impl Default for Server {
             shutdown_deadline_s: 30,
             max_concurrent_requests: d.max_concurrent_requests,
             body_idle_timeout_s: d.body_idle_timeout.as_secs(),
+            header_read_timeout_s: d.header_read_timeout.as_secs(),
+            request_timeout_s: d.request_timeout.as_secs(),
+            max_connections: d.max_connections,
         }
     }
 }
@@ -187,6 +196,8 @@ pub struct Intake {
     pub max_depth: usize,
     /// Values (strings, numbers, booleans, nulls) in one payload.
     pub max_values: usize,
+    /// How far ahead of the intake clock `occurred_at` may be, in seconds.
+    pub max_future_s: u64,
 }
 
 impl Default for Intake {
@@ -198,6 +209,7 @@ impl Default for Intake {
             max_payload_bytes: d.max_payload_bytes,
             max_depth: d.max_depth,
             max_values: d.max_values,
+            max_future_s: d.max_future.as_secs(),
         }
     }
 }
@@ -596,6 +608,7 @@ impl Config {
             max_payload_bytes: self.intake.max_payload_bytes.max(2),
             max_depth: self.intake.max_depth.max(1),
             max_values: self.intake.max_values,
+            max_future: std::time::Duration::from_secs(self.intake.max_future_s),
         }
     }
 
@@ -610,6 +623,11 @@ impl Config {
             body_idle_timeout: std::time::Duration::from_secs(
                 self.server.body_idle_timeout_s.max(1),
             ),
+            header_read_timeout: std::time::Duration::from_secs(
+                self.server.header_read_timeout_s.max(1),
+            ),
+            request_timeout: std::time::Duration::from_secs(self.server.request_timeout_s.max(1)),
+            max_connections: self.server.max_connections.max(1),
         })
     }
 

@@ -90,17 +90,23 @@ pub async fn ingest(
             bar.suspend(|| eprintln!("line {line_no}: {e}"));
         }
         if intake.full() {
-            intake
+            let refused = intake
                 .flush()
                 .await
                 .with_context(|| stopped_at(line_no, &intake.summary))?;
+            for (line, e) in refused {
+                bar.suspend(|| eprintln!("line {line}: {e}"));
+            }
             bar.set_position(bytes);
         }
     }
-    intake
+    let refused = intake
         .flush()
         .await
         .with_context(|| stopped_at(line_no, &intake.summary))?;
+    for (line, e) in refused {
+        eprintln!("line {line}: {e}");
+    }
     bar.finish_and_clear();
     Ok(intake.summary)
 }

@@ -2,6 +2,7 @@
 
 mod app;
 mod bench;
+mod bench_durability;
 mod bench_http;
 mod bench_latency;
 mod bench_modes;

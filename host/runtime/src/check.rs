@@ -2,6 +2,7 @@
 //! for one record (or one reference) either passes these checks or fails for that item
 //! alone, with a message that says what was wrong.
 
+use crate::CallError;
 use flowhost_core::{Association, Description, Group, Projection};
 
 /// Bounds on what a plugin may return.
@@ -33,12 +34,38 @@ impl Default for OutputLimits {
     }
 }
 
-/// Checks one record's association.
+/// Checks one record's association. A key longer than the key index takes is
+/// [`CallError::KeyTooLong`] (the record's data, not the plugin, is at fault); any other
+/// broken rule is [`CallError::Invalid`].
 pub(crate) fn association(
     a: &Association,
     d: &Description,
     limits: &OutputLimits,
-) -> Result<(), String> {
+) -> Result<(), CallError> {
+    if let Association::Keyed { keys, parents } = a {
+        let long = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("key {}", i + 1), k))
+            .chain(
+                parents
+                    .iter()
+                    .map(|p| (format!("parent key of {}", p.model), &p.key)),
+            )
+            .find(|(_, k)| k.len() > limits.max_key_bytes);
+        if let Some((what, k)) = long {
+            return Err(CallError::KeyTooLong(format!(
+                "{what} is {} bytes long, over the limit of {} bytes of the key index (plugins.max_key_bytes) ({:?}…)",
+                k.len(),
+                limits.max_key_bytes,
+                shorten(k)
+            )));
+        }
+    }
+    rules(a, d, limits).map_err(CallError::Invalid)
+}
+
+fn rules(a: &Association, d: &Description, limits: &OutputLimits) -> Result<(), String> {
     match a {
         Association::Keyed { keys, parents } => {
             if keys.len() > limits.max_keys {
@@ -49,7 +76,7 @@ pub(crate) fn association(
                 ));
             }
             for (i, k) in keys.iter().enumerate() {
-                key(&format!("key {}", i + 1), k, limits.max_key_bytes)?;
+                key(&format!("key {}", i + 1), k)?;
             }
             if parents.len() > limits.max_parents {
                 return Err(format!(
@@ -70,11 +97,7 @@ pub(crate) fn association(
                         }
                     ));
                 }
-                key(
-                    &format!("parent key of {}", p.model),
-                    &p.key,
-                    limits.max_key_bytes,
-                )?;
+                key(&format!("parent key of {}", p.model), &p.key)?;
             }
             Ok(())
         }
@@ -110,16 +133,9 @@ pub(crate) fn association(
     }
 }
 
-fn key(what: &str, key: &str, max: usize) -> Result<(), String> {
+fn key(what: &str, key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err(format!("{what} is empty"));
-    }
-    if key.len() > max {
-        return Err(format!(
-            "{what} is {} bytes long, over the limit of {max} bytes ({:?}…)",
-            key.len(),
-            shorten(key)
-        ));
     }
     if key.chars().any(char::is_control) {
         return Err(format!(
@@ -247,10 +263,17 @@ mod tests {
         let long = "k".repeat(513);
         let e = association(&keyed(&["a", &long]), &d, &l).unwrap_err();
         assert!(
-            e.contains("key 2 is 513 bytes long, over the limit of 512"),
+            !e.is_plugin_fault(),
+            "a long key is the data's, not the plugin's"
+        );
+        assert!(
+            e.to_string()
+                .contains("key 2 is 513 bytes long, over the limit of 512"),
             "{e}"
         );
         let e = association(&keyed(&["a\0b"]), &d, &l).unwrap_err();
+        assert!(e.is_plugin_fault());
+        let e = e.to_string();
         assert!(e.contains("control character"), "{e}");
         assert!(association(&keyed(&[""]), &d, &l).is_err());
         let parent = Association::Keyed {
@@ -260,7 +283,7 @@ mod tests {
                 key: "src:a:b".into(),
             }],
         };
-        let e = association(&parent, &d, &l).unwrap_err();
+        let e = association(&parent, &d, &l).unwrap_err().to_string();
         assert!(e.contains("not one it declared (device)"), "{e}");
     }
 
@@ -275,6 +298,7 @@ mod tests {
         assert!(
             association(&reject("BAD", "a\0b"), &d, &l)
                 .unwrap_err()
+                .to_string()
                 .contains("NUL")
         );
         assert!(association(&reject("", "m"), &d, &l).is_err());

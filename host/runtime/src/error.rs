@@ -58,6 +58,18 @@ pub enum CallError {
     },
     #[error("returned an invalid result: {0}")]
     Invalid(String),
+    /// A well-formed result the store cannot take: a key longer than the key index allows.
+    /// It is about the record's data, not a fault of the plugin.
+    #[error("{0}")]
+    KeyTooLong(String),
+}
+
+impl CallError {
+    /// Whether the error is the plugin's fault (counts for its breaker and parks the record
+    /// `PLUGIN_FAILED`) rather than the record's data (`STORE_REFUSED`).
+    pub fn is_plugin_fault(&self) -> bool {
+        !matches!(self, CallError::KeyTooLong(_))
+    }
 }
 
 impl CallError {

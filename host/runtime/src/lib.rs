@@ -485,9 +485,7 @@ impl Plugin {
             .into_iter()
             .map(|a| {
                 let a = convert::association(a);
-                check::association(&a, &self.description, limits)
-                    .map(|()| a)
-                    .map_err(CallError::Invalid)
+                check::association(&a, &self.description, limits).map(|()| a)
             })
             .collect())
     }

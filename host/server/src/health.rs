@@ -11,8 +11,9 @@ pub(crate) async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
 }
 
-/// Ready to do the job: the database answers with every migration applied, and every model
-/// the database knows has a plugin loaded here. 503 with the reasons otherwise.
+/// Ready to do the job: the database answers with every migration applied, every model the
+/// database knows has a plugin loaded here, and no stage's batches are failing and being
+/// retried. 503 with the reasons otherwise.
 pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut reasons: Vec<String> = Vec::new();
     if state.shutting_down() {
@@ -49,6 +50,9 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Va
             Err(e) => reasons.push(format!("the database does not answer: {e}")),
         },
         Err(e) => reasons.push(format!("the database does not answer: {e}")),
+    }
+    for r in state.engine().retrying() {
+        reasons.push(format!("model '{}': {}", r.model, r.describe()));
     }
     if reasons.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"})))

@@ -41,6 +41,10 @@ pub struct LineIntake<'a> {
     limits: IntakeLimits,
     batch_size: usize,
     batch: Vec<IntakeRecord>,
+    /// The line number of each record of the batch.
+    batch_lines: Vec<u64>,
+    /// Lines taken so far (the number of the last one).
+    lines: u64,
     pub summary: IntakeSummary,
 }
 
@@ -67,6 +71,8 @@ impl<'a> LineIntake<'a> {
             limits: IntakeLimits::default(),
             batch_size,
             batch: Vec::with_capacity(batch_size.min(4_096)),
+            batch_lines: Vec::with_capacity(batch_size.min(4_096)),
+            lines: 0,
             summary: IntakeSummary::default(),
         }
     }
@@ -76,9 +82,11 @@ impl<'a> LineIntake<'a> {
         Self { limits, ..self }
     }
 
-    /// Takes one line (without its newline; a trailing `\r` is dropped). `len` is the
-    /// line's full length when only its first bytes were kept (see `max_line`).
+    /// Takes the next line (without its newline; a trailing `\r` is dropped): lines are
+    /// numbered from 1 in the order they are taken. `len` is the line's full length when
+    /// only its first bytes were kept (see `max_line`).
     pub fn line(&mut self, line: &[u8], len: usize) -> LineOutcome {
+        self.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if len > self.max_line {
             self.summary.refused += 1;
@@ -100,6 +108,7 @@ impl<'a> LineIntake<'a> {
         match parsed {
             Ok(r) => {
                 self.batch.push(r);
+                self.batch_lines.push(self.lines);
                 LineOutcome::Batched
             }
             Err(e) => {
@@ -115,19 +124,36 @@ impl<'a> LineIntake<'a> {
     }
 
     /// Appends the batch (one transaction); when this returns, its records are durable.
-    pub async fn flush(&mut self) -> Result<(), StoreError> {
+    /// Returns the lines whose record the database refused (line number, reason); they are
+    /// counted as refused.
+    pub async fn flush(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
         if self.batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let answers = self.store.append(&self.batch).await?;
-        let accepted = answers
-            .iter()
-            .filter(|a| matches!(a, Appended::Accepted(_)))
-            .count() as u64;
-        self.summary.accepted += accepted;
-        self.summary.duplicates += answers.len() as u64 - accepted;
+        let mut refused = Vec::new();
+        for (answer, &line) in answers.iter().zip(&self.batch_lines) {
+            match answer {
+                Appended::Accepted(_) => self.summary.accepted += 1,
+                Appended::Duplicate => self.summary.duplicates += 1,
+                Appended::Refused(why) => {
+                    self.summary.refused += 1;
+                    refused.push((line, format!("the database refused this record: {why}")));
+                }
+            }
+        }
         self.batch.clear();
-        Ok(())
+        self.batch_lines.clear();
+        Ok(refused)
+    }
+}
+
+/// Adds lines the database refused to an answer's list of errors (up to its limit).
+fn list_refused(errors: &mut Vec<serde_json::Value>, refused: Vec<(u64, String)>) {
+    for (line, error) in refused {
+        if errors.len() < MAX_LISTED_ERRORS {
+            errors.push(json!({"line": line, "error": error}));
+        }
     }
 }
 
@@ -202,7 +228,11 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     let mut stream = body.into_data_stream();
     let mut stop: Option<ApiError> = None;
 
-    let mut take = |intake: &mut LineIntake, line: &[u8], len: usize, line_no: u64| {
+    let take = |intake: &mut LineIntake,
+                errors: &mut Vec<serde_json::Value>,
+                line: &[u8],
+                len: usize,
+                line_no: u64| {
         if let LineOutcome::Refused(e) = intake.line(line, len)
             && errors.len() < MAX_LISTED_ERRORS
         {
@@ -211,12 +241,29 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     };
 
     let idle = state.config().body_idle_timeout;
+    let deadline = started + state.config().request_timeout;
     'read: loop {
         // A client that stops sending mid-body would hold the request (and a place among
         // the concurrent ones) forever: past the idle timeout the request ends.
-        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+        // A client that trickles a byte now and then is bounded by the request deadline.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            stop = Some(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request ran longer than {} s (server.request_timeout_s); the good \
+                     records of the first {line_no} lines are durable; send the rest in \
+                     another request (re-sending is safe: duplicates are recognised)",
+                    state.config().request_timeout.as_secs_f64()
+                ),
+            ));
+            break;
+        }
+        let chunk = match tokio::time::timeout(idle.min(left), stream.next()).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
+            // The deadline, not the idle timeout: said at the top of the loop.
+            Err(_) if std::time::Instant::now() >= deadline => continue,
             Err(_) => {
                 stop = Some(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -266,15 +313,18 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
                     keep(&mut current, &rest[..i], max_line);
                     current_len += i;
                     line_no += 1;
-                    take(&mut intake, &current, current_len, line_no);
+                    take(&mut intake, &mut errors, &current, current_len, line_no);
                     current.clear();
                     current_len = 0;
                     rest = &rest[i + 1..];
-                    if intake.full()
-                        && let Err(e) = intake.flush().await
-                    {
-                        stop = Some(store_failed(e, line_no, &intake.summary));
-                        break 'read;
+                    if intake.full() {
+                        match intake.flush().await {
+                            Ok(refused) => list_refused(&mut errors, refused),
+                            Err(e) => {
+                                stop = Some(store_failed(e, line_no, &intake.summary));
+                                break 'read;
+                            }
+                        }
                     }
                 }
                 None => {
@@ -287,11 +337,12 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     }
     if stop.is_none() && current_len > 0 {
         line_no += 1;
-        take(&mut intake, &current, current_len, line_no);
+        take(&mut intake, &mut errors, &current, current_len, line_no);
     }
-    if let Err(e) = intake.flush().await {
+    match intake.flush().await {
+        Ok(refused) => list_refused(&mut errors, refused),
         // What was batched is not stored: report what is.
-        return Err(store_failed(e, line_no, &intake.summary));
+        Err(e) => return Err(store_failed(e, line_no, &intake.summary)),
     }
     let s = intake.summary;
     record_metrics(&s);

@@ -48,6 +48,14 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// How long a request body may send nothing before the request ends (408).
     pub body_idle_timeout: std::time::Duration,
+    /// How long a client may take to send a request's headers before its connection is
+    /// closed.
+    pub header_read_timeout: std::time::Duration,
+    /// The longest a request may take in all; an intake past it stops reading and answers
+    /// 408 with what it stored, anything else gets 503.
+    pub request_timeout: std::time::Duration,
+    /// The most open connections; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +68,9 @@ impl Default for ServerConfig {
             intake: flowhost_core::intake::IntakeLimits::default(),
             max_concurrent_requests: 256,
             body_idle_timeout: std::time::Duration::from_secs(30),
+            header_read_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(300),
+            max_connections: 1024,
         }
     }
 }
@@ -179,14 +190,65 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves `router(state)` on `listener` until `stop` fires, then stops accepting
 /// connections and waits for the requests in flight (their records are then durable).
+///
+/// HTTP/1.1 over hyper, with what a service facing slow or many clients needs: a client
+/// must send its headers within `header_read_timeout` (else the connection closes), and at
+/// most `max_connections` connections are open (more are closed at once, logged). Bodies
+/// and whole requests are bounded by the routes (idle-body timeout, request deadline).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    let config = state.config().clone();
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let mut refused_since_log = 0u64;
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    }
+                    continue;
+                }
+            },
+        };
+        let Ok(place) = open.clone().try_acquire_owned() else {
+            refused_since_log += 1;
+            if refused_since_log.is_power_of_two() {
+                tracing::warn!(
+                    refused = refused_since_log,
+                    "{} connections are open (server.max_connections); closing new ones",
+                    config.max_connections
+                );
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(place);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Why `model` is not one the store knows (naming the known ones), or `None` when it is.
@@ -232,8 +294,9 @@ async fn limit_concurrency(
     request: Request,
     next: Next,
 ) -> Response {
+    let deadline = state.config().request_timeout;
     if request.uri().path().starts_with("/health/") {
-        return next.run(request).await;
+        return within_deadline(deadline, next.run(request)).await;
     }
     let Ok(_place) = state.inner.places.clone().try_acquire_owned() else {
         let mut response = ApiError::new(
@@ -250,7 +313,37 @@ async fn limit_concurrency(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    next.run(request).await
+    // Intake watches the deadline itself (to answer with what it stored); this is the
+    // backstop for every route, a little later.
+    within_deadline(
+        deadline + std::time::Duration::from_secs(10),
+        next.run(request),
+    )
+    .await
+}
+
+/// A request's work, ended with 503 past `deadline`.
+async fn within_deadline(
+    deadline: std::time::Duration,
+    work: impl std::future::Future<Output = Response>,
+) -> Response {
+    match tokio::time::timeout(deadline, work).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                deadline_s = deadline.as_secs_f64(),
+                "a request ran past its deadline and was stopped"
+            );
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request took longer than {} s (server.request_timeout_s) and was stopped",
+                    deadline.as_secs_f64()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Why a request that a browser sent from another site's page is refused: its `Origin` is

@@ -209,6 +209,7 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
             u8::from(b.cooling_until.is_some())
         );
     }
+    retrying_section(state, &mut out);
     let registry = state.registry();
     family(
         &mut out,
@@ -242,6 +243,46 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
     Ok(out)
 }
 
+/// Stages whose batches fail for a reason not about the data, as this host sees them
+/// (held in memory: shown even while the database does not answer).
+fn retrying_section(state: &AppState, out: &mut String) {
+    family(
+        out,
+        "flowhost_batch_retrying_since_seconds",
+        "gauge",
+        "Unix time since which the batches of a stage of a model fail and are retried (present only while they do).",
+    );
+    let retrying = state.engine().retrying();
+    for r in &retrying {
+        let since = r
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "flowhost_batch_retrying_since_seconds{{model=\"{}\",stage=\"{}\"}} {}",
+            label(&r.model),
+            r.stage.as_str(),
+            since.as_secs()
+        );
+    }
+    family(
+        out,
+        "flowhost_batch_retry_attempts",
+        "gauge",
+        "Failed attempts in a row of a stage of a model that is retrying.",
+    );
+    for r in &retrying {
+        let _ = writeln!(
+            out,
+            "flowhost_batch_retry_attempts{{model=\"{}\",stage=\"{}\"}} {}",
+            label(&r.model),
+            r.stage.as_str(),
+            r.attempts
+        );
+    }
+}
+
 /// `GET /metrics`.
 pub(crate) async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
     let mut body = match state.metrics() {
@@ -254,7 +295,25 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> ApiResult<Response>
     if !body.is_empty() && !body.ends_with('\n') {
         body.push('\n');
     }
-    body.push_str(&state_section(&state).await?);
+    // What the database holds; when it does not answer, what this host knows still comes
+    // out (retrying stages first of all), with `flowhost_database_up 0`.
+    family(
+        &mut body,
+        "flowhost_database_up",
+        "gauge",
+        "1 when the database answered this scrape.",
+    );
+    match state_section(&state).await {
+        Ok(section) => {
+            body.push_str("flowhost_database_up 1\n");
+            body.push_str(&section);
+        }
+        Err(e) => {
+            tracing::warn!("metrics: the database does not answer: {e}");
+            body.push_str("flowhost_database_up 0\n");
+            retrying_section(&state, &mut body);
+        }
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

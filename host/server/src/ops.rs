@@ -21,6 +21,11 @@ fn when(micros: i64) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// A time as RFC 3339.
+fn when_time(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Every model's plugin as the database records it (one JSON object per model: version,
 /// source, state, re-projection progress, last refusal, earlier versions), and the refused
 /// files that name no model. `flowhost plugins list --json` prints the same objects.
@@ -73,6 +78,7 @@ pub(crate) async fn models(State(state): State<AppState>) -> ApiResult<Json<Valu
     let models = store.models().await?;
     let states = store.plugin_states().await?;
     let counts = store.counts().await?;
+    let retrying = state.engine().retrying();
     let of = |list: &[(String, i64)], model: &str| {
         list.iter()
             .find(|(m, _)| m == model)
@@ -90,6 +96,11 @@ pub(crate) async fn models(State(state): State<AppState>) -> ApiResult<Json<Valu
                 }
             }
             let serving = state.engine().plugins().get(&m.name).map(|p| p.version().to_string());
+            let retrying: Vec<Value> = retrying
+                .iter()
+                .filter(|r| r.model == m.name)
+                .map(|r| json!({"stage": r.stage.as_str(), "since": when_time(r.since), "attempts": r.attempts, "last_error": r.last_error}))
+                .collect();
             json!({
                 "model": m.name,
                 "kind": m.kind,
@@ -97,6 +108,7 @@ pub(crate) async fn models(State(state): State<AppState>) -> ApiResult<Json<Valu
                 "source": state_row.map(|s| s.source.as_str()),
                 "state": state_row.map(|s| s.state.clone()),
                 "serving_here": serving,
+                "retrying_here": retrying,
                 "counts": {
                     "references": of(&counts.references, &m.name),
                     "keyed": of(&counts.keyed, &m.name),

@@ -526,10 +526,15 @@ macro_rules! impl_shared {
                     self.exec(&mut qb, &mut tx, op, model).await?;
                     switched.requeued = self
                         .move_parked(&mut tx, op, model, |qb| {
+                            // What the old version's output caused: its failures, and
+                            // keys too long for the index (a new version may key otherwise).
                             qb.push("p.model = ")
                                 .push_bind(model.to_string())
-                                .push(" AND p.reason = ")
-                                .push_bind(ParkReason::PluginFailed.as_str());
+                                .push(" AND p.reason IN (")
+                                .push_bind(ParkReason::PluginFailed.as_str())
+                                .push(", ")
+                                .push_bind(ParkReason::StoreRefused.as_str())
+                                .push(")");
                         })
                         .await?;
                 }

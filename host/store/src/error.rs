@@ -32,6 +32,56 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// When the database refused a statement because of the data in it — a constraint, a
+    /// size or an encoding it does not take — its message (the database's own words, without
+    /// the statement). `None` for everything else: a lost connection, a busy or read-only
+    /// database, a serialisation failure, a key race (a unique violation: deciding again
+    /// resolves it), which are worth retrying.
+    pub fn refused(&self) -> Option<String> {
+        let StoreError::Query {
+            source: sqlx::Error::Database(db),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        let about_data = if db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some()
+        {
+            // SQLSTATE classes: 22 data exception, 23 integrity constraint, 54 program limit
+            // (an index row too large). 23505 is a unique violation: a race, not the data.
+            (code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
+                && code != "23505"
+        } else {
+            // SQLite's extended codes: the primary is the low byte. 18 TOOBIG, 19 CONSTRAINT
+            // (but not its UNIQUE 2067 and PRIMARYKEY 1555: races), 20 MISMATCH.
+            let extended: i32 = code.parse().unwrap_or(0);
+            matches!(extended & 0xff, 18..=20) && !matches!(extended, 2067 | 1555)
+        };
+        about_data.then(|| {
+            let message: String = db.message().chars().take(300).collect();
+            if code.is_empty() {
+                message
+            } else {
+                format!("{message} (code {code})")
+            }
+        })
+    }
+}
+
+impl CommitError {
+    /// See [`StoreError::refused`].
+    pub fn refused(&self) -> Option<String> {
+        match self {
+            CommitError::Store(e) => e.refused(),
+            _ => None,
+        }
+    }
+}
+
 /// Why a stage's commit did not happen. Nothing of the batch was written.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {

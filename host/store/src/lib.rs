@@ -163,9 +163,33 @@ impl Store {
     }
 
     /// Appends records to intake, durably, and queues the new ones for association.
-    /// Returns one answer per record, same order: accepted (with its sequence) or duplicate.
+    /// Returns one answer per record, same order: accepted (with its sequence), duplicate,
+    /// or refused by the database. One transaction per call; when the database refuses it
+    /// because of the data in it, it is split in two until the refused records are alone
+    /// (the rare path: 2·log2(n) transactions per refused record), and the others are
+    /// appended in order.
     pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
-        backend!(self.append(records))
+        let mut out = Vec::with_capacity(records.len());
+        let mut spans = std::collections::VecDeque::from([(0, records.len())]);
+        while let Some((lo, hi)) = spans.pop_front() {
+            let span = &records[lo..hi];
+            match backend!(self.append(span)) {
+                Ok(answers) => out.extend(answers),
+                Err(e) => match e.refused() {
+                    Some(message) if span.len() == 1 => {
+                        tracing::warn!(model = %span[0].model, id = %span[0].external_id, "the database refused a record at intake: {message}");
+                        out.push(Appended::Refused(message));
+                    }
+                    Some(_) => {
+                        let mid = lo + span.len() / 2;
+                        spans.push_front((mid, hi));
+                        spans.push_front((lo, mid));
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+        Ok(out)
     }
 
     /// Takes (or renews) the lease of a stage of a model for `holder`. Returns false when

@@ -35,12 +35,15 @@ pub struct ModelInfo {
 }
 
 /// The answer for one appended record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
     /// Durable, with its intake sequence.
     Accepted(i64),
     /// Equal to an earlier record (model, system, external id, payload); nothing written.
     Duplicate,
+    /// The database refused this record for a reason of its own (a constraint, a size, an
+    /// encoding): its message. Nothing of it was written; the batch's other records were.
+    Refused(String),
 }
 
 /// The two leased stages.

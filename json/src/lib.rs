@@ -1,0 +1,505 @@
+//! JSON as flowhost compares it, shared by the host (intake, duplicates) and the guest SDK
+//! (canonical views, `max`/`min`):
+//!
+//! - [`Decimal`]: a JSON number by its exact decimal value. `1`, `1.0`, `1e0` and `10e-1` are
+//!   one value; `100000000000000000001` and `100000000000000000000` are two; `-0` is `0`.
+//!   Nothing goes through a 64-bit float.
+//! - [`canonical`]: a value written with object keys sorted, numbers in their canonical
+//!   decimal form and no insignificant whitespace: two values that are equal as JSON values
+//!   have the same canonical text (what the payload hash is taken of).
+//! - [`parse_strict`]: parsing that refuses an object with the same key twice (which would
+//!   otherwise keep one of the two values silently).
+//!
+//! The workspace builds `serde_json` with `arbitrary_precision`, so a parsed number keeps
+//! its text and comes back out exactly as sent.
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// The largest exponent magnitude a number may have to be compared exactly (`1e999999999`
+/// is fine; an exponent of twenty digits is not a measurement).
+pub const MAX_EXPONENT: i64 = 1_000_000_000;
+
+/// A JSON number by its exact value: sign, significant digits (no leading or trailing
+/// zeros; empty for zero) and the power of ten of the last digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Decimal {
+    negative: bool,
+    digits: String,
+    exponent: i64,
+}
+
+impl Decimal {
+    /// Parses JSON number text (`-12.50e3`). `None` when it is not a JSON number or its
+    /// exponent is beyond ±[`MAX_EXPONENT`].
+    pub fn parse(text: &str) -> Option<Decimal> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (int, frac) = match mantissa.split_once('.') {
+            Some((int, frac)) => (int, frac),
+            None => (mantissa, ""),
+        };
+        let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits_only(int) || (mantissa.contains('.') && !digits_only(frac)) {
+            return None;
+        }
+        if int.len() > 1 && int.starts_with('0') {
+            return None;
+        }
+        let mut exp: i64 = match exponent {
+            None => 0,
+            Some(e) => {
+                let (sign, body) = match e.as_bytes().first() {
+                    Some(b'-') => (-1, &e[1..]),
+                    Some(b'+') => (1, &e[1..]),
+                    _ => (1, e),
+                };
+                if !digits_only(body) {
+                    return None;
+                }
+                let body = body.trim_start_matches('0');
+                if body.len() > 10 {
+                    return None;
+                }
+                let magnitude: i64 = if body.is_empty() {
+                    0
+                } else {
+                    body.parse().ok()?
+                };
+                if magnitude > MAX_EXPONENT {
+                    return None;
+                }
+                sign * magnitude
+            }
+        };
+        // value = (int ++ frac) × 10^(exp − len(frac)); the mantissa is at most a line long.
+        exp -= frac.len() as i64;
+        let all: String = [int, frac].concat();
+        let significant = all.trim_start_matches('0');
+        let trimmed = significant.trim_end_matches('0');
+        exp += (significant.len() - trimmed.len()) as i64;
+        if trimmed.is_empty() {
+            return Some(Decimal {
+                negative: false,
+                digits: String::new(),
+                exponent: 0,
+            });
+        }
+        Some(Decimal {
+            negative,
+            digits: trimmed.to_string(),
+            exponent: exp,
+        })
+    }
+
+    /// The exact value of a parsed JSON number (its text, kept by `arbitrary_precision`).
+    pub fn of(n: &Number) -> Option<Decimal> {
+        Decimal::parse(&n.to_string())
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.digits.is_empty()
+    }
+
+    /// The power of ten of the leading digit (`123` → 2, `0.05` → -2).
+    fn magnitude(&self) -> i64 {
+        self.exponent + self.digits.len() as i64 - 1
+    }
+
+    fn cmp_abs(&self, other: &Decimal) -> Ordering {
+        match (self.is_zero(), other.is_zero()) {
+            (true, true) => return Ordering::Equal,
+            (true, false) => return Ordering::Less,
+            (false, true) => return Ordering::Greater,
+            _ => {}
+        }
+        // Without trailing zeros, the digit strings compare as written once the leading
+        // digits are aligned; a string that is a prefix of the other is the smaller.
+        self.magnitude()
+            .cmp(&other.magnitude())
+            .then_with(|| self.digits.cmp(&other.digits))
+    }
+}
+
+impl Ord for Decimal {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self.negative, other.negative) {
+            (false, true) => Ordering::Greater,
+            (true, false) => Ordering::Less,
+            (false, false) => self.cmp_abs(other),
+            (true, true) => other.cmp_abs(self),
+        }
+    }
+}
+
+impl PartialOrd for Decimal {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The canonical text: `0`, or `[-]DIGITSeEXP` (`1.50` → `15e-1`).
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_zero() {
+            return f.write_str("0");
+        }
+        let sign = if self.negative { "-" } else { "" };
+        write!(f, "{sign}{}e{}", self.digits, self.exponent)
+    }
+}
+
+/// Writes `value` in canonical form to `out`: object keys sorted (by their UTF-8 bytes),
+/// numbers as [`Decimal`]s, strings escaped as `serde_json` writes them, no whitespace.
+/// Equal JSON values give equal text.
+pub fn canonical(value: &Value, out: &mut impl FnMut(&[u8])) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out(b"{");
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out(b",");
+                }
+                out(string_text(key).as_bytes());
+                out(b":");
+                canonical(&map[key], out);
+            }
+            out(b"}");
+        }
+        Value::Array(items) => {
+            out(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out(b",");
+                }
+                canonical(item, out);
+            }
+            out(b"]");
+        }
+        Value::Number(n) => match Decimal::of(n) {
+            Some(d) => out(d.to_string().as_bytes()),
+            // Not reachable for parsed input (intake refuses such numbers); its text then.
+            None => out(n.to_string().as_bytes()),
+        },
+        scalar => out(scalar.to_string().as_bytes()),
+    }
+}
+
+/// The canonical text of a value, as a string.
+pub fn canonical_string(value: &Value) -> String {
+    let mut out = Vec::new();
+    canonical(value, &mut |b| out.extend_from_slice(b));
+    String::from_utf8(out).expect("canonical JSON is UTF-8")
+}
+
+fn string_text(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// The first number in `value` (depth first) that cannot be compared exactly (its exponent
+/// is beyond ±[`MAX_EXPONENT`]), with its path (`a.b[2]`).
+pub fn inexact_number(value: &Value) -> Option<(String, String)> {
+    fn walk(value: &Value, path: &mut String) -> Option<String> {
+        match value {
+            Value::Number(n) if Decimal::of(n).is_none() => Some(n.to_string()),
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(v, path);
+                if found.is_none() {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().find_map(|(k, v)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                let found = walk(v, path);
+                if found.is_none() {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => None,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).map(|n| (path, n))
+}
+
+/// Parses JSON text into a value, refusing an object that has the same key twice
+/// ("duplicate key `a`"). Nesting is bounded by `serde_json`'s recursion limit (128).
+pub fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictValue::deserialize_from(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A value deserialised with duplicate keys refused.
+struct StrictValue;
+
+impl StrictValue {
+    fn deserialize_from<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        StrictValue::deserialize_from(d).map(Strict)
+    }
+}
+
+/// The key under which `serde_json` (with `arbitrary_precision`) hands a number's text to a
+/// visitor.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        let Some(first) = access.next_key::<String>()? else {
+            return Ok(Value::Object(map));
+        };
+        if first == NUMBER_TOKEN {
+            let text: String = access.next_value()?;
+            return text
+                .parse::<Number>()
+                .map(Value::Number)
+                .map_err(de::Error::custom);
+        }
+        let mut key = first;
+        loop {
+            let Strict(value) = access.next_value()?;
+            if map.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key `{}`",
+                    key.chars().take(60).collect::<String>()
+                )));
+            }
+            map.insert(key, value);
+            match access.next_key::<String>()? {
+                Some(next) => key = next,
+                None => return Ok(Value::Object(map)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap_or_else(|| panic!("{s} parses"))
+    }
+
+    #[test]
+    fn equal_values_are_one_whatever_the_spelling() {
+        for same in [
+            ["1", "1.0", "1e0"],
+            ["10e-1", "0.1e1", "1.000"],
+            ["0", "-0", "0.0e5"],
+            ["120", "1.2e2", "12E1"],
+            ["-0.05", "-5e-2", "-50E-3"],
+        ] {
+            for s in same {
+                assert_eq!(d(s), d(same[0]), "{s} = {}", same[0]);
+                assert_eq!(d(s).to_string(), d(same[0]).to_string());
+            }
+        }
+        assert_ne!(
+            d("100000000000000000001"),
+            d("100000000000000000000"),
+            "beyond a float's precision"
+        );
+        assert_eq!(
+            d("100000000000000000001").to_string(),
+            "100000000000000000001e0"
+        );
+    }
+
+    #[test]
+    fn order_is_by_value() {
+        let ordered = [
+            "-1e400",
+            "-2",
+            "-1.5",
+            "-1",
+            "-0.001",
+            "0",
+            "1e-400",
+            "0.001",
+            "0.01",
+            "1",
+            "1.5",
+            "2",
+            "10",
+            "99",
+            "100",
+            "100000000000000000000",
+            "100000000000000000001",
+            "1e400",
+        ];
+        for pair in ordered.windows(2) {
+            assert!(d(pair[0]) < d(pair[1]), "{} < {}", pair[0], pair[1]);
+        }
+    }
+
+    #[test]
+    fn not_numbers_and_wild_exponents_are_refused() {
+        for bad in [
+            "",
+            "-",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "+1",
+            "0x10",
+            "1e99999999999",
+        ] {
+            assert!(Decimal::parse(bad).is_none(), "{bad}");
+        }
+        assert!(Decimal::parse("1e999999999").is_some());
+        assert!(
+            Decimal::parse("1e0000000000000000005").is_some(),
+            "leading zeros"
+        );
+    }
+
+    #[test]
+    fn canonical_text_ignores_order_whitespace_and_spelling() {
+        let a = parse_strict(r#"{"b": [1.0, {"y": 2, "x": "é"}], "a": 1e0}"#).unwrap();
+        let b = parse_strict(r#"{"a":1,"b":[1,{"x":"é","y":2.00}]}"#).unwrap();
+        assert_eq!(canonical_string(&a), canonical_string(&b));
+        assert_eq!(
+            canonical_string(&a),
+            r#"{"a":1e0,"b":[1e0,{"x":"é","y":2e0}]}"#
+        );
+        let c = parse_strict(r#"{"a":"1"}"#).unwrap();
+        let n = parse_strict(r#"{"a":1}"#).unwrap();
+        assert_ne!(
+            canonical_string(&c),
+            canonical_string(&n),
+            "a string is not a number"
+        );
+    }
+
+    #[test]
+    fn numbers_keep_their_text() {
+        let v = parse_strict(r#"{"n":100000000000000000001,"f":1.50,"e":-0}"#).unwrap();
+        assert_eq!(
+            v.to_string(),
+            r#"{"n":100000000000000000001,"f":1.50,"e":-0}"#
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let e = parse_strict(r#"{"a":1,"a":2}"#).unwrap_err().to_string();
+        assert!(e.contains("duplicate key `a`"), "{e}");
+        assert!(parse_strict(r#"{"x":[{"b":1,"b":1}]}"#).is_err());
+        assert!(
+            parse_strict(r#"{"a":{"a":1}}"#).is_ok(),
+            "same key at two depths"
+        );
+        assert!(parse_strict(r#"{"a":1} x"#).is_err(), "trailing text");
+    }
+
+    #[test]
+    fn inexact_numbers_are_found_with_their_path() {
+        let v = parse_strict(r#"{"a":{"b":[1,1e99999999999]}}"#).unwrap();
+        assert_eq!(
+            inexact_number(&v),
+            Some(("a.b[1]".to_string(), "1e+99999999999".to_string()))
+        );
+        assert_eq!(inexact_number(&parse_strict(r#"{"a":1e5}"#).unwrap()), None);
+    }
+
+    proptest! {
+        /// Any integer and any float agree with their Decimal: same order, and equal when
+        /// equal.
+        #[test]
+        fn decimals_order_like_integers(a in any::<i64>(), b in any::<i64>()) {
+            prop_assert_eq!(d(&a.to_string()).cmp(&d(&b.to_string())), a.cmp(&b));
+        }
+
+        #[test]
+        fn decimals_order_like_floats(a in -1e300f64..1e300, b in -1e300f64..1e300) {
+            let text = |f: f64| serde_json::to_string(&f).unwrap();
+            prop_assert_eq!(
+                d(&text(a)).cmp(&d(&text(b))),
+                a.partial_cmp(&b).unwrap()
+            );
+        }
+
+        /// Scaling the spelling (moving the point, padding zeros) never changes the value.
+        #[test]
+        fn respelling_keeps_the_value(digits in "[1-9][0-9]{0,30}", shift in -40i64..40, pad in 0usize..5) {
+            let plain = format!("{digits}e{shift}");
+            let padded = format!("{digits}{}e{}", "0".repeat(pad), shift - pad as i64);
+            prop_assert_eq!(d(&plain), d(&padded));
+        }
+    }
+}
