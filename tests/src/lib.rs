@@ -390,6 +390,37 @@ pub fn count_by(url: &str, sql: &str) -> Vec<(String, i64)> {
     })
 }
 
+/// Runs statements on a scratch database (SQLite or PostgreSQL), for what an operator might
+/// do to it behind flowhost's back (a constraint of their own, a read-only switch).
+pub fn execute(url: &str, statements: &[&str]) {
+    let url = url.to_string();
+    let statements: Vec<String> = statements.iter().map(|s| s.to_string()).collect();
+    block_on_thread(async move {
+        use sqlx::Connection;
+        if url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("open sqlite");
+            for s in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+                    .execute(&mut c)
+                    .await
+                    .expect("statement");
+            }
+        } else {
+            let mut c = sqlx::PgConnection::connect(&url)
+                .await
+                .expect("open postgres");
+            for s in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+                    .execute(&mut c)
+                    .await
+                    .expect("statement");
+            }
+        }
+    })
+}
+
 /// A running `flowhost serve`, its log in a file; stopped (SIGKILL) when dropped.
 pub struct Server {
     child: std::process::Child,
