@@ -98,6 +98,8 @@ pub enum LineError {
     TooDeep(String, usize),
     #[error("field `payload` holds {0} values, over the limit of {1} (intake.max_values)")]
     TooManyValues(usize, usize),
+    #[error("unknown field `{0}`; {1} has only {2}")]
+    UnknownField(String, &'static str, &'static str),
     #[error(
         "number {text} at `payload.{path}` has an exponent beyond ±{} and cannot be compared exactly",
         flowhost_json::MAX_EXPONENT
@@ -135,6 +137,27 @@ fn nul_at(value: &Value, path: &mut String) -> bool {
             found
         }),
         _ => false,
+    }
+}
+
+const RECORD_FIELDS: &[&str] = &["model", "source", "id", "occurred_at", "payload"];
+const SOURCE_FIELDS: &[&str] = &["system", "adapter"];
+
+/// Refuses a field that is not one of `known`.
+fn only_fields(
+    obj: &Map<String, Value>,
+    prefix: &str,
+    what: &'static str,
+    known: &[&str],
+    listed: &'static str,
+) -> Result<(), LineError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(LineError::UnknownField(
+            format!("{prefix}{}", k.chars().take(60).collect::<String>()),
+            what,
+            listed,
+        )),
     }
 }
 
@@ -199,6 +222,15 @@ pub fn parse_line_within(
     let Value::Object(obj) = value else {
         return Err(LineError::NotAnObject(type_name(&value)));
     };
+    // A misspelt field would otherwise be dropped in silence (`occured_at`: the record
+    // would take the intake time).
+    only_fields(
+        &obj,
+        "",
+        "a record",
+        RECORD_FIELDS,
+        "model, source, id, occurred_at, payload",
+    )?;
     let model = required_string(&obj, "model", "model")?;
     let source = match obj.get("source") {
         None | Some(Value::Null) => return Err(LineError::Missing("source")),
@@ -211,6 +243,13 @@ pub fn parse_line_within(
             });
         }
     };
+    only_fields(
+        source,
+        "source.",
+        "`source`",
+        SOURCE_FIELDS,
+        "system, adapter",
+    )?;
     let system = required_string(source, "system", "source.system")?;
     if system.chars().any(|c| c == ':' || c.is_control()) {
         return Err(LineError::BadSystem(system.chars().take(64).collect()));

@@ -88,6 +88,11 @@ impl<'a> LineIntake<'a> {
     pub fn line(&mut self, line: &[u8], len: usize) -> LineOutcome {
         self.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Editors on some systems start a text file with a byte order mark: not data.
+        let line = match self.lines {
+            1 => line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line),
+            _ => line,
+        };
         if len > self.max_line {
             self.summary.refused += 1;
             return LineOutcome::Refused(LineError::TooLong(len, self.max_line));
