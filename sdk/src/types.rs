@@ -219,7 +219,8 @@ pub struct Group {
 pub struct Projection {
     /// Dotted path → ordered distinct values.
     pub canonical: Map<String, Value>,
-    /// Dotted path → value text → sources.
+    /// Dotted path → one entry per canonical value, in the same order:
+    /// `{"value": …, "sources": ["system/adapter/id", …]}`.
     pub lineage: Map<String, Value>,
     /// Dotted path → the value its policy chose.
     pub root: Map<String, Value>,

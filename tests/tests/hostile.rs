@@ -681,3 +681,106 @@ fn a_client_that_stops_sending_is_cut_off_and_excess_requests_are_told_to_retry(
     );
     assert!(server.stop().success());
 }
+
+/// Reads until the peer closes the connection (or 30 s pass); returns what came.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> (String, bool) {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = match stream.read_to_end(&mut got) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+#[test]
+fn slow_headers_trickled_bodies_and_too_many_connections_are_cut_off() {
+    use std::io::Write;
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let mut server = Server::start(
+        &host,
+        &[
+            "--set",
+            "server.header_read_timeout_s=3",
+            "--set",
+            "server.request_timeout_s=2",
+            "--set",
+            "server.max_connections=3",
+        ],
+    );
+    let base = server.url();
+    let http = Http::new(&base);
+    let address = base.trim_start_matches("http://").to_string();
+
+    // Headers that never end: the connection is closed after the header timeout.
+    let started = Instant::now();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    write!(slow, "GET /v1/models HTTP/1.1\r\nhost: {address}\r\n").unwrap();
+    let (_, closed) = read_until_closed(&mut slow);
+    assert!(closed, "the connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // A body that trickles in (never idle long enough for the idle timeout) ends at the
+    // request deadline, with what it stored.
+    let line = flowhost_tests::line("device", "bms", "D-1", json!({"serial": "S1"}));
+    let mut trickle = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        trickle,
+        "POST /v1/records HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-ndjson\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
+        line.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    for _ in 0..200 {
+        // One byte of whitespace every 100 ms: a blank line in the making.
+        if write!(trickle, "1\r\n \r\n")
+            .and_then(|()| trickle.flush())
+            .is_err()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        trickle.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = std::io::Read::read(&mut trickle, &mut buf)
+            && n > 0
+        {
+            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+            trickle.set_nonblocking(false).unwrap();
+            break;
+        }
+        trickle.set_nonblocking(false).unwrap();
+    }
+    let (rest, _) = read_until_closed(&mut trickle);
+    answer.push_str(&rest);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.request_timeout_s"), "{answer}");
+    assert!(answer.contains(r#""accepted":1"#), "{answer}");
+
+    // Three idle connections fill the cap (for the 3 s of the header timeout): a fourth is
+    // closed at once; when they go, requests are served again.
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    wait_for("the cap to be full", Duration::from_secs(30), || {
+        let mut extra = std::net::TcpStream::connect(&address).unwrap();
+        let _ = write!(
+            extra,
+            "GET /health/live HTTP/1.1\r\nhost: {address}\r\n\r\n"
+        );
+        let (got, closed) = read_until_closed(&mut extra);
+        closed && got.is_empty()
+    });
+    drop(idle);
+    wait_for("requests served again", Duration::from_secs(30), || {
+        http.get("/health/live").status == 200
+    });
+    let (status, log) = server.stop_with_log();
+    assert!(status.success());
+    assert!(log.contains("server.max_connections"), "{log}");
+}

@@ -4,7 +4,10 @@
 //!   component in the `plugin` profile and place it at `target/plugins/<model>.wasm`
 //!   (fixtures at `target/plugins/fixtures/`). Cargo skips what has not changed, and a
 //!   component whose bytes did not change is not copied again.
-//! - `test`: build the plugins and the binary, then run the whole test suite.
+//! - `test`: build the plugins and the binary, run the whole test suite, then each fuzz
+//!   target for a few seconds (`FLOWHOST_FUZZ_SECONDS`, default 10; 0 skips them).
+//! - `fuzz [SECONDS]`: run each fuzz target longer (default 120 s each); findings are kept
+//!   in `fuzz/artifacts/<target>/`.
 //! - `demo`: the README's main job, on the embedded SQLite default.
 
 use anyhow::{Context, Result, bail};
@@ -38,13 +41,21 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("build-plugins") => build_plugins(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
+        Some("fuzz") => {
+            let seconds = match args.get(1) {
+                Some(s) => s.parse().context("fuzz takes the seconds per target")?,
+                None => 120,
+            };
+            fuzz(&root, seconds)
+        }
         Some("demo") => demo(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  build-plugins   build the plugin components into target/plugins/\n  \
-                 test            build plugins and binary, run every test\n  \
+                 test            build plugins and binary, run every test, fuzz briefly\n  \
+                 fuzz [SECONDS]  run each fuzz target (default 120 s each)\n  \
                  demo            run the demo on the embedded SQLite default"
             );
             std::process::exit(2);
@@ -166,7 +177,55 @@ fn write_if_changed(bytes: &[u8], to: &Path) -> Result<()> {
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     build_plugins(root)?;
     run(cargo().args(["build", "-p", "flowhost"]))?;
-    run(cargo().args(["test", "--workspace"]).args(extra))
+    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    let seconds = match std::env::var("FLOWHOST_FUZZ_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .context("FLOWHOST_FUZZ_SECONDS is seconds per target")?,
+        Err(_) => 10,
+    };
+    if seconds > 0 {
+        fuzz(root, seconds)?;
+    }
+    Ok(())
+}
+
+/// The fuzz targets of `fuzz/` (cargo-fuzz, libFuzzer).
+const FUZZ_TARGETS: &[&str] = &["intake_line", "canonical_json", "project"];
+
+/// Runs each fuzz target for `seconds`, from its seeds (`fuzz/seeds/<target>`) and what
+/// earlier runs found (`fuzz/corpus/<target>`, not committed). Installs cargo-fuzz when
+/// missing. The targets are safe Rust, so they run without a sanitizer; that works on the
+/// stable toolchain (`RUSTC_BOOTSTRAP` lets cargo-fuzz pass its coverage flags).
+fn fuzz(root: &Path, seconds: u64) -> Result<()> {
+    let has_fuzz = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        run(cargo().args(["install", "cargo-fuzz", "--version", "0.13.2", "--locked"]))?;
+    }
+    let dir = root.join("fuzz");
+    for target in FUZZ_TARGETS {
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        run(cargo()
+            .current_dir(&dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--sanitizer", "none", target])
+            .arg(&corpus)
+            .arg(dir.join("seeds").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1"))
+        .with_context(|| {
+            format!(
+                "fuzz target {target} found an input that fails: see fuzz/artifacts/{target}/ \
+                 (replay: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none {target} <file>)"
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
