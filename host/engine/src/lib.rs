@@ -11,19 +11,17 @@ mod batch;
 mod breaker;
 mod holder;
 mod isolate;
-mod plugins;
 mod project;
 mod retry;
 mod run;
 
 pub use batch::BatchDone;
 pub use breaker::{BreakerConfig, BreakerStatus};
-pub use plugins::PluginSet;
 pub use retry::{MAX_BACKOFF, RetryStatus};
 pub use run::{RunReport, StageReport};
 
 use flowhost_core::batch::BatchConfig;
-use flowhost_runtime::Plugin;
+use flowhost_runtime::{Plugin, PluginSet};
 use flowhost_store::{CommitError, Stage, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,12 +123,6 @@ pub(crate) async fn in_batch_span(
     .await
 }
 
-/// Brings the plugin set up to date with the database's current versions (the registry
-/// does; an engine without one only waits for the next batch).
-pub trait Refresh: Send + Sync {
-    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
-}
-
 /// The stage workers over one store and one set of plugins. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -144,11 +136,15 @@ struct Inner {
     holder: String,
     breakers: breaker::Breakers,
     retries: retry::Retries,
-    refresh: std::sync::OnceLock<Arc<dyn Refresh>>,
+    /// Models whose current version another process changed, for whoever brings the
+    /// plugin set up to date (the registry, through `take_version_changes`).
+    version_changes: tokio::sync::mpsc::UnboundedSender<String>,
+    version_changes_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Engine {
     pub fn new(store: Store, plugins: PluginSet, config: EngineConfig) -> Self {
+        let (version_changes, version_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -157,7 +153,8 @@ impl Engine {
                 retries: retry::Retries::default(),
                 config,
                 holder: holder::new_holder_id(),
-                refresh: std::sync::OnceLock::new(),
+                version_changes,
+                version_changes_rx: std::sync::Mutex::new(Some(version_changes_rx)),
             }),
         }
     }
@@ -174,22 +171,38 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Sets what brings the plugins up to date when a commit finds that another process
-    /// changed a model's current version (once; later calls are ignored).
-    pub fn set_refresh(&self, refresh: Arc<dyn Refresh>) {
-        let _ = self.inner.refresh.set(refresh);
+    /// The models whose current plugin version a commit found changed by another process
+    /// (once; later calls get `None`). Whoever owns the plugin set listens and brings it up
+    /// to date; without a listener, batches wait for the set to change on its own.
+    pub fn take_version_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.inner
+            .version_changes_rx
+            .lock()
+            .expect("version changes lock")
+            .take()
     }
 
     /// A commit found the batch's plugin version replaced elsewhere: nothing was written;
-    /// bring the plugins up to date and have the batch run again.
+    /// have the plugins brought up to date and the batch run again.
     pub(crate) async fn version_changed(&self, model: &str, current: &str) -> BatchDone {
         tracing::info!(
             model,
             current = &current[..current.len().min(12)],
             "plugin version changed by another process; running the batch again on it"
         );
-        if let Some(refresh) = self.inner.refresh.get() {
-            refresh.refresh().await;
+        // Ask for the plugin set to be brought up to date, and wait (briefly) until it is,
+        // so the batch does not run again on the replaced version.
+        let _ = self.inner.version_changes.send(model.to_string());
+        if !self
+            .inner
+            .plugins
+            .wait_for(model, current, std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::debug!(
+                model,
+                "the plugin set is not up to date yet; the batch runs again"
+            );
         }
         BatchDone {
             retry: true,

@@ -74,6 +74,19 @@ pub async fn engine(env: &Env, config: EngineConfig) -> Result<(Engine, Registry
     let store = env.open_store().await?;
     let registry = open_registry(env, &store).await?;
     let engine = Engine::new(store, registry.plugins().clone(), config);
-    engine.set_refresh(std::sync::Arc::new(registry.clone()));
+    // A commit that finds a model's version changed by another process asks for the plugin
+    // set to be brought up to date: the registry syncs with the database.
+    if let Some(mut changes) = engine.take_version_changes() {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                // Several requests at once need one sync.
+                while changes.try_recv().is_ok() {}
+                if let Err(e) = registry.sync().await {
+                    tracing::warn!("cannot read the current plugin versions: {e}");
+                }
+            }
+        });
+    }
     Ok((engine, registry))
 }

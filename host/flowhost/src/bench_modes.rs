@@ -438,7 +438,7 @@ async fn pipeline(
     }
     let before = store.statements();
     let started = Instant::now();
-    let intake_batch = batch_size.unwrap_or(ingest::BATCH);
+    let intake_batch = batch_size.unwrap_or(flowhost_edges::intake::BATCH);
     ingest::ingest(
         &store,
         file,

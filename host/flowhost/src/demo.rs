@@ -64,7 +64,7 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
         4 << 20,
         &Default::default(),
         true,
-        ingest::BATCH,
+        flowhost_edges::intake::BATCH,
     )
     .await?;
     let ingest_time = started.elapsed();

@@ -140,8 +140,8 @@ enum Command {
     },
     /// Run association and projection.
     Process {
-        /// Stop when no work is left (parked records waiting for nothing new are not work).
-        /// This is the only mode of `process`; `serve` runs continuously.
+        /// `process` always stops when no work is left (parked records waiting for nothing
+        /// new are not work); this flag only says so. `serve` runs continuously.
         #[arg(long)]
         until_idle: bool,
         /// Fixed batch size for both stages instead of the adaptive one (1 = one record,
@@ -314,7 +314,7 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
                 max_line_bytes.unwrap_or(config.server.max_line_bytes),
                 &config.intake_limits(),
                 true,
-                ingest::BATCH,
+                flowhost_edges::intake::BATCH,
             )
             .await?;
             if summary.accepted + summary.duplicates + summary.refused == 0 {
@@ -367,7 +367,7 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
         }
         Command::Export { view, model } => {
             let store = env.open_store().await?;
-            if let Some(message) = flowhost_server::unknown_model(&store, &model)
+            if let Some(message) = flowhost_edges::models::unknown_model(&store, &model)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {

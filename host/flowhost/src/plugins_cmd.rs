@@ -132,7 +132,7 @@ async fn list(
     as_json: bool,
     out: &mut impl std::io::Write,
 ) -> Result<usize> {
-    let (models, refused) = flowhost_server::plugins_json(store)
+    let (models, refused) = flowhost_edges::models::plugins_json(store)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if as_json {

@@ -23,7 +23,7 @@ mod watch;
 pub use rollback::{RollbackError, rollback};
 
 use flowhost_core::Description;
-use flowhost_engine::PluginSet;
+use flowhost_runtime::PluginSet;
 use flowhost_runtime::{Limits, Plugin, Runtime};
 use flowhost_store::{CurrentChange, PluginFileRow, Store, StoreError, VersionSource};
 use std::collections::{BTreeMap, HashMap};
@@ -746,16 +746,6 @@ impl Registry {
             .await
             .map_err(|e| RollbackError::Other(e.to_string()))?;
         Ok(version)
-    }
-}
-
-impl flowhost_engine::Refresh for Registry {
-    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            if let Err(e) = self.sync().await {
-                tracing::warn!("cannot read the current plugin versions: {e}");
-            }
-        })
     }
 }
 

@@ -22,10 +22,12 @@ mod check;
 mod convert;
 mod error;
 mod guard;
+mod set;
 
 pub use check::OutputLimits;
 pub use error::{CallError, LoadError, PluginError};
 pub use guard::{MAX_LOG_BYTES, MAX_LOG_LINES, MAX_TABLE_ELEMENTS};
+pub use set::PluginSet;
 
 use bindings::{HostState, PluginPre};
 use flowhost_core::{Association, Description, Group, Projection, Record};

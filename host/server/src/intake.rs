@@ -1,6 +1,5 @@
-//! Intake of NDJSON lines in batches, shared by `flowhost ingest` and `POST /v1/records`:
-//! each line is parsed and checked on its own (a bad line is refused with its number and
-//! reason, never the request), good lines are appended in batches of one transaction.
+//! `POST /v1/records`: an NDJSON body through the edges' line intake, read as it streams
+//! in, bounded by the body limit, an idle timeout and the request deadline.
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -8,150 +7,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flowhost_core::intake::{IntakeLimits, IntakeRecord, LineError, parse_line_within};
-use flowhost_store::{Appended, Store, StoreError};
+use flowhost_edges::intake::{BATCH, IntakeSummary, LineIntake, LineOutcome, Lines};
+use flowhost_store::StoreError;
 use futures::StreamExt;
 use serde_json::json;
 use std::collections::BTreeSet;
-
-/// Counts of one intake.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct IntakeSummary {
-    pub accepted: u64,
-    pub duplicates: u64,
-    pub refused: u64,
-}
-
-/// What became of one line.
-#[derive(Debug)]
-pub enum LineOutcome {
-    /// Blank: not a record.
-    Skipped,
-    /// Parsed and waiting in the batch.
-    Batched,
-    Refused(LineError),
-}
-
-/// Lines into batches into the store.
-pub struct LineIntake<'a> {
-    store: &'a Store,
-    known: BTreeSet<String>,
-    known_list: String,
-    max_line: usize,
-    limits: IntakeLimits,
-    batch_size: usize,
-    batch: Vec<IntakeRecord>,
-    /// The line number of each record of the batch.
-    batch_lines: Vec<u64>,
-    /// Lines taken so far (the number of the last one).
-    lines: u64,
-    pub summary: IntakeSummary,
-}
-
-impl<'a> LineIntake<'a> {
-    /// Intake into `store` of records of the `known` models, refusing lines longer than
-    /// `max_line` bytes, appending every `batch_size` good lines.
-    pub fn new(
-        store: &'a Store,
-        known: BTreeSet<String>,
-        max_line: usize,
-        batch_size: usize,
-    ) -> Self {
-        let known_list = if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.iter().cloned().collect::<Vec<_>>().join(", ")
-        };
-        let batch_size = batch_size.max(1);
-        Self {
-            store,
-            known,
-            known_list,
-            max_line,
-            limits: IntakeLimits::default(),
-            batch_size,
-            batch: Vec::with_capacity(batch_size.min(4_096)),
-            batch_lines: Vec::with_capacity(batch_size.min(4_096)),
-            lines: 0,
-            summary: IntakeSummary::default(),
-        }
-    }
-
-    /// The same intake under other record limits.
-    pub fn with_limits(self, limits: IntakeLimits) -> Self {
-        Self { limits, ..self }
-    }
-
-    /// Takes the next line (without its newline; a trailing `\r` is dropped): lines are
-    /// numbered from 1 in the order they are taken. `len` is the line's full length when
-    /// only its first bytes were kept (see `max_line`).
-    pub fn line(&mut self, line: &[u8], len: usize) -> LineOutcome {
-        self.lines += 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        // Editors on some systems start a text file with a byte order mark: not data.
-        let line = match self.lines {
-            1 => line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line),
-            _ => line,
-        };
-        if len > self.max_line {
-            self.summary.refused += 1;
-            return LineOutcome::Refused(LineError::TooLong(len, self.max_line));
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return LineOutcome::Skipped;
-        }
-        let parsed = parse_line_within(line, chrono::Utc::now(), &self.limits).and_then(|r| {
-            if self.known.contains(&r.model) {
-                Ok(r)
-            } else {
-                Err(LineError::UnknownModel {
-                    model: r.model,
-                    known: self.known_list.clone(),
-                })
-            }
-        });
-        match parsed {
-            Ok(r) => {
-                self.batch.push(r);
-                self.batch_lines.push(self.lines);
-                LineOutcome::Batched
-            }
-            Err(e) => {
-                self.summary.refused += 1;
-                LineOutcome::Refused(e)
-            }
-        }
-    }
-
-    /// Whether the batch is full and should be flushed before more lines.
-    pub fn full(&self) -> bool {
-        self.batch.len() >= self.batch_size
-    }
-
-    /// Appends the batch (one transaction); when this returns, its records are durable.
-    /// Returns the lines whose record the database refused (line number, reason); they are
-    /// counted as refused.
-    pub async fn flush(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
-        if self.batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let answers = self.store.append(&self.batch).await?;
-        let mut refused = Vec::new();
-        for (answer, &line) in answers.iter().zip(&self.batch_lines) {
-            match answer {
-                Appended::Accepted(_) => self.summary.accepted += 1,
-                Appended::Duplicate => self.summary.duplicates += 1,
-                Appended::Refused(why) => {
-                    self.summary.refused += 1;
-                    refused.push((line, format!("the database refused this record: {why}")));
-                }
-            }
-        }
-        self.batch.clear();
-        self.batch_lines.clear();
-        Ok(refused)
-    }
-}
 
 /// Adds lines the database refused to an answer's list of errors (up to its limit).
 fn list_refused(errors: &mut Vec<serde_json::Value>, refused: Vec<(u64, String)>) {
@@ -162,8 +22,6 @@ fn list_refused(errors: &mut Vec<serde_json::Value>, refused: Vec<(u64, String)>
     }
 }
 
-/// Good lines per append of a request.
-const BATCH: usize = 2_000;
 /// At most this many refused lines are listed in an answer (all are counted).
 const MAX_LISTED_ERRORS: usize = 100;
 
@@ -227,8 +85,7 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
         LineIntake::new(store, known, max_line, BATCH).with_limits(state.config().intake);
     let mut errors = Vec::new();
     let mut line_no = 0u64;
-    let mut current: Vec<u8> = Vec::new();
-    let mut current_len = 0usize;
+    let mut lines = Lines::new(max_line);
     let mut received = 0usize;
     let mut stream = body.into_data_stream();
     let mut stop: Option<ApiError> = None;
@@ -312,37 +169,25 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
             break;
         }
         let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    keep(&mut current, &rest[..i], max_line);
-                    current_len += i;
-                    line_no += 1;
-                    take(&mut intake, &mut errors, &current, current_len, line_no);
-                    current.clear();
-                    current_len = 0;
-                    rest = &rest[i + 1..];
-                    if intake.full() {
-                        match intake.flush().await {
-                            Ok(refused) => list_refused(&mut errors, refused),
-                            Err(e) => {
-                                stop = Some(store_failed(e, line_no, &intake.summary));
-                                break 'read;
-                            }
-                        }
+        while let Some((line, len)) = lines.next_line(&mut rest) {
+            line_no += 1;
+            take(&mut intake, &mut errors, line, len, line_no);
+            if intake.full() {
+                match intake.flush().await {
+                    Ok(refused) => list_refused(&mut errors, refused),
+                    Err(e) => {
+                        stop = Some(store_failed(e, line_no, &intake.summary));
+                        break 'read;
                     }
-                }
-                None => {
-                    keep(&mut current, rest, max_line);
-                    current_len += rest.len();
-                    rest = &[];
                 }
             }
         }
     }
-    if stop.is_none() && current_len > 0 {
+    if stop.is_none()
+        && let Some((line, len)) = lines.finish()
+    {
         line_no += 1;
-        take(&mut intake, &mut errors, &current, current_len, line_no);
+        take(&mut intake, &mut errors, line, len, line_no);
     }
     match intake.flush().await {
         Ok(refused) => list_refused(&mut errors, refused),
@@ -383,12 +228,6 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
         ));
     };
     Ok((status, axum::Json(counts)).into_response())
-}
-
-/// Keeps a line's bytes up to one past the limit (enough to know it is too long).
-fn keep(current: &mut Vec<u8>, part: &[u8], max_line: usize) {
-    let room = (max_line + 1).saturating_sub(current.len());
-    current.extend_from_slice(&part[..part.len().min(room)]);
 }
 
 fn store_failed(e: StoreError, line: u64, s: &IntakeSummary) -> ApiError {

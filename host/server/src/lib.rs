@@ -13,10 +13,8 @@ mod ops;
 mod views;
 
 pub use error::ApiError;
-pub use intake::{IntakeSummary, LineIntake, LineOutcome};
 pub use metrics::Metrics;
-pub use ops::plugins_json;
-pub use views::{MAX_PAGE, ViewKind, parked_json, view_line};
+pub use views::MAX_PAGE;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -27,7 +25,7 @@ use axum::routing::{get, post};
 use error::ApiResult;
 use flowhost_engine::Engine;
 use flowhost_registry::Registry;
-use flowhost_store::{Store, StoreError};
+use flowhost_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -251,27 +249,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Why `model` is not one the store knows (naming the known ones), or `None` when it is.
-/// The HTTP API and the CLI refuse an unknown model with this message.
-pub async fn unknown_model(store: &Store, model: &str) -> Result<Option<String>, StoreError> {
-    let models = store.models().await?;
-    if models.iter().any(|m| m.name == model) {
-        return Ok(None);
-    }
-    let names: Vec<String> = models.into_iter().map(|m| m.name).collect();
-    Ok(Some(format!(
-        "unknown model '{model}'; known: {}",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    )))
-}
-
 /// Fails with 404 naming the known models when `model` is not one.
 pub(crate) async fn known_model(store: &Store, model: &str) -> ApiResult<()> {
-    match unknown_model(store, model).await? {
+    match flowhost_edges::models::unknown_model(store, model).await? {
         None => Ok(()),
         Some(message) => Err(ApiError::not_found(message)),
     }

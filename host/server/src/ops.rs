@@ -1,7 +1,7 @@
 //! Models, parked records and plugins: the read routes and the admin actions.
 
 use crate::error::{ApiError, ApiResult};
-use crate::views::{only_params, page_limit, parked_json, path, query};
+use crate::views::{only_params, page_limit, path, query};
 use crate::{AppState, known_model, ndjson};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -9,66 +9,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use flowhost_core::ParkReason;
+use flowhost_edges::views::parked_json;
 use flowhost_registry::RollbackError;
-use flowhost_store::{ParkedFilter, Store, StoreError};
+use flowhost_store::{ParkedFilter, Store};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-
-/// A time in microseconds as RFC 3339.
-fn when(micros: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| "?".into())
-}
 
 /// A time as RFC 3339.
 fn when_time(t: std::time::SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Every model's plugin as the database records it (one JSON object per model: version,
-/// source, state, re-projection progress, last refusal, earlier versions), and the refused
-/// files that name no model. `flowhost plugins list --json` prints the same objects.
-pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
-    let states = store.plugin_states().await?;
-    let versions = store.plugin_versions(None).await?;
-    let files = store.plugin_files().await?;
-    let mut models = Vec::with_capacity(states.len());
-    // One progress query per model: a handful of models, read by an operator, not a hot path.
-    for s in &states {
-        let progress = store.reprojection(&s.model, &s.version).await?;
-        let file = versions
-            .iter()
-            .find(|v| v.model == s.model && v.version == s.version)
-            .map(|v| v.file.clone());
-        let previous: Vec<Value> = versions
-            .iter()
-            .filter(|v| v.model == s.model && v.version != s.version)
-            .map(|v| json!({"version": v.version, "file": v.file, "last_current": when(v.last_current_micros)}))
-            .collect();
-        let last_error = files
-            .iter()
-            .find(|f| f.model.as_deref() == Some(&s.model) && f.error.is_some())
-            .map(|f| json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)}));
-        models.push(json!({
-            "model": s.model,
-            "kind": s.kind,
-            "version": s.version,
-            "source": s.source.as_str(),
-            "since": when(s.since_micros),
-            "file": file,
-            "state": s.state,
-            "views": {"current": progress.current, "total": progress.total, "failed": progress.failed},
-            "last_error": last_error,
-            "previous": previous,
-        }));
-    }
-    let refused = files
-        .iter()
-        .filter(|f| f.model.is_none() && f.error.is_some())
-        .map(|f| json!({"file": f.file, "error": f.error, "at": when(f.checked_micros)}))
-        .collect();
-    Ok((models, refused))
 }
 
 /// `GET /v1/models`: every model with its kind, plugin version and state, whether this
@@ -191,7 +140,7 @@ pub(crate) async fn requeue(
 
 /// `GET /v1/plugins`.
 pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let (models, refused) = plugins_json(state.store()).await?;
+    let (models, refused) = flowhost_edges::models::plugins_json(state.store()).await?;
     let breakers: Vec<Value> = state
         .engine()
         .breakers()

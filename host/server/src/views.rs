@@ -1,64 +1,14 @@
-//! The views as NDJSON lines, exactly as `flowhost export` writes them (shared by the CLI
-//! and the HTTP API), and the view routes.
+//! The view routes: pages of the edges' NDJSON view lines, one reference, parked records.
 
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, known_model, ndjson};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use flowhost_store::{Cursor, ParkedRow, ViewRow};
+use flowhost_edges::views::{ViewKind, view_line};
+use flowhost_store::Cursor;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-
-/// Which view of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViewKind {
-    Canonical,
-    Root,
-    Lineage,
-}
-
-impl ViewKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "canonical" => Some(Self::Canonical),
-            "root" => Some(Self::Root),
-            "lineage" => Some(Self::Lineage),
-            _ => None,
-        }
-    }
-}
-
-fn q(s: &str) -> String {
-    Value::String(s.to_string()).to_string()
-}
-
-/// One line of a view export (without the newline). The stored JSON texts are embedded as
-/// they are.
-pub fn view_line(kind: ViewKind, v: &ViewRow) -> String {
-    let (id, m) = (q(&v.reference), q(&v.model));
-    match kind {
-        ViewKind::Canonical => format!(r#"{{"id":{id},"model":{m},"canonical":{}}}"#, v.canonical),
-        ViewKind::Root => format!(
-            r#"{{"id":{id},"model":{m},"root":{},"parents":{}}}"#,
-            v.root, v.parents
-        ),
-        ViewKind::Lineage => format!(r#"{{"id":{id},"model":{m},"lineage":{}}}"#, v.lineage),
-    }
-}
-
-/// One parked record as exported.
-pub fn parked_json(p: &ParkedRow) -> Value {
-    let r = &p.record;
-    json!({
-        "model": r.model,
-        "source": {"system": r.source.system, "adapter": r.source.adapter},
-        "id": r.external_id,
-        "reason": p.reason,
-        "details": p.details,
-        "attempts": p.attempts,
-    })
-}
 
 /// The most lines one page may ask for.
 pub const MAX_PAGE: usize = 10_000;

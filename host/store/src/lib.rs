@@ -366,7 +366,7 @@ impl Store {
     }
 
     /// One page of value-object records of a model, grouped under their parents (parents by
-    /// first intake, records by occurred_at); `after` is the row number already read.
+    /// first intake, records by occurred_at), from row `offset` on.
     pub async fn values(
         &self,
         model: &str,

@@ -1,0 +1,15 @@
+//! flowhost's edges: what crosses into and out of the product, written once for every way
+//! in and out.
+//!
+//! - [`intake`]: NDJSON lines in. A bounded line splitter and the line intake (checked line
+//!   by line, appended in batches of one transaction) that `flowhost ingest` and
+//!   `POST /v1/records` both use.
+//! - [`views`]: NDJSON lines out. The view, value and parked-record lines and the exports
+//!   that page through the store, for `flowhost export` and the HTTP view routes alike.
+//! - [`models`]: which models exist (the "unknown model" message) and the plugin listing.
+//!
+//! The CLI (`host/flowhost`) and the HTTP API (`host/server`) are thin adapters over it.
+
+pub mod intake;
+pub mod models;
+pub mod views;

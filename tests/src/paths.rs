@@ -1,0 +1,66 @@
+//! Where the built binary, the plugin components and the test cache are.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests live in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The folder `cargo xtask build-plugins` fills with `<model>.wasm`.
+pub fn plugins_dir() -> PathBuf {
+    let dir = target_dir().join("plugins");
+    assert!(
+        dir.join("device.wasm").exists(),
+        "{} has no plugins: run `cargo xtask build-plugins` (or `cargo xtask test`)",
+        dir.display()
+    );
+    dir
+}
+
+/// One built plugin component.
+pub fn plugin(model: &str) -> PathBuf {
+    plugins_dir().join(format!("{model}.wasm"))
+}
+
+/// The `flowhost` binary built by `cargo xtask test` (debug profile).
+pub fn binary() -> PathBuf {
+    let bin = target_dir().join("debug").join("flowhost");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p flowhost` (or `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch folder for the compile cache shared by the tests of one run.
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("test-cache")
+}
+
+/// Runs the binary with `args`, with the test compile cache.
+pub fn flowhost(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("FLOWHOST_CACHE_DIR", cache_dir())
+        .env_remove("FLOWHOST_DB")
+        .env_remove("FLOWHOST_PLUGINS")
+        .output()
+        .expect("run flowhost")
+}
+
+/// The text of an output stream.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
