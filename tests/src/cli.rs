@@ -37,6 +37,21 @@ impl Host {
         self.command().args(args).output().expect("run flowhost")
     }
 
+    /// Runs `flowhost-bench` on the same database and plugins with `args`.
+    pub fn bench(&self, args: &[&str]) -> Output {
+        Command::new(crate::bench_binary())
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--plugins")
+            .arg(&self.plugins)
+            .env("FLOWHOST_CACHE_DIR", cache_dir())
+            .env_remove("FLOWHOST_DB")
+            .env_remove("FLOWHOST_PLUGINS")
+            .args(args)
+            .output()
+            .expect("run flowhost-bench")
+    }
+
     /// Ingests NDJSON text through standard input.
     pub fn ingest(&self, ndjson: &str) -> Output {
         self.ingest_bytes(ndjson.as_bytes())

@@ -44,6 +44,28 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The `flowhost-bench` binary built by `cargo xtask test` (debug profile).
+pub fn bench_binary() -> PathBuf {
+    let bin = target_dir().join("debug").join("flowhost-bench");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p flowhost-bench` (or `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the benchmarks binary with `args`, with the test compile cache.
+pub fn flowhost_bench(args: &[&str]) -> Output {
+    Command::new(bench_binary())
+        .args(args)
+        .env("FLOWHOST_CACHE_DIR", cache_dir())
+        .env_remove("FLOWHOST_DB")
+        .env_remove("FLOWHOST_PLUGINS")
+        .output()
+        .expect("run flowhost-bench")
+}
+
 /// A scratch folder for the compile cache shared by the tests of one run.
 pub fn cache_dir() -> PathBuf {
     target_dir().join("test-cache")

@@ -1,4 +1,4 @@
-//! `flowhost bench` runs its modes and reports in the documented shape (the numbers
+//! `flowhost-bench` runs its modes and reports in the documented shape (the numbers
 //! themselves belong in BENCHMARKS.md, measured on the release build).
 
 use flowhost_tests::{Host, Scratch, json_lines, text};
@@ -7,7 +7,7 @@ use flowhost_tests::{Host, Scratch, json_lines, text};
 fn bench_reports_every_mode_with_its_numbers() {
     let db = Scratch::sqlite();
     let host = Host::new(&db.url);
-    let out = host.run(&["bench", "--records", "1500", "--sample", "200", "--json"]);
+    let out = host.bench(&["--records", "1500", "--sample", "200", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v = &json_lines(&out.stdout)[0];
     assert_eq!(v["records"], 1500);
@@ -45,15 +45,7 @@ fn bench_reports_every_mode_with_its_numbers() {
 fn latency_under_steady_load_measures_every_record() {
     let db = Scratch::sqlite();
     let host = Host::new(&db.url);
-    let out = host.run(&[
-        "bench",
-        "latency",
-        "--rate",
-        "500",
-        "--seconds",
-        "1",
-        "--json",
-    ]);
+    let out = host.bench(&["latency", "--rate", "500", "--seconds", "1", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v = &json_lines(&out.stdout)[0];
     assert_eq!(v["records"], v["measured"], "{v}");
@@ -63,8 +55,7 @@ fn latency_under_steady_load_measures_every_record() {
 #[test]
 fn bench_faults_times_each_misbehaving_call_to_its_time_limit() {
     let fixtures = flowhost_tests::plugins_dir().join("fixtures");
-    let out = flowhost_tests::flowhost(&[
-        "bench",
+    let out = flowhost_tests::flowhost_bench(&[
         "faults",
         "--wasm",
         fixtures.join("faulty.wasm").to_str().unwrap(),

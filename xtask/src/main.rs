@@ -4,7 +4,7 @@
 //!   component in the `plugin` profile and place it at `target/plugins/<model>.wasm`
 //!   (fixtures at `target/plugins/fixtures/`). Cargo skips what has not changed, and a
 //!   component whose bytes did not change is not copied again.
-//! - `test`: build the plugins and the binary, run the whole test suite, then each fuzz
+//! - `test`: build the plugins and the binaries, run the whole test suite, then each fuzz
 //!   target for a few seconds (`FLOWHOST_FUZZ_SECONDS`, default 10; 0 skips them).
 //! - `fuzz [SECONDS]`: run each fuzz target longer (default 120 s each); findings are kept
 //!   in `fuzz/artifacts/<target>/`.
@@ -176,7 +176,7 @@ fn write_if_changed(bytes: &[u8], to: &Path) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     build_plugins(root)?;
-    run(cargo().args(["build", "-p", "flowhost"]))?;
+    run(cargo().args(["build", "-p", "flowhost", "-p", "flowhost-bench"]))?;
     run(cargo().args(["test", "--workspace"]).args(extra))?;
     let seconds = match std::env::var("FLOWHOST_FUZZ_SECONDS") {
         Ok(s) => s

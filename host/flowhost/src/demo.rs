@@ -2,8 +2,8 @@
 //! workload, ingests it through the same path as `flowhost ingest`, processes it until idle,
 //! and prints what happened and where to look next.
 
-use crate::{app, ingest, workload};
 use anyhow::Result;
+use flowhost::{app, ingest, workload};
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Instant;

@@ -1,19 +1,12 @@
 //! The flowhost binary: the CLI, configuration, tracing set-up and composition root.
 
-mod app;
-mod bench;
-mod bench_durability;
-mod bench_http;
-mod bench_latency;
-mod bench_modes;
-mod bench_swap;
-mod config;
 mod demo;
 mod export;
-mod ingest;
 mod plugins_cmd;
 mod serve;
-mod workload;
+
+use flowhost::settings::{Settings, init_tracing};
+use flowhost::{app, config, ingest, workload};
 
 use anyhow::Result;
 
@@ -33,99 +26,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "flowhost", version, about)]
 struct Cli {
-    /// A TOML configuration file (see examples/flowhost.toml).
-    #[arg(long, global = true, env = "FLOWHOST_CONFIG")]
-    config: Option<PathBuf>,
-    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://…`
-    /// [database.url, FLOWHOST_DB; default sqlite://flowhost.db].
-    #[arg(long, global = true)]
-    db: Option<String>,
-    /// The plugins folder: `<anything>.wasm` components, each naming its model
-    /// [plugins.dir, FLOWHOST_PLUGINS; default ./plugins].
-    #[arg(long, global = true)]
-    plugins: Option<PathBuf>,
-    /// The longest one plugin call may run, in milliseconds
-    /// [plugins.timeout_ms, FLOWHOST_PLUGIN_TIMEOUT_MS; default 10000].
-    #[arg(long, global = true)]
-    plugin_timeout_ms: Option<u64>,
-    /// The most memory one plugin instance may use, in MiB
-    /// [plugins.memory_mb, FLOWHOST_PLUGIN_MEMORY_MB; default 512].
-    #[arg(long, global = true)]
-    plugin_memory_mb: Option<usize>,
-    /// The most records (or references) in one plugin call
-    /// [plugins.max_batch, FLOWHOST_PLUGIN_MAX_BATCH; default 10000].
-    #[arg(long, global = true)]
-    plugin_max_batch: Option<usize>,
-    /// Limits of one model, over the defaults above: `MODEL:timeout_ms=N,memory_mb=N,max_batch=N`
-    /// (any of the three) [plugins.models.MODEL.*]. Repeat for several models.
-    #[arg(long = "model-limit", global = true, value_parser = config::parse_model_limit)]
-    model_limit: Vec<Vec<(String, String)>>,
-    /// Where every plugin version that has been current is kept, for rollback
-    /// [plugins.versions_dir, FLOWHOST_VERSIONS_DIR; default <plugins>/.versions].
-    #[arg(long, global = true)]
-    versions_dir: Option<PathBuf>,
-    /// The HTTP API's address for `serve` [server.listen, FLOWHOST_LISTEN; default
-    /// 127.0.0.1:8080]; port 0 picks a free port (printed at start).
-    #[arg(long, global = true)]
-    listen: Option<String>,
-    /// The bearer token of the admin routes [server.admin_token, FLOWHOST_ADMIN_TOKEN].
-    #[arg(long, global = true)]
-    admin_token: Option<String>,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flowhost=debug`
-    /// [log.filter, FLOWHOST_LOG; default info for serve, warn otherwise].
-    #[arg(long, global = true)]
-    log: Option<String>,
-    /// Log format [log.format, FLOWHOST_LOG_FORMAT; default text].
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<config::LogFormat>,
-    /// Any setting, as `section.key=value` (e.g. `stages.associate.max_batch=2000`);
-    /// repeatable. The specific flags above win over it.
-    #[arg(long = "set", global = true, value_parser = config::parse_set)]
-    set: Vec<(String, String)>,
+    #[command(flatten)]
+    settings: Settings,
     #[command(subcommand)]
     command: Command,
-}
-
-impl Cli {
-    /// The flags as configuration keys, weakest first.
-    fn flag_settings(&self) -> Vec<(String, String)> {
-        let mut out = self.set.clone();
-        let path = |p: &PathBuf| p.display().to_string();
-        let pairs: [(&str, Option<String>); 9] = [
-            ("database.url", self.db.clone()),
-            ("plugins.dir", self.plugins.as_ref().map(path)),
-            (
-                "plugins.timeout_ms",
-                self.plugin_timeout_ms.map(|v| v.to_string()),
-            ),
-            (
-                "plugins.memory_mb",
-                self.plugin_memory_mb.map(|v| v.to_string()),
-            ),
-            (
-                "plugins.max_batch",
-                self.plugin_max_batch.map(|v| v.to_string()),
-            ),
-            ("plugins.versions_dir", self.versions_dir.as_ref().map(path)),
-            ("server.listen", self.listen.clone()),
-            ("server.admin_token", self.admin_token.clone()),
-            ("log.filter", self.log.clone()),
-        ];
-        out.extend(
-            pairs
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
-        );
-        if let Some(format) = self.log_format {
-            let name = match format {
-                config::LogFormat::Text => "text",
-                config::LogFormat::Json => "json",
-            };
-            out.push(("log.format".into(), name.into()));
-        }
-        out.extend(self.model_limit.iter().flatten().cloned());
-        out
-    }
 }
 
 #[derive(Subcommand)]
@@ -171,9 +75,6 @@ enum Command {
     /// Inspect and try plugins.
     #[command(subcommand)]
     Plugins(plugins_cmd::PluginsCommand),
-    /// Measure flowhost: without a subcommand, the workload through `batched`, `per_record`
-    /// and `floor` modes side by side (`--sweep batch-size`, `--memory` for the other runs).
-    Bench(bench::BenchArgs),
     /// Generate a realistic workload, ingest and process it, and summarise.
     Demo {
         /// Records to generate.
@@ -212,12 +113,7 @@ fn parse_reason(s: &str) -> Result<ParkReason, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let layers = config::Layers {
-        file: cli.config.as_deref(),
-        env: std::env::vars().collect(),
-        flags: cli.flag_settings(),
-    };
-    let config = match config::load(&layers) {
+    let config = match cli.settings.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -251,28 +147,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str, format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("warning: log filter '{filter}' is invalid ({e}); logging warnings only");
-        tracing_subscriber::EnvFilter::new("warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        config::LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
-}
-
 fn run(command: Command, config: config::Config) -> Result<ExitCode> {
     match command {
         Command::Plugins(cmd) if !cmd.needs_database() => plugins_cmd::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd, &config.database.url, &config.plugins.dir),
         Command::Config => {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
@@ -411,7 +288,7 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(cmd) => plugins_cmd::run_with_database(cmd, env).await,
-        Command::Bench(_) | Command::Config | Command::Serve => {
+        Command::Config | Command::Serve => {
             unreachable!("handled before")
         }
     }

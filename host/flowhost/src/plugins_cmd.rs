@@ -65,7 +65,7 @@ pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
     }
 }
 
-pub async fn run_with_database(cmd: PluginsCommand, env: &crate::app::Env) -> Result<ExitCode> {
+pub async fn run_with_database(cmd: PluginsCommand, env: &flowhost::app::Env) -> Result<ExitCode> {
     let store = env.open_store().await?;
     let code = match cmd {
         PluginsCommand::List { json } => {

@@ -7,8 +7,8 @@
 //! all within `server.shutdown_deadline_s`. Past the deadline it exits 1; nothing
 //! acknowledged is lost either way, since a batch commits whole or not at all.
 
-use crate::{app, config::Config};
 use anyhow::{Context, Result};
+use flowhost::{app, config::Config};
 use flowhost_server::{AppState, Metrics};
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `flowhost bench swap`: how long from a plugin file landing in the watched folder to the
+//! `flowhost-bench swap`: how long from a plugin file landing in the watched folder to the
 //! new version serving, through the real registry (notify, debounce, compile, validation,
 //! archive, database switch, swap).
 
@@ -57,7 +57,7 @@ pub async fn swap(v1: &Path, v2: &Path, rounds: usize, as_json: bool) -> Result<
     let target = plugins.join("device.wasm");
     std::fs::write(&target, &one)?;
     let store =
-        crate::app::open_store(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
+        flowhost::app::open_store(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(dir.join("cache")),
         ..RuntimeConfig::default()

@@ -1,4 +1,4 @@
-//! `flowhost bench durability`: what making every SQLite commit durable costs
+//! `flowhost-bench durability`: what making every SQLite commit durable costs
 //! (`synchronous=FULL`, the default, against `NORMAL`), for intake appends of several batch
 //! sizes. Both settings run in the same process, rounds alternating, each round on a fresh
 //! database file, so the machine's noise falls on both alike.
@@ -29,12 +29,12 @@ struct Cell {
 }
 
 pub async fn run(spec: Durability) -> Result<ExitCode> {
-    let dir = crate::bench::tempfile_dir()?;
+    let dir = crate::tempfile_dir()?;
     let mut cells = Vec::new();
     for &batch in &spec.batches {
         let batch = batch.max(1);
         let records = spec.records.min(batch * 400).max(batch);
-        let lines = crate::bench::intake_records("durability", records, 0);
+        let lines = crate::intake_records("durability", records, 0);
         // Per setting: (rate, median commit) of each round.
         let mut full: Vec<(f64, f64)> = Vec::new();
         let mut normal: Vec<(f64, f64)> = Vec::new();

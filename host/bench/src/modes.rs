@@ -1,4 +1,4 @@
-//! `flowhost bench`: the same workload through three modes, each in its own process on a
+//! `flowhost-bench`: the same workload through three modes, each in its own process on a
 //! fresh database, in one invocation:
 //!
 //! - `batched`: the real pipeline (ingest, association, projection) with adaptive batching;
@@ -11,9 +11,9 @@
 //!
 //! Each mode runs in a child process (`--only MODE`) so that its peak RSS is its own.
 
-use crate::{app, ingest, workload};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use flowhost::{app, ingest, workload};
 use flowhost_core::batch::BatchConfig;
 use flowhost_core::intake::parse_line;
 use flowhost_engine::{EngineConfig, RunReport};
@@ -77,7 +77,7 @@ pub struct ModesArgs {
     pub rows: Option<String>,
 }
 
-/// Runs `flowhost bench` (without a subcommand).
+/// Runs `flowhost-bench` (without a subcommand).
 pub fn run(args: ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
     if let Some(mode) = args.only {
         let result = tokio::runtime::Builder::new_multi_thread()
@@ -104,7 +104,6 @@ fn spawn(db: &str, plugins: &Path, extra: &[String]) -> Result<Value> {
         .arg(db)
         .arg("--plugins")
         .arg(plugins)
-        .arg("bench")
         .args(extra)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -162,7 +161,7 @@ fn modes(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "flowhost bench: {} records on {}, each mode on a fresh database in its own process",
+        "flowhost-bench: {} records on {}, each mode on a fresh database in its own process",
         args.records,
         backend(db)
     );
@@ -239,7 +238,7 @@ fn sweep(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "flowhost bench --sweep batch-size: {} records on {} (sizes under 50 on the first {}, extrapolated)",
+        "flowhost-bench --sweep batch-size: {} records on {} (sizes under 50 on the first {}, extrapolated)",
         args.records,
         backend(db),
         args.sample
@@ -269,7 +268,7 @@ fn memory(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
         println!("{}", json!({"100000": small, "1000000": large}));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("flowhost bench --memory: peak RSS of the batched pipeline by input size");
+    println!("flowhost-bench --memory: peak RSS of the batched pipeline by input size");
     table(&[("100k", &small), ("1M", &large)]);
     Ok(ExitCode::SUCCESS)
 }

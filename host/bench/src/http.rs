@@ -1,11 +1,11 @@
-//! `flowhost bench http`: the load check of the HTTP API. A `flowhost serve` child process
+//! `flowhost-bench http`: the load check of the HTTP API. A `flowhost serve` child process
 //! on a loopback port and a fresh database; N concurrent clients post the generated
 //! workload in NDJSON requests; then the views are awaited and checked: every record
 //! acknowledged is in intake once, and keyed or parked for a reason.
 
-use crate::bench_modes::FreshDb;
-use crate::workload;
+use crate::modes::FreshDb;
 use anyhow::{Context, Result, bail};
+use flowhost::workload;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -57,7 +57,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load) -> Result<Value> {
         })
         .collect();
 
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut child = tokio::process::Command::new(crate::flowhost_binary()?)
         .args(["--db", url, "--plugins"])
         .arg(plugins)
         .args(["--listen", "127.0.0.1:0", "--log", "warn", "serve"])

@@ -1,12 +1,12 @@
-//! `flowhost bench latency`: intake → canonical latency under a steady load. A running host
+//! `flowhost-bench latency`: intake → canonical latency under a steady load. A running host
 //! (the real `serve` loops, in this process) on a fresh database is fed at a fixed rate, in
 //! small intake batches every 10 ms, the way a service's HTTP or broker intake would. Every
 //! record is a new device, so the time its view was written is when it became visible; the
 //! latency of a record is that time minus the time intake accepted it.
 
-use crate::app;
-use crate::bench_modes::{FreshDb, peak_rss_mb};
+use crate::modes::{FreshDb, peak_rss_mb};
 use anyhow::{Result, bail};
+use flowhost::app;
 use flowhost_core::intake::parse_line;
 use flowhost_engine::EngineConfig;
 use serde_json::json;
@@ -52,7 +52,7 @@ pub async fn latency(
         );
     } else {
         println!(
-            "flowhost bench latency: {sent} records fed at {rate}/s (achieved {achieved:.0}/s) for {seconds} s into a running host"
+            "flowhost-bench latency: {sent} records fed at {rate}/s (achieved {achieved:.0}/s) for {seconds} s into a running host"
         );
         println!(
             "intake → canonical: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms ({} records measured); caught up {drain:.2} s after the last record",

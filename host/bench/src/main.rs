@@ -1,4 +1,13 @@
-//! `flowhost bench …`: benchmark commands whose printed numbers go into BENCHMARKS.md.
+//! `flowhost-bench`: the benchmarks whose printed numbers go into BENCHMARKS.md, kept out of
+//! the product binary. It takes the same settings as `flowhost` (`--config`, `FLOWHOST_…`,
+//! `--db`, `--plugins`, `--set …`) and drives the product's crates directly, or the
+//! `flowhost` binary where the benchmark is of the service (`http`, `latency`, `swap`).
+
+mod durability;
+mod http;
+mod latency;
+mod modes;
+mod swap;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
@@ -122,14 +131,53 @@ pub enum BenchCommand {
     },
 }
 
-/// `flowhost bench [SUBCOMMAND]`: without a subcommand, the three modes (or a sweep).
-#[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
+/// flowhost-bench: measures flowhost. Without a subcommand, the workload through the
+/// `batched`, `per_record` and `floor` modes side by side (`--sweep batch-size`, `--memory`
+/// for the other runs); those flags are for that run only, a subcommand has its own.
+#[derive(clap::Parser)]
+#[command(name = "flowhost-bench", version)]
+struct BenchArgs {
+    #[command(flatten)]
+    settings: flowhost::settings::Settings,
     #[command(subcommand)]
     command: Option<BenchCommand>,
     #[command(flatten)]
-    modes: crate::bench_modes::ModesArgs,
+    modes: modes::ModesArgs,
+}
+
+fn main() -> ExitCode {
+    let args = <BenchArgs as clap::Parser>::parse();
+    let config = match args.settings.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    flowhost::settings::init_tracing(
+        config.log.filter.as_deref().unwrap_or("warn"),
+        config.log.format,
+    );
+    match run(args, &config.database.url, &config.plugins.dir) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The product binary, built beside this one (`cargo build --release -p flowhost`).
+fn flowhost_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("flowhost");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: this benchmark runs the product binary; build it with `cargo build --release -p flowhost`",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// Runs an async benchmark on a runtime of its own.
@@ -140,18 +188,16 @@ fn block_on(bench: impl std::future::Future<Output = Result<ExitCode>>) -> Resul
         .block_on(bench)
 }
 
-pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
+fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
     let Some(cmd) = args.command else {
-        return crate::bench_modes::run(args.modes, db, plugins);
+        return modes::run(args.modes, db, plugins);
     };
     match cmd {
         BenchCommand::Latency {
             rate,
             seconds,
             json,
-        } => block_on(crate::bench_latency::latency(
-            db, plugins, rate, seconds, json,
-        )),
+        } => block_on(latency::latency(db, plugins, rate, seconds, json)),
         BenchCommand::Store { records, per_row } => block_on(store_bench(db, records, per_row)),
         BenchCommand::Plugin {
             wasm,
@@ -164,10 +210,10 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
             records,
             per_request,
             json,
-        } => block_on(crate::bench_http::run(
+        } => block_on(http::run(
             db,
             plugins,
-            crate::bench_http::Load {
+            http::Load {
                 clients,
                 records,
                 per_request,
@@ -179,20 +225,18 @@ pub fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitC
             batches,
             rounds,
             json,
-        } => block_on(crate::bench_durability::run(
-            crate::bench_durability::Durability {
-                records,
-                batches,
-                rounds,
-                json,
-            },
-        )),
+        } => block_on(durability::run(durability::Durability {
+            records,
+            batches,
+            rounds,
+            json,
+        })),
         BenchCommand::Swap {
             v1,
             v2,
             rounds,
             json,
-        } => block_on(crate::bench_swap::swap(&v1, &v2, rounds, json)),
+        } => block_on(swap::swap(&v1, &v2, rounds, json)),
         BenchCommand::Faults {
             wasm,
             describe,
