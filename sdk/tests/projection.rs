@@ -1,4 +1,4 @@
-//! The default projection, checked natively: DOMAIN.md's rules, and that the result
+//! The default projection, checked natively: the documented view rules (README: the views), and that the result
 //! depends only on the set of records, never on their batching or order.
 
 use flowhost_sdk::projection::{Projector, flatten, project};

@@ -1,4 +1,4 @@
-//! The example plugins as real components: DOMAIN.md's worked examples at the plugin level
+//! The example plugins as real components: the worked examples at the plugin level
 //! (the keys and parents each record yields, and the SDK's projection), and the CLI's
 //! `plugins check` / `plugins test`.
 

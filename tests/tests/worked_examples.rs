@@ -1,4 +1,4 @@
-//! DOMAIN.md's worked examples, end to end through the CLI, on SQLite and PostgreSQL.
+//! The worked examples of the domain rules (README: how records become references), end to end through the CLI, on SQLite and PostgreSQL.
 
 use flowhost_tests::{Host, Scratch, line, text};
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! The association decision of one batch (DOMAIN.md, Association rules 1–7).
+//! The association decision of one batch (README: "How records become references", rules 1–6).
 //!
 //! The engine asks the plugin for each record's keys and parents, looks up every key and
 //! every parent of the batch in one query each, and hands the answers to [`decide`]. The
