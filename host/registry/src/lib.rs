@@ -6,7 +6,7 @@
 //! probe batch of `associate` and `project` returns well-formed results of the right length.
 //! Then it is swapped in atomically: batches already running keep the version they started
 //! with, the next batch uses the new one. A file that fails validation never replaces a
-//! working version; its error (file, stage, message) is logged at warn and kept.
+//! working version; its error (file, step, message) is logged at warn and kept.
 //!
 //! Every version that has been current is kept: its bytes in the versions folder, its row in
 //! the database (`plugin_versions`). The database says which version of each model is current
@@ -79,9 +79,10 @@ impl RegistryConfig {
     }
 }
 
-/// Which step of validation refused a file.
+/// Which step of validation refused a file (not to be confused with the stages of the
+/// engine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub enum Step {
     Read,
     /// Compile, link (world) or `describe`.
     Load,
@@ -92,14 +93,14 @@ pub enum Stage {
     Install,
 }
 
-impl Stage {
+impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
-            Stage::Read => "read",
-            Stage::Load => "load",
-            Stage::Probe => "probe",
-            Stage::Conflict => "conflict",
-            Stage::Install => "install",
+            Step::Read => "read",
+            Step::Load => "load",
+            Step::Probe => "probe",
+            Step::Conflict => "conflict",
+            Step::Install => "install",
         }
     }
 }
@@ -108,7 +109,7 @@ impl Stage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
     pub file: String,
-    pub stage: Stage,
+    pub step: Step,
     pub message: String,
     pub at: SystemTime,
 }
@@ -119,7 +120,7 @@ impl std::fmt::Display for FileError {
             f,
             "{}: {} failed: {}",
             self.file,
-            self.stage.as_str(),
+            self.step.as_str(),
             self.message
         )
     }
@@ -288,9 +289,9 @@ impl Registry {
     pub(crate) async fn check(&self, file: String, bytes: Vec<u8>) -> Result<Checked, FileError> {
         let this = self.clone();
         let join = tokio::task::spawn_blocking(move || {
-            let fail = |stage, message: String| FileError {
+            let fail = |step, message: String| FileError {
                 file: file.clone(),
-                stage,
+                step,
                 message,
                 at: SystemTime::now(),
             };
@@ -298,12 +299,12 @@ impl Registry {
                 .inner
                 .runtime
                 .load_bytes(&file, &bytes)
-                .map_err(|e| fail(Stage::Load, e.error.to_string()))?;
+                .map_err(|e| fail(Step::Load, e.error.to_string()))?;
             let model = plugin.description().model.clone();
             let plugin = plugin.with_limits(this.limits_for(&model, &plugin));
             plugin
                 .probe()
-                .map_err(|e| fail(Stage::Probe, e.to_string()))?;
+                .map_err(|e| fail(Step::Probe, e.to_string()))?;
             Ok(Checked {
                 plugin,
                 bytes: Arc::new(bytes),
@@ -313,7 +314,7 @@ impl Registry {
             Ok(result) => result,
             Err(e) => Err(FileError {
                 file: "?".into(),
-                stage: Stage::Load,
+                step: Step::Load,
                 message: format!("validation task failed: {e}"),
                 at: SystemTime::now(),
             }),
@@ -332,7 +333,7 @@ impl Registry {
         let d = plugin.description().clone();
         let fail = |message: String| FileError {
             file: plugin.file().to_string(),
-            stage: Stage::Install,
+            step: Step::Install,
             message,
             at: SystemTime::now(),
         };
@@ -399,7 +400,7 @@ impl Registry {
     /// model's working version (if any) keeps serving.
     async fn refuse(&self, path: &Path, hash: Option<String>, error: FileError) {
         self.inner.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(file = %error.file, stage = error.stage.as_str(), "plugin refused, the current version keeps serving: {}", error.message);
+        tracing::warn!(file = %error.file, step = error.step.as_str(), "plugin refused, the current version keeps serving: {}", error.message);
         let model = {
             let mut state = self.inner.state.lock().expect("registry state");
             let entry = state.files.entry(path.to_path_buf()).or_default();
@@ -417,7 +418,7 @@ impl Registry {
             file: error.file.clone(),
             model,
             version: None,
-            error: Some(format!("{}: {}", error.stage.as_str(), error.message)),
+            error: Some(format!("{}: {}", error.step.as_str(), error.message)),
             checked_micros: flowhost_store::now_micros(),
         };
         if let Err(e) = self.inner.store.record_file(&row).await {
@@ -474,7 +475,7 @@ impl Registry {
             FileRead::Refused(message) => {
                 let error = FileError {
                     file,
-                    stage: Stage::Read,
+                    step: Step::Read,
                     message,
                     at: SystemTime::now(),
                 };
@@ -522,7 +523,7 @@ impl Registry {
         if let Some(owner) = owner {
             let error = FileError {
                 file,
-                stage: Stage::Conflict,
+                step: Step::Conflict,
                 message: format!("model '{model}' is already defined by {owner}"),
                 at: SystemTime::now(),
             };
@@ -613,18 +614,18 @@ impl Registry {
     /// Loads and validates a kept version of a model.
     pub(crate) async fn load_kept(&self, model: &str, version: &str) -> Result<Checked, FileError> {
         let path = archive::path(&self.inner.config.versions_dir, model, version);
-        let fail = |stage, message: String| FileError {
+        let fail = |step, message: String| FileError {
             file: path.display().to_string(),
-            stage,
+            step,
             message,
             at: SystemTime::now(),
         };
-        let bytes = std::fs::read(&path).map_err(|e| fail(Stage::Read, e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| fail(Step::Read, e.to_string()))?;
         let checked = self.check(path.display().to_string(), bytes).await?;
         let d = checked.plugin.description();
         if d.model != model || checked.plugin.version() != version {
             return Err(fail(
-                Stage::Load,
+                Step::Load,
                 format!(
                     "kept copy describes '{}' version {}, not '{model}' {}",
                     d.model,
