@@ -1,5 +1,19 @@
 //! Scratch databases on the real SQLite and PostgreSQL, and direct queries on them.
 
+/// Notes a PostgreSQL scratch database in the file `FLOWHOST_TEST_TALLY` names (set by
+/// `cargo xtask test`, which counts them in its summary). One short append per line.
+fn note_postgres(name: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("FLOWHOST_TEST_TALLY")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = file.write_all(format!("{name}\n").as_bytes());
+    }
+}
+
 /// The maintenance database of the machine's PostgreSQL.
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -68,12 +82,15 @@ impl Scratch {
             Ok::<_, sqlx::Error>(())
         });
         match made {
-            Ok(()) => Some(Scratch {
-                url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-                backend: "postgres",
-                _dir: None,
-                pg_name: Some(name),
-            }),
+            Ok(()) => {
+                note_postgres(&name);
+                Some(Scratch {
+                    url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                    backend: "postgres",
+                    _dir: None,
+                    pg_name: Some(name),
+                })
+            }
             Err(e) => {
                 assert!(
                     std::env::var("CI").as_deref() != Ok("true"),

@@ -177,7 +177,7 @@ fn write_if_changed(bytes: &[u8], to: &Path) -> Result<()> {
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     build_plugins(root)?;
     run(cargo().args(["build", "-p", "flowhost", "-p", "flowhost-bench"]))?;
-    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    run_tests(root, extra)?;
     let seconds = match std::env::var("FLOWHOST_FUZZ_SECONDS") {
         Ok(s) => s
             .parse()
@@ -186,6 +186,55 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     };
     if seconds > 0 {
         fuzz(root, seconds)?;
+    }
+    Ok(())
+}
+
+/// Runs the workspace's tests, echoing their output, and ends with one summary line:
+/// `N passed, N failed, N ignored (PostgreSQL: N scratch databases)`. The end-to-end tests
+/// note each PostgreSQL database they create in the file `FLOWHOST_TEST_TALLY` names.
+fn run_tests(root: &Path, extra: &[String]) -> Result<()> {
+    use std::io::BufRead;
+    let tally = target_dir(root).join("test-postgres-tally");
+    let _ = std::fs::remove_file(&tally);
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
+        .args(extra)
+        .env("FLOWHOST_TEST_TALLY", &tally)
+        .stdout(std::process::Stdio::piped());
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.spawn().context("cannot run cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let out = child.stdout.take().context("cargo test output")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        // `test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; …`
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    let postgres = std::fs::read_to_string(&tally)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!(
+        "{passed} passed, {failed} failed, {ignored} ignored (PostgreSQL: {postgres} scratch databases)"
+    );
+    if !status.success() {
+        bail!("cargo test failed with {status}");
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 /// Settings come from `--config FILE` (TOML), then `FLOWHOST_…` environment variables, then
 /// flags, each overriding the one before; `flowhost config` prints the result.
 #[derive(Parser)]
-#[command(name = "flowhost", version, about)]
+#[command(name = "flowhost", version)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
