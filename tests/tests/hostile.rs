@@ -705,15 +705,12 @@ fn slow_headers_trickled_bodies_and_too_many_connections_are_cut_off() {
         &host,
         &[
             "--set",
-            "server.header_read_timeout_s=3",
+            "server.header_read_timeout_s=1",
             "--set",
             "server.request_timeout_s=2",
-            "--set",
-            "server.max_connections=3",
         ],
     );
     let base = server.url();
-    let http = Http::new(&base);
     let address = base.trim_start_matches("http://").to_string();
 
     // Headers that never end: the connection is closed after the header timeout.
@@ -762,8 +759,22 @@ fn slow_headers_trickled_bodies_and_too_many_connections_are_cut_off() {
     assert!(answer.contains("server.request_timeout_s"), "{answer}");
     assert!(answer.contains(r#""accepted":1"#), "{answer}");
 
-    // Three idle connections fill the cap (for the 3 s of the header timeout): a fourth is
-    // closed at once; when they go, requests are served again.
+    assert!(server.stop().success());
+
+    // Three idle connections fill the cap: a fourth is closed at once; when they go,
+    // requests are served again.
+    let mut server = Server::start(
+        &host,
+        &[
+            "--set",
+            "server.header_read_timeout_s=60",
+            "--set",
+            "server.max_connections=3",
+        ],
+    );
+    let base = server.url();
+    let http = Http::new(&base);
+    let address = base.trim_start_matches("http://").to_string();
     let idle: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(&address).unwrap())
         .collect();
@@ -771,7 +782,7 @@ fn slow_headers_trickled_bodies_and_too_many_connections_are_cut_off() {
         let mut extra = std::net::TcpStream::connect(&address).unwrap();
         let _ = write!(
             extra,
-            "GET /health/live HTTP/1.1\r\nhost: {address}\r\n\r\n"
+            "GET /health/live HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
         );
         let (got, closed) = read_until_closed(&mut extra);
         closed && got.is_empty()

@@ -3,7 +3,7 @@
 //! not about the data are retried with a growing pause and shown while they last.
 
 use flowhost_tests::{Host, Http, Scratch, Server, block_until_ok, count_by, execute, text};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Text that does not compress (PostgreSQL compresses index entries that do).
@@ -269,15 +269,40 @@ fn a_failing_database_is_retried_visibly_and_recovers() {
             &kick,
         ],
     );
-    // Both stages retry: each takes its lease (a write) before looking for work.
-    flowhost_tests::wait_for("the stages retrying", Duration::from_secs(60), || {
-        http.get("/metrics")
-            .body
-            .contains("flowhost_batch_retrying_since_seconds{model=\"device\",stage=\"associate\"}")
-    });
+    // Both stages retry: each takes its lease (a write) before looking for work. (The first
+    // attempt may still meet the connection being cut; the next ones meet the read-only
+    // database.)
+    let associate_retrying = || -> Option<(Value, Value)> {
+        let models = http.get("/v1/models").json();
+        let device = models["models"]
+            .as_array()?
+            .iter()
+            .find(|m| m["model"] == "device")?
+            .clone();
+        let associate = device["retrying_here"]
+            .as_array()?
+            .iter()
+            .find(|r| r["stage"] == "associate")?
+            .clone();
+        associate["last_error"]
+            .as_str()?
+            .contains("read-only")
+            .then_some((device, associate))
+    };
+    flowhost_tests::wait_for(
+        "association retrying on the read-only database",
+        Duration::from_secs(60),
+        || associate_retrying().is_some(),
+    );
+    let (device, associate) = associate_retrying().unwrap();
+    assert!(associate["attempts"].as_u64().unwrap() >= 1, "{associate}");
     let metrics = http.get("/metrics").body;
     assert!(
-        metrics.contains("flowhost_batch_retry_attempts{model=\"device\",stage=\"associate\"}")
+        metrics.contains(
+            "flowhost_batch_retrying_since_seconds{model=\"device\",stage=\"associate\"}"
+        ) && metrics
+            .contains("flowhost_batch_retry_attempts{model=\"device\",stage=\"associate\"}"),
+        "{metrics}"
     );
     let ready = http.get("/health/ready");
     assert_eq!(ready.status, 503);
@@ -285,26 +310,6 @@ fn a_failing_database_is_retried_visibly_and_recovers() {
         ready.body.contains("retrying since") && ready.body.contains("read-only"),
         "{}",
         ready.body
-    );
-    let models = http.get("/v1/models").json();
-    let device = models["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["model"] == "device")
-        .unwrap()
-        .clone();
-    let retrying = device["retrying_here"].as_array().unwrap();
-    let associate = retrying
-        .iter()
-        .find(|r| r["stage"] == "associate")
-        .unwrap_or_else(|| panic!("{device}"));
-    assert!(associate["attempts"].as_u64().unwrap() >= 1);
-    assert!(
-        associate["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("read-only")
     );
     assert_eq!(
         device["counts"]["parked"],

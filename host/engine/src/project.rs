@@ -75,7 +75,10 @@ impl Engine {
                         reference,
                         stamp,
                     }),
-                    Some(Slot::Wait) | None => continue,
+                    // Left dirty as it is: a later batch projects it.
+                    Some(Slot::Wait) => continue,
+                    // A mark with no keyed records behind it has nothing to project: cleared.
+                    None => Unit::Clear(reference, stamp),
                 };
                 units.push(unit);
             }
@@ -106,7 +109,7 @@ impl Engine {
             while let Some((lo, hi)) = spans.pop_front() {
                 let span = &units[lo..hi];
                 let (views, seen, failed) = Unit::split(span);
-                if views.is_empty() && failed.is_empty() {
+                if seen.is_empty() && failed.is_empty() {
                     continue;
                 }
                 match self
@@ -174,6 +177,8 @@ enum Unit {
     View(ViewRow, i64),
     /// The error its mark keeps.
     Failed(ProjectFailure),
+    /// A mark to clear without a view (no keyed records behind it).
+    Clear(String, i64),
 }
 
 impl Unit {
@@ -187,6 +192,7 @@ impl Unit {
                     views.push(view.clone());
                 }
                 Unit::Failed(f) => failed.push(f.clone()),
+                Unit::Clear(reference, stamp) => seen.push((reference.clone(), *stamp)),
             }
         }
         (views, seen, failed)
