@@ -206,38 +206,60 @@ fn string_text(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
 }
 
-/// The first number in `value` (depth first) that cannot be compared exactly (its exponent
-/// is beyond ±[`MAX_EXPONENT`]), with its path (`a.b[2]`).
-pub fn inexact_number(value: &Value) -> Option<(String, String)> {
-    fn walk(value: &Value, path: &mut String) -> Option<String> {
+/// The first place in `value` (depth first, in document order) where `hit` holds, with its
+/// path (`a.b[2]`, empty for `value` itself). `hit` sees each value with the object key it
+/// stands under, if any.
+pub fn find<'v>(
+    value: &'v Value,
+    hit: &impl Fn(Option<&str>, &Value) -> bool,
+) -> Option<(String, &'v Value)> {
+    fn walk<'v>(
+        key: Option<&str>,
+        value: &'v Value,
+        path: &mut String,
+        hit: &impl Fn(Option<&str>, &Value) -> bool,
+    ) -> Option<&'v Value> {
+        if hit(key, value) {
+            return Some(value);
+        }
+        let mut child = |step: &dyn Fn(&mut String), key: Option<&str>, v: &'v Value| {
+            let len = path.len();
+            step(path);
+            let found = walk(key, v, path, hit);
+            if found.is_none() {
+                path.truncate(len);
+            }
+            found
+        };
         match value {
-            Value::Number(n) if Decimal::of(n).is_none() => Some(n.to_string()),
-            Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                let found = walk(v, path);
-                if found.is_none() {
-                    path.truncate(len);
-                }
-                found
-            }),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| child(&|p: &mut String| p.push_str(&format!("[{i}]")), None, v)),
             Value::Object(map) => map.iter().find_map(|(k, v)| {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-                let found = walk(v, path);
-                if found.is_none() {
-                    path.truncate(len);
-                }
-                found
+                let step = |p: &mut String| {
+                    if !p.is_empty() {
+                        p.push('.');
+                    }
+                    p.push_str(k);
+                };
+                child(&step, Some(k), v)
             }),
             _ => None,
         }
     }
     let mut path = String::new();
-    walk(value, &mut path).map(|n| (path, n))
+    walk(None, value, &mut path, hit).map(|v| (path, v))
+}
+
+/// The first number in `value` that cannot be compared exactly (its exponent is beyond
+/// ±[`MAX_EXPONENT`]), with its path (`a.b[2]`) and text.
+pub fn inexact_number(value: &Value) -> Option<(String, String)> {
+    find(
+        value,
+        &|_, v| matches!(v, Value::Number(n) if Decimal::of(n).is_none()),
+    )
+    .map(|(path, v)| (path, v.to_string()))
 }
 
 /// Parses JSON text into a value, refusing an object that has the same key twice

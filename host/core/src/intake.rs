@@ -111,35 +111,6 @@ pub enum LineError {
     Future(String, i64, u64),
 }
 
-/// The path of the first string (or object key) holding a NUL character, if any.
-fn nul_at(value: &Value, path: &mut String) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
-            let len = path.len();
-            path.push_str(&format!("[{i}]"));
-            let found = nul_at(v, path);
-            if !found {
-                path.truncate(len);
-            }
-            found
-        }),
-        Value::Object(map) => map.iter().any(|(k, v)| {
-            let len = path.len();
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(k);
-            let found = k.contains('\0') || nul_at(v, path);
-            if !found {
-                path.truncate(len);
-            }
-            found
-        }),
-        _ => false,
-    }
-}
-
 const RECORD_FIELDS: &[&str] = &["model", "source", "id", "occurred_at", "payload"];
 const SOURCE_FIELDS: &[&str] = &["system", "adapter"];
 
@@ -214,8 +185,11 @@ pub fn parse_line_within(
     // JSON can carry NUL only escaped; neither database stores it in text, and one such
     // record must not fail the batch it would be stored with.
     if text.contains("u0000") {
-        let mut path = String::new();
-        if nul_at(&value, &mut path) {
+        let nul = |key: Option<&str>, v: &Value| {
+            key.is_some_and(|k| k.contains('\0'))
+                || matches!(v, Value::String(s) if s.contains('\0'))
+        };
+        if let Some((path, _)) = flowhost_json::find(&value, &nul) {
             return Err(LineError::Nul(path.replace('\0', "\\u0000")));
         }
     }
