@@ -6,6 +6,10 @@
 //!   component whose bytes did not change is not copied again.
 //! - `test`: build the plugins and the binaries, run the whole test suite, then each fuzz
 //!   target for a few seconds (`FLOWHOST_FUZZ_SECONDS`, default 10; 0 skips them).
+//!
+//! `demo` and `test` build the same thing (the workspace's binaries in the dev profile, whose
+//! dependencies are optimised), so whichever runs second reuses the first one's build; each
+//! phase prints one progress line with the time since the command started.
 //! - `fuzz [SECONDS]`: run each fuzz target longer (default 120 s each); findings are kept
 //!   in `fuzz/artifacts/<target>/`.
 //! - `demo`: the README's main job, on the embedded SQLite default.
@@ -61,6 +65,42 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// One progress line per phase: `[xtask 2/4, 3m05s] what`.
+struct Phases {
+    started: std::time::Instant,
+    total: usize,
+    done: usize,
+}
+
+impl Phases {
+    fn new(total: usize) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            total,
+            done: 0,
+        }
+    }
+
+    fn next(&mut self, what: &str) {
+        self.done += 1;
+        let s = self.started.elapsed().as_secs();
+        eprintln!(
+            "\n[xtask {}/{}, {}m{:02}s] {what}",
+            self.done,
+            self.total,
+            s / 60,
+            s % 60
+        );
+    }
+}
+
+/// Builds the workspace's binaries (`flowhost`, `flowhost-bench`) in the dev profile. All of
+/// the workspace is named so that dependencies are built with the same features as for the
+/// tests, and `demo` and `test` share one build.
+fn build_binaries() -> Result<()> {
+    run(cargo().args(["build", "--workspace", "--bins"]))
 }
 
 fn workspace_root() -> PathBuf {
@@ -175,16 +215,22 @@ fn write_if_changed(bytes: &[u8], to: &Path) -> Result<()> {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
-    build_plugins(root)?;
-    run(cargo().args(["build", "-p", "flowhost", "-p", "flowhost-bench"]))?;
-    run_tests(root, extra)?;
     let seconds = match std::env::var("FLOWHOST_FUZZ_SECONDS") {
         Ok(s) => s
             .parse()
             .context("FLOWHOST_FUZZ_SECONDS is seconds per target")?,
         Err(_) => 10,
     };
+    let mut phases = Phases::new(if seconds > 0 { 4 } else { 3 });
+    phases.next("building the plugins (wasm32-wasip2, `plugin` profile)");
+    build_plugins(root)?;
+    phases
+        .next("building flowhost and flowhost-bench (dev profile, shared with `cargo xtask demo`)");
+    build_binaries()?;
+    phases.next("building and running the tests (SQLite and PostgreSQL)");
+    run_tests(root, extra)?;
     if seconds > 0 {
+        phases.next(&format!("fuzzing each target for {seconds} s"));
         fuzz(root, seconds)?;
     }
     Ok(())
@@ -278,9 +324,12 @@ fn fuzz(root: &Path, seconds: u64) -> Result<()> {
 }
 
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
+    let mut phases = Phases::new(3);
+    phases.next("building the plugins (wasm32-wasip2, `plugin` profile)");
     let plugins = build_plugins(root)?;
-    run(cargo().args(["build", "--release", "-p", "flowhost"]))?;
-    let bin = target_dir(root).join("release").join("flowhost");
+    phases.next("building flowhost (dev profile, shared with `cargo xtask test`)");
+    build_binaries()?;
+    let bin = target_dir(root).join("debug").join("flowhost");
     let demo = root.join("demo");
     let live = demo.join("plugins");
     std::fs::create_dir_all(&live)?;
@@ -294,6 +343,7 @@ fn demo(root: &Path, extra: &[String]) -> Result<()> {
             &live.join(format!("{model}.wasm")),
         )?;
     }
+    phases.next("running the demo");
     run(Command::new(&bin)
         .arg("--plugins")
         .arg(&live)

@@ -450,7 +450,7 @@ async fn pipeline(
     .await?;
     let ingest_time = started.elapsed();
     let report = engine
-        .run_until_idle()
+        .run_until_idle(flowhost_engine::OthersAtWork::Wait)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let total = started.elapsed();

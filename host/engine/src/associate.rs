@@ -27,7 +27,7 @@ impl Engine {
             return Ok(BatchDone::default());
         }
         let Some(lease) = self.lease(Stage::Associate, model).await? else {
-            return Ok(BatchDone::default());
+            return Ok(BatchDone::held_elsewhere());
         };
         let size = size.min(plugin.limits().max_batch);
         let pending = self.inner.store.pending(model, size).await?;

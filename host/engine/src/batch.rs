@@ -24,6 +24,18 @@ pub struct BatchDone {
     pub waiting: usize,
     /// When items wait: the size of the next batch, which starts with them.
     pub narrow_to: Option<usize>,
+    /// Another live process holds the stage's lease of the model: nothing was tried.
+    pub held_elsewhere: bool,
+}
+
+impl BatchDone {
+    /// The answer when another live process holds the lease.
+    pub(crate) fn held_elsewhere() -> Self {
+        Self {
+            held_elsewhere: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Engine {

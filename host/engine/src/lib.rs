@@ -18,7 +18,7 @@ mod run;
 pub use batch::BatchDone;
 pub use breaker::{BreakerConfig, BreakerStatus};
 pub use retry::{MAX_BACKOFF, RetryStatus};
-pub use run::{RunReport, StageReport};
+pub use run::{OthersAtWork, RunReport, StageReport};
 
 use flowhost_core::batch::BatchConfig;
 use flowhost_runtime::{Plugin, PluginSet};
@@ -76,6 +76,9 @@ pub enum EngineError {
     Commit(#[from] CommitError),
     #[error("a stage worker of {model} failed: {message}")]
     Worker { model: String, message: String },
+    /// `run_until_idle` told not to wait found another process at work.
+    #[error("another process is at work on this database: {0}")]
+    Busy(String),
 }
 
 /// Runs one batch's work in its span (stage, model, size, plugin version) and logs its

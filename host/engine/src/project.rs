@@ -18,7 +18,7 @@ impl Engine {
             return Ok(BatchDone::default());
         }
         let Some(lease) = self.lease(Stage::Project, model).await? else {
-            return Ok(BatchDone::default());
+            return Ok(BatchDone::held_elsewhere());
         };
         let size = size.min(plugin.limits().max_batch);
         let batch = self.inner.store.dirty_groups(model, size).await?;

@@ -60,7 +60,22 @@ struct Worker {
     /// The size of the next batch when the last one left records waiting (isolation ran
     /// out of budget): the next batch starts with them and goes on narrowing.
     narrow: Option<usize>,
+    /// The last batch found the lease held by another live process.
+    held: bool,
 }
+
+/// What [`Engine::run_until_idle`] does when another live process (a `serve`, another
+/// `process`) holds the lease of a stage whose work is not done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OthersAtWork {
+    /// Wait until that work is done (or the lease comes free), saying so in the log.
+    Wait,
+    /// Stop with [`EngineError::Busy`], naming the holder.
+    Stop,
+}
+
+/// How often a waiting `run_until_idle` repeats what it waits for.
+const WAITING_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 impl Engine {
     fn batch_config(&self, stage: Stage) -> BatchConfig {
@@ -96,6 +111,7 @@ impl Engine {
         metrics::counter!("flowhost_db_statements_total", &labels).increment(statements);
         let done = done?;
         worker.narrow = done.narrow_to;
+        worker.held = done.held_elsewhere;
         if done.records == 0 {
             // A batch to run again, or records left waiting, count as work, so that
             // `run_until_idle` goes on (a breaker that trips stops it in bounded time).
@@ -127,6 +143,7 @@ impl Engine {
                     model: model.clone(),
                     sizer: BatchSizer::new(self.batch_config(stage)),
                     narrow: None,
+                    held: false,
                 });
             }
         }
@@ -171,11 +188,18 @@ impl Engine {
     /// Runs every stage of every model with a plugin until a full round finds no work, then
     /// releases its leases. Within a round, association drains the models parents first
     /// (one chain), while projection of every model runs beside it.
-    pub async fn run_until_idle(&self) -> Result<RunReport, EngineError> {
+    ///
+    /// The database is idle only when no other process is at work either: when another live
+    /// process holds the lease of a stage that still has work waiting, this waits for it
+    /// (and says so every [`WAITING_NOTICE_EVERY`]) or stops with [`EngineError::Busy`],
+    /// as `when_busy` says. A holder that dies leaves its lease to expire, and this run takes
+    /// the work over.
+    pub async fn run_until_idle(&self, when_busy: OthersAtWork) -> Result<RunReport, EngineError> {
         let started = Instant::now();
         let mut report = RunReport::default();
         let models = self.parents_first();
         let mut workers = self.workers(&models);
+        let mut noticed: Option<(Vec<String>, Instant)> = None;
         loop {
             let mut set = JoinSet::new();
             let (mut chain, others): (Vec<Worker>, Vec<Worker>) =
@@ -226,12 +250,76 @@ impl Engine {
                 return Err(e);
             }
             if round_work == 0 {
-                break;
+                let busy = match self.busy_elsewhere(&workers).await {
+                    Ok(busy) => busy,
+                    Err(e) => {
+                        self.release_all(&models).await;
+                        return Err(e);
+                    }
+                };
+                if busy.is_empty() {
+                    break;
+                }
+                if when_busy == OthersAtWork::Stop {
+                    self.release_all(&models).await;
+                    return Err(EngineError::Busy(busy.join("; ")));
+                }
+                let due = noticed
+                    .as_ref()
+                    .is_none_or(|(said, at)| *said != busy || at.elapsed() >= WAITING_NOTICE_EVERY);
+                if due {
+                    for line in &busy {
+                        tracing::warn!("waiting: {line}");
+                    }
+                    noticed = Some((busy, Instant::now()));
+                }
+                tokio::time::sleep(self.inner.config.idle_poll).await;
             }
         }
         self.release_all(&models).await;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// For each worker whose lease another live process held in the last round: the work
+    /// still waiting for that stage, with who holds it and since when. Empty when that work
+    /// is done (or the lease came free).
+    async fn busy_elsewhere(&self, workers: &[Worker]) -> Result<Vec<String>, EngineError> {
+        if !workers.iter().any(|w| w.held) {
+            return Ok(Vec::new());
+        }
+        let store = &self.inner.store;
+        let leases = store.leases().await?;
+        let now = flowhost_store::now_micros();
+        let mut busy = Vec::new();
+        for worker in workers.iter().filter(|w| w.held) {
+            let Some(lease) = leases.iter().find(|l| {
+                l.stage == worker.stage.as_str()
+                    && l.model == worker.model
+                    && l.holder != self.inner.holder
+                    && l.expires_micros >= now
+            }) else {
+                continue;
+            };
+            let waiting = store.work_waiting(worker.stage, &worker.model).await?;
+            if waiting == 0 {
+                continue;
+            }
+            let since = chrono::DateTime::from_timestamp_micros(lease.since_micros)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "an unknown time".into());
+            let items = match worker.stage {
+                Stage::Associate => "records wait for association",
+                Stage::Project => "references wait for projection",
+            };
+            busy.push(format!(
+                "process {} holds the {} lease of model '{}' (since {since}); {waiting} {items}",
+                lease.holder,
+                worker.stage.as_str(),
+                worker.model,
+            ));
+        }
+        Ok(busy)
     }
 
     /// Runs a worker's batches until one finds no work.

@@ -78,7 +78,7 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
     );
 
     let report = engine
-        .run_until_idle()
+        .run_until_idle(flowhost_engine::OthersAtWork::Wait)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let total = started.elapsed();
@@ -111,6 +111,13 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
         statements as f64 * 1000.0 / stats.lines as f64
     );
 
+    if cfg!(debug_assertions) {
+        println!(
+            "         (the dev build `cargo xtask` shares with the tests; the release build, \
+             `cargo build --release -p flowhost`, is faster: BENCHMARKS.md)"
+        );
+    }
+
     let counts = store.counts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("\nreferences per model:");
     for (model, n) in &counts.references {
@@ -127,27 +134,52 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
     for (model, reason, n) in &counts.parked {
         println!("  {model:<8} {reason:<17} {n}");
     }
-    let bin = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "flowhost".into());
-    let flags = format!("--db {db} --plugins {}", plugins.display());
-    println!("\nwhere to look next:");
-    println!("  {bin} {flags} export canonical device | head");
-    println!("  {bin} {flags} export lineage device | head -3");
-    println!("  {bin} {flags} export root sensor | head -3");
-    println!("  {bin} {flags} export values reading | head -3");
-    println!("  {bin} {flags} parked");
     println!(
-        "  {bin} plugins test {}/device.wasm {}",
-        plugins.display(),
-        file.display()
+        "\nwords: a reference is one real-world thing, found in records from several systems;\n\
+         its views are canonical (merged values), lineage (each value's sources) and root (the\n\
+         newest of each field). A record is keyed once tied to a reference. A parked record\n\
+         waits, with a reason (a parent not seen yet, a record the model refused); healed\n\
+         records went back to the queue when what they waited for arrived."
+    );
+
+    let bin = std::env::current_exe()
+        .map(|p| short(&p))
+        .unwrap_or_else(|_| "flowhost".into());
+    let db_short = match db.strip_prefix("sqlite://") {
+        Some(path) => format!("sqlite://{}", short(std::path::Path::new(path))),
+        None => flowhost_store::redacted(db),
+    };
+    println!("\nwhere to look next (in this shell):");
+    println!("  alias flowhost={bin}");
+    println!(
+        "  export FLOWHOST_DB={db_short} FLOWHOST_PLUGINS={}",
+        short(plugins)
+    );
+    println!("  flowhost export canonical device | head");
+    println!("  flowhost export lineage device | head -3");
+    println!("  flowhost export root sensor | head -3");
+    println!("  flowhost export values reading | head -3");
+    println!("  flowhost parked");
+    println!(
+        "  flowhost plugins test $FLOWHOST_PLUGINS/device.wasm {}    # a summary; --all for every record",
+        short(&file)
     );
     println!(
-        "  {bin} {flags} serve    # the service: HTTP API on 127.0.0.1:8080, plugins folder watched"
+        "  flowhost serve    # the service: HTTP API on 127.0.0.1:8080, plugins folder watched"
     );
     println!(
         "  curl -s localhost:8080/v1/models; curl -s 'localhost:8080/v1/models/device/canonical?limit=3'"
     );
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path as short as it can be said from the current directory (relative when inside it).
+fn short(path: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| path.display().to_string())
 }

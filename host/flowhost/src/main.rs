@@ -45,9 +45,15 @@ enum Command {
     /// Run association and projection.
     Process {
         /// `process` always stops when no work is left (parked records waiting for nothing
-        /// new are not work); this flag only says so. `serve` runs continuously.
+        /// new are not work); this flag only says so. `serve` runs continuously. While
+        /// another live process (a `serve`, another `process`) holds a stage whose work is
+        /// not done, `process` waits for it and says who it waits for.
         #[arg(long)]
         until_idle: bool,
+        /// Do not wait for other processes: when another one holds a stage whose work is
+        /// not done, stop at once with an error naming it (exit code 1).
+        #[arg(long)]
+        no_wait: bool,
         /// Fixed batch size for both stages instead of the adaptive one (1 = one record,
         /// one plugin call and one transaction per batch).
         #[arg(long)]
@@ -210,6 +216,7 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
         }
         Command::Process {
             until_idle: _,
+            no_wait,
             batch_size,
         } => {
             let mut engine_config = env.engine.clone();
@@ -226,9 +233,20 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
                 indicatif::ProgressBar::hidden()
             };
             let report = engine
-                .run_until_idle()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .run_until_idle(if no_wait {
+                    flowhost_engine::OthersAtWork::Stop
+                } else {
+                    flowhost_engine::OthersAtWork::Wait
+                })
+                .await;
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => {
+                    spinner.finish_and_clear();
+                    engine.store().close().await;
+                    return Err(anyhow::anyhow!("{e}"));
+                }
+            };
             spinner.finish_and_clear();
             eprintln!(
                 "associated {} records in {} batches, projected {} references in {} batches, healed {}, in {:.2} s",

@@ -19,14 +19,18 @@ pub enum PluginsCommand {
         /// The `.wasm` component.
         file: PathBuf,
     },
-    /// Run a plugin on the records of an NDJSON file, without a database: print what it
-    /// decided per record, then the projection of the records that share keys.
+    /// Run a plugin on the records of an NDJSON file, without a database: what it decided
+    /// (counts per outcome with a few examples of each, or every record with --all), then
+    /// the projection of the records that share keys (a few references, or all).
     Test {
         /// The `.wasm` component.
         file: PathBuf,
         /// NDJSON records (lines of other models are skipped).
         input: PathBuf,
-        /// One JSON object per line instead of the readable report.
+        /// Every record's decision and every reference's projection, not a summary.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per record and per reference (everything, for tools).
         #[arg(long)]
         json: bool,
     },
@@ -58,7 +62,22 @@ impl PluginsCommand {
 pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
     match cmd {
         PluginsCommand::Check { file } => check(&file),
-        PluginsCommand::Test { file, input, json } => test(&file, &input, json),
+        PluginsCommand::Test {
+            file,
+            input,
+            all,
+            json,
+        } => test(
+            &file,
+            &input,
+            if json {
+                Report::Json
+            } else if all {
+                Report::All
+            } else {
+                Report::Summary
+            },
+        ),
         PluginsCommand::List { .. } | PluginsCommand::Rollback { .. } => {
             unreachable!("run with the database")
         }
@@ -270,7 +289,45 @@ fn check(file: &Path) -> Result<ExitCode> {
     }
 }
 
-fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
+/// How `plugins test` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// Counts per outcome, the first few examples of each, a few references.
+    Summary,
+    /// Every record and every reference, readable.
+    All,
+    /// Every record and every reference, one JSON object per line.
+    Json,
+}
+
+/// Examples per outcome, refused lines and references a summary shows.
+const SUMMARY_EXAMPLES: usize = 3;
+
+/// Outcomes in the order they were first met: count and first examples of each.
+#[derive(Default)]
+struct Tally {
+    kinds: Vec<(String, usize, Vec<String>)>,
+}
+
+impl Tally {
+    fn add(&mut self, kind: String, example: impl FnOnce() -> String) {
+        let at = match self.kinds.iter().position(|(k, _, _)| *k == kind) {
+            Some(at) => at,
+            None => {
+                self.kinds.push((kind, 0, Vec::new()));
+                self.kinds.len() - 1
+            }
+        };
+        let (_, count, examples) = &mut self.kinds[at];
+        *count += 1;
+        if examples.len() < SUMMARY_EXAMPLES {
+            examples.push(example());
+        }
+    }
+}
+
+fn test(file: &Path, input: &Path, report: Report) -> Result<ExitCode> {
+    let as_json = report == Report::Json;
     let Some(plugin) = load(file)? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -282,6 +339,7 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
     let mut records = Vec::new();
     let mut lines = Vec::new();
     let mut refused = 0;
+    let mut others = 0;
     for (i, line) in reader.split(b'\n').enumerate() {
         let line_no = i + 1;
         let line = line.with_context(|| format!("cannot read {}", input.display()))?;
@@ -301,12 +359,20 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
                     payload: r.payload,
                 });
             }
-            Ok(_) => {}
+            Ok(_) => others += 1,
             Err(e) => {
                 refused += 1;
-                eprintln!("line {line_no}: {e}");
+                if report != Report::Summary || refused <= SUMMARY_EXAMPLES {
+                    eprintln!("line {line_no}: {e}");
+                }
             }
         }
+    }
+    if report == Report::Summary && refused > SUMMARY_EXAMPLES {
+        eprintln!(
+            "… and {} more refused lines (--all lists them all)",
+            refused - SUMMARY_EXAMPLES
+        );
     }
     let associations = match plugin
         .associate(&records)
@@ -345,6 +411,7 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
     );
 
     let mut groups: BTreeMap<String, Vec<KeyedRecord>> = BTreeMap::new();
+    let mut tally = Tally::default();
     for (i, ((record, assoc), outcome)) in records
         .iter()
         .zip(&associations)
@@ -360,6 +427,11 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
             Association::Rejected { code, message } => {
                 json!({"rejected": {"code": code, "message": message}})
             }
+        };
+        let kind = match outcome {
+            Outcome::Keyed { .. } => "keyed to a reference".to_string(),
+            Outcome::Attached { .. } => "attached under a parent".to_string(),
+            Outcome::Parked { reason, .. } => format!("parked {reason}"),
         };
         let (outcome_json, readable) = match outcome {
             Outcome::Keyed {
@@ -388,13 +460,7 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
                 format!("→ parked {reason}: {details}"),
             ),
         };
-        if as_json {
-            println!(
-                "{}",
-                json!({"line": line, "system": record.source.system, "id": record.external_id,
-                       "decision": decided, "outcome": outcome_json})
-            );
-        } else {
+        let readable_line = || {
             let what = match assoc {
                 Association::Keyed { keys, parents } => {
                     let parents: Vec<String> = parents
@@ -409,18 +475,46 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
                 }
                 Association::Rejected { code, message } => format!("rejected {code}: {message}"),
             };
-            println!(
+            format!(
                 "line {line} {}/{}: {what} {readable}",
                 record.source.system, record.external_id
-            );
+            )
+        };
+        match report {
+            Report::Json => println!(
+                "{}",
+                json!({"line": line, "system": record.source.system, "id": record.external_id,
+                       "decision": decided, "outcome": outcome_json})
+            ),
+            Report::All => println!("{}", readable_line()),
+            Report::Summary => tally.add(kind, readable_line),
+        }
+    }
+    if report == Report::Summary {
+        println!(
+            "{}: {} records of model '{}' from {} ({} lines of other models skipped, {} refused)",
+            file.display(),
+            records.len(),
+            d.model,
+            input.display(),
+            others,
+            refused
+        );
+        for (kind, count, examples) in &tally.kinds {
+            println!("\n{count} {kind}, e.g.");
+            for example in examples {
+                println!("  {example}");
+            }
         }
     }
 
     if d.kind == Kind::Entity && !groups.is_empty() {
-        let groups: Vec<Group> = groups
+        // References in the order their first record appears in the file.
+        let mut groups: Vec<Group> = groups
             .into_iter()
             .map(|(reference, records)| Group { reference, records })
             .collect();
+        groups.sort_by_key(|g| g.records.first().map(|r| r.record.seq));
         let projections = match plugin
             .project(&groups)
             .map_err(|e| e.to_string())
@@ -432,7 +526,17 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         };
-        for (g, p) in groups.iter().zip(projections) {
+        let shown = match report {
+            Report::Summary => SUMMARY_EXAMPLES.min(groups.len()),
+            Report::All | Report::Json => groups.len(),
+        };
+        if report == Report::Summary {
+            println!(
+                "\n{} references projected; the first {shown}:",
+                groups.len()
+            );
+        }
+        for (g, p) in groups.iter().zip(projections).take(shown) {
             let canonical: Value = serde_json::from_str(&p.canonical)?;
             let lineage: Value = serde_json::from_str(&p.lineage)?;
             let root: Value = serde_json::from_str(&p.root)?;
@@ -450,6 +554,9 @@ fn test(file: &Path, input: &Path, as_json: bool) -> Result<ExitCode> {
                 println!("  root      {root}");
             }
         }
+    }
+    if report == Report::Summary {
+        println!("\nEvery record and reference: --all (readable) or --json.");
     }
     Ok(if refused > 0 {
         ExitCode::FAILURE

@@ -244,7 +244,8 @@ impl Registry {
         &self.inner.config
     }
 
-    /// Versions made current since start (start-up loads included).
+    /// Versions swapped in since start for one this host was serving (first loads at
+    /// start-up, or of a new model, are not swaps).
     pub fn swaps(&self) -> u64 {
         self.inner.swaps.load(Ordering::Relaxed)
     }
@@ -369,7 +370,13 @@ impl Registry {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let previous = self.inner.plugins.insert(plugin.clone());
-        self.inner.swaps.fetch_add(1, Ordering::Relaxed);
+        // A swap replaces a version this host was serving; a first load is not one.
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.version() != plugin.version())
+        {
+            self.inner.swaps.fetch_add(1, Ordering::Relaxed);
+        }
         let was = previous.as_ref().map(|p| short(p.version()).to_string());
         if was.as_deref() != Some(short(plugin.version())) {
             tracing::info!(

@@ -215,7 +215,7 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
         &mut out,
         "flowhost_plugin_swaps_total",
         "counter",
-        "Plugin versions this host swapped in.",
+        "Plugin versions this host swapped in for one it was serving (first loads are not swaps).",
     );
     let _ = writeln!(out, "flowhost_plugin_swaps_total {}", registry.swaps());
     family(

@@ -9,10 +9,14 @@
 //! The store counts the statements it executes ([`Store::statements`]) so that benchmarks
 //! and metrics can report statements per record.
 
-mod common;
 mod error;
+mod leases;
+mod parked;
+mod plugins;
 mod postgres;
+mod reads;
 mod rows;
+mod sql;
 mod sqlite;
 mod types;
 
@@ -85,8 +89,8 @@ pub async fn counting_statements<T>(work: impl std::future::Future<Output = T>) 
 /// A store on one of the backends. Cheap to clone (a pool inside).
 #[derive(Clone)]
 pub enum Store {
-    Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+    Sqlite(sql::Sql<sqlx::Sqlite>),
+    Postgres(sql::Sql<sqlx::Postgres>),
 }
 
 /// Forwards a call to the backend.
@@ -110,11 +114,11 @@ impl Store {
     pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(
-                sqlite::SqliteStore::open(url, options).await?,
+                sql::Sql::<sqlx::Sqlite>::open(url, options).await?,
             ))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Store::Postgres(
-                postgres::PgStore::open(url, options).await?,
+                sql::Sql::<sqlx::Postgres>::open(url, options).await?,
             ))
         } else {
             Err(StoreError::Url(format!(
@@ -215,6 +219,17 @@ impl Store {
         ttl_micros: i64,
     ) -> Result<bool, StoreError> {
         backend!(self.take_over_lease(lease, from, ttl_micros))
+    }
+
+    /// Every lease, live or expired.
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        backend!(self.leases())
+    }
+
+    /// How many items wait for a stage of a model (queued records, or references marked
+    /// dirty and not failed).
+    pub async fn work_waiting(&self, stage: Stage, model: &str) -> Result<u64, StoreError> {
+        backend!(self.work_waiting(stage, model))
     }
 
     /// Gives a lease up (on shutdown).

@@ -2,42 +2,41 @@
 //! writes (a fixed number of parameters whatever the batch size), `ON CONFLICT` key claims,
 //! and leases taken with an atomic upsert that only succeeds for the holder or after expiry.
 
-use crate::error::query_error;
-use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, non_empty, now_micros};
+use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
+use crate::sql::{Backend, Sql};
 use crate::*;
-use flowhost_core::ParkReason;
-
-crate::common::impl_shared!(PgStore, Postgres);
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::postgres::{PgPoolOptions, PgQueryResult};
+use sqlx::{Postgres, QueryBuilder};
 
 /// Rows per bulk statement: bounds memory per statement, not parameters.
 const ROWS_PER_STATEMENT: usize = 10_000;
 
-/// Values per `= ANY($n)` list: one parameter whatever its length, so only memory bounds it.
-const IN_LIST_MAX: usize = 100_000;
+impl Backend for Postgres {
+    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+    const BEGIN: Option<&'static str> = None;
+    /// One parameter whatever its length, so only memory bounds it.
+    const IN_LIST_MAX: usize = 100_000;
+    type Upkeep = Arc<Analyze>;
 
-/// `column = ANY($n)`.
-fn push_in_ints(qb: &mut sqlx::QueryBuilder<Postgres>, column: &str, values: &[i64]) {
-    qb.push(column)
-        .push(" = ANY(")
-        .push_bind(values.to_vec())
-        .push(")");
-}
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
-/// `column = ANY($n)`.
-fn push_in_strings(qb: &mut sqlx::QueryBuilder<Postgres>, column: &str, values: &[String]) {
-    qb.push(column)
-        .push(" = ANY(")
-        .push_bind(values.to_vec())
-        .push(")");
-}
+    /// `column = ANY($n)`.
+    fn push_in_ints(qb: &mut QueryBuilder<Postgres>, column: &str, values: &[i64]) {
+        qb.push(column)
+            .push(" = ANY(")
+            .push_bind(values.to_vec())
+            .push(")");
+    }
 
-#[derive(Clone)]
-pub struct PgStore {
-    pub(crate) pool: PgPool,
-    pub(crate) stats: Arc<Stats>,
-    analyze: Arc<Analyze>,
+    /// `column = ANY($n)`.
+    fn push_in_strings(qb: &mut QueryBuilder<Postgres>, column: &str, values: &[String]) {
+        qb.push(column)
+            .push(" = ANY(")
+            .push_bind(values.to_vec())
+            .push(")");
+    }
 }
 
 /// Keeps the planner's statistics fresh as intake grows. Without them (a fresh database, or
@@ -47,7 +46,7 @@ pub struct PgStore {
 /// views) grew by half again (at least 20,000 rows) since the last time, it runs `ANALYZE`
 /// on the pipeline's tables in the background: one statement per such step, not per batch.
 #[derive(Debug, Default)]
-struct Analyze {
+pub struct Analyze {
     since: std::sync::atomic::AtomicU64,
     base: std::sync::atomic::AtomicU64,
     running: std::sync::atomic::AtomicBool,
@@ -55,16 +54,11 @@ struct Analyze {
 
 const ANALYZE_MIN_ROWS: u64 = 20_000;
 
-type Tx = Transaction<'static, Postgres>;
-
 fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
     items.iter().map(f).collect()
 }
 
-impl PgStore {
-    /// The migrations this build applies at open.
-    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
+impl Sql<Postgres> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -75,24 +69,20 @@ impl PgStore {
                 url: crate::redacted(url),
                 source,
             })?;
-        Self::MIGRATOR
+        Postgres::MIGRATOR
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
                 url: crate::redacted(url),
                 source,
             })?;
-        Ok(Self {
-            pool,
-            stats: Arc::default(),
-            analyze: Arc::default(),
-        })
+        Ok(Self::new(pool))
     }
 
     /// Counts rows written; starts an `ANALYZE` when they grew enough (see [`Analyze`]).
     fn grew(&self, rows: u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let a = &self.analyze;
+        let a = &self.upkeep;
         let since = a.since.fetch_add(rows, Relaxed) + rows;
         let due = ANALYZE_MIN_ROWS.max(a.base.load(Relaxed) / 2);
         if since < due || a.running.swap(true, Relaxed) {
@@ -100,38 +90,29 @@ impl PgStore {
         }
         a.since.store(0, Relaxed);
         a.base.fetch_add(since, Relaxed);
-        let (pool, stats, analyze) = (self.pool.clone(), self.stats.clone(), self.analyze.clone());
+        let store = self.clone();
         tokio::spawn(async move {
-            stats.add(1);
-            if let Err(e) = sqlx::query("ANALYZE intake, queue, keys, keyed, parked, dirty, views")
-                .execute(&pool)
+            let analyze = sqlx::query("ANALYZE intake, queue, keys, keyed, parked, dirty, views");
+            if let Err(e) = store
+                .execute(
+                    &store.pool,
+                    analyze,
+                    "refresh the planner's statistics",
+                    "*",
+                )
                 .await
             {
-                tracing::warn!("cannot refresh the planner's statistics: {e}");
+                tracing::warn!("{e}");
             }
-            analyze.running.store(false, Relaxed);
+            store.upkeep.running.store(false, Relaxed);
         });
-    }
-
-    async fn begin(&self, operation: &'static str, model: &str) -> Result<Tx, StoreError> {
-        self.stats.add(1);
-        self.pool
-            .begin()
-            .await
-            .map_err(query_error(operation, model))
-    }
-
-    async fn commit(&self, tx: Tx, operation: &'static str, model: &str) -> Result<(), StoreError> {
-        self.stats.add(1);
-        tx.commit().await.map_err(query_error(operation, model))
     }
 
     pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {
         if models.is_empty() {
             return Ok(());
         }
-        self.stats.add(1);
-        sqlx::query(
+        let statement = sqlx::query(
             "INSERT INTO models (name, kind, plugin_version, known_since) \
              SELECT n, k, v, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS m(n, k, v) \
              ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, \
@@ -140,10 +121,9 @@ impl PgStore {
         .bind(strings(models, |m| m.name.clone()))
         .bind(strings(models, |m| m.kind.clone()))
         .bind(strings(models, |m| m.plugin_version.clone()))
-        .bind(now_micros())
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("register models", "*"))?;
+        .bind(now_micros());
+        self.execute(&self.pool, statement, "register models", "*")
+            .await?;
         Ok(())
     }
 
@@ -162,8 +142,7 @@ impl PgStore {
                 chunk.iter().map(|&i| f(&records[i])).collect()
             };
             // One statement: the new intake rows and their queue entries (in intake order).
-            self.stats.add(1);
-            let rows = sqlx::query(
+            let statement = sqlx::query(
                 "WITH new AS (INSERT INTO intake (model, system, adapter, external_id, \
                  occurred_at, occurred_micros, payload, payload_hash, received_micros) \
                  SELECT m, s, a, e, o, om, p, h, $9 FROM UNNEST($1::text[], $2::text[], \
@@ -182,20 +161,13 @@ impl PgStore {
             .bind(chunk.iter().map(|&i| records[i].occurred_micros).collect::<Vec<i64>>())
             .bind(pick(|r| r.payload.clone()))
             .bind(pick(|r| r.payload_hash.clone()))
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            .bind(now);
+            let rows: Vec<(i64, String, String, String, String)> =
+                self.fetch_as(&mut *tx, statement, op, model).await?;
             let index = rows::identity_index(records, chunk);
-            for row in rows {
-                let key: (String, String, String, String) = (
-                    row.get("model"),
-                    row.get("system"),
-                    row.get("external_id"),
-                    row.get("payload_hash"),
-                );
-                if let Some(&i) = index.get(&key) {
-                    answers[i] = Appended::Accepted(row.get("seq"));
+            for (seq, model, system, external_id, payload_hash) in rows {
+                if let Some(&i) = index.get(&(model, system, external_id, payload_hash)) {
+                    answers[i] = Appended::Accepted(seq);
                 }
             }
         }
@@ -216,14 +188,13 @@ impl PgStore {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        self.stats.add(1);
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT key, reference FROM keys WHERE model = $1 AND key = ANY($2)")
+        let statement =
+            sqlx::query("SELECT key, reference FROM keys WHERE model = $1 AND key = ANY($2)")
                 .bind(model)
-                .bind(keys)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("look up keys", model))?;
+                .bind(keys);
+        let rows: Vec<(String, String)> = self
+            .fetch_as(&self.pool, statement, "look up keys", model)
+            .await?;
         Ok(rows.into_iter().collect())
     }
 
@@ -234,17 +205,16 @@ impl PgStore {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        self.stats.add(1);
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
+        let statement = sqlx::query(
             "SELECT k.model, k.key, k.reference FROM keys k \
              JOIN UNNEST($1::text[], $2::text[]) AS p(model, key) \
              ON k.model = p.model AND k.key = p.key",
         )
         .bind(strings(keys, |k| k.model.clone()))
-        .bind(strings(keys, |k| k.key.clone()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("look up parents", "*"))?;
+        .bind(strings(keys, |k| k.key.clone()));
+        let rows: Vec<(String, String, String)> = self
+            .fetch_as(&self.pool, statement, "look up parents", "*")
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(model, key, reference)| (ParentKey { model, key }, reference))
@@ -264,27 +234,22 @@ impl PgStore {
         // Association commits are serialised (they are short: a few bulk statements), so
         // that a record parked for a parent key and the batch claiming that key always see
         // each other: one of them commits first, and the other's healing finds it.
-        self.stats.add(1);
-        sqlx::query("SELECT pg_advisory_xact_lock(7201320)")
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+        let statement = sqlx::query("SELECT pg_advisory_xact_lock(7201320)");
+        self.execute(&mut *tx, statement, op, model).await?;
 
         if !o.claims.is_empty() {
-            self.stats.add(1);
-            let claimed: Vec<String> = sqlx::query_scalar(
+            let statement = sqlx::query(
                 "INSERT INTO keys (model, key, reference) \
                  SELECT $1, k, r FROM UNNEST($2::text[], $3::text[]) AS c(k, r) \
                  ON CONFLICT (model, key) DO NOTHING RETURNING key",
             )
             .bind(model)
             .bind(strings(&o.claims, |c| c.0.clone()))
-            .bind(strings(&o.claims, |c| c.1.clone()))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            .bind(strings(&o.claims, |c| c.1.clone()));
+            let claimed: Vec<(String,)> = self.fetch_as(&mut *tx, statement, op, model).await?;
             if claimed.len() != o.claims.len() {
-                let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+                let claimed: std::collections::HashSet<String> =
+                    claimed.into_iter().map(|(key,)| key).collect();
                 let lost = o
                     .claims
                     .iter()
@@ -296,8 +261,7 @@ impl PgStore {
         }
 
         if !o.keyed.is_empty() {
-            self.stats.add(1);
-            sqlx::query(
+            let statement = sqlx::query(
                 "INSERT INTO keyed (seq, model, reference, parent_ref, parents, plugin_version, \
                  keyed_micros) \
                  SELECT s, $1, r, pr, p, $2, $3 \
@@ -320,15 +284,12 @@ impl PgStore {
                     .map(|k| k.parents.first().map(|p| p.reference.clone()))
                     .collect::<Vec<Option<String>>>(),
             )
-            .bind(strings(&o.keyed, |k| rows::parents_json(&k.parents)))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            .bind(strings(&o.keyed, |k| rows::parents_json(&k.parents)));
+            self.execute(&mut *tx, statement, op, model).await?;
         }
 
         if !o.parked.is_empty() {
-            self.stats.add(1);
-            sqlx::query(
+            let statement = sqlx::query(
                 "INSERT INTO parked (seq, model, reason, details, awaited_model, awaited_key, \
                  attempts, first_micros, last_micros) \
                  SELECT s, $1, r, d, am, ak, a, f, $2 FROM UNNEST($3::int8[], $4::text[], \
@@ -362,36 +323,27 @@ impl PgStore {
                     .iter()
                     .map(|p| p.first_micros)
                     .collect::<Vec<i64>>(),
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            );
+            self.execute(&mut *tx, statement, op, model).await?;
         }
 
         if !o.done.is_empty() {
-            self.stats.add(1);
-            sqlx::query("DELETE FROM queue WHERE pos = ANY($1)")
-                .bind(&o.done)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            let statement = sqlx::query("DELETE FROM queue WHERE pos = ANY($1)").bind(&o.done);
+            self.execute(&mut *tx, statement, op, model).await?;
         }
 
         let healed = self.heal(&mut tx, model, &o.claims, &o.parked).await?;
 
         if !o.dirty.is_empty() {
-            self.stats.add(1);
-            sqlx::query(
+            let statement = sqlx::query(
                 "INSERT INTO dirty (reference, model, stamp) \
                  SELECT r, $1, $2 FROM UNNEST($3::text[]) AS d(r) \
                  ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp, error = NULL",
             )
             .bind(model)
             .bind(o.stamp)
-            .bind(&o.dirty)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            .bind(&o.dirty);
+            self.execute(&mut *tx, statement, op, model).await?;
         }
 
         self.commit(tx, op, model).await?;
@@ -401,16 +353,13 @@ impl PgStore {
 
     pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
         let op = "read dirty references";
-        self.stats.add(1);
-        let seen: Vec<(String, i64)> = sqlx::query_as(
+        let statement = sqlx::query(
             "SELECT reference, stamp FROM dirty WHERE model = $1 AND error IS NULL \
              ORDER BY stamp, reference LIMIT $2",
         )
         .bind(model)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error(op, model))?;
+        .bind(limit as i64);
+        let seen: Vec<(String, i64)> = self.fetch_as(&self.pool, statement, op, model).await?;
         if seen.is_empty() {
             return Ok(DirtyBatch::default());
         }
@@ -419,13 +368,9 @@ impl PgStore {
              JOIN intake i ON i.seq = k.seq WHERE k.reference = ANY($1) \
              ORDER BY k.reference, k.seq"
         );
-        self.stats.add(1);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(strings(&seen, |s| s.0.clone()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(op, model))?;
-        let groups = rows::group_rows(&seen, &rows, op, model)?;
+        let statement = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(strings(&seen, |s| s.0.clone()));
+        let rows: Vec<KeyedDb> = self.fetch_as(&self.pool, statement, op, model).await?;
+        let groups = rows::group_rows(&seen, rows, op, model)?;
         Ok(DirtyBatch { groups, seen })
     }
 
@@ -447,8 +392,7 @@ impl PgStore {
         .await?;
         self.mark_projection_failed(&mut tx, model, failed).await?;
         if !views.is_empty() {
-            self.stats.add(1);
-            sqlx::query(
+            let statement = sqlx::query(
                 "INSERT INTO views (reference, model, first_seq, canonical, root, lineage, \
                  parents, plugin_version, updated_micros) \
                  SELECT r, m, f, c, ro, l, p, v, $9 FROM UNNEST($1::text[], $2::text[], \
@@ -467,22 +411,17 @@ impl PgStore {
             .bind(strings(views, |v| v.lineage.clone()))
             .bind(strings(views, |v| v.parents.clone()))
             .bind(strings(views, |v| v.plugin_version.clone()))
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            .bind(now_micros());
+            self.execute(&mut *tx, statement, op, model).await?;
         }
         if !seen.is_empty() {
-            self.stats.add(1);
-            sqlx::query(
+            let statement = sqlx::query(
                 "DELETE FROM dirty d USING UNNEST($1::text[], $2::int8[]) AS s(reference, stamp) \
                  WHERE d.reference = s.reference AND d.stamp = s.stamp",
             )
             .bind(strings(seen, |s| s.0.clone()))
-            .bind(seen.iter().map(|s| s.1).collect::<Vec<i64>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(op, model))?;
+            .bind(seen.iter().map(|s| s.1).collect::<Vec<i64>>());
+            self.execute(&mut *tx, statement, op, model).await?;
         }
         self.commit(tx, op, model).await?;
         self.grew(views.len() as u64);

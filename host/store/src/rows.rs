@@ -1,35 +1,120 @@
-//! Row decoding and JSON columns shared by both backends.
+//! Row decoding (the `FromRow` shapes of the queries that join intake) and JSON columns
+//! shared by both backends. Flat rows decode straight into their `types.rs` structs.
 
-use crate::error::query_error;
-use crate::{ParkedRow, StoreError, ValueRow, ViewRow};
+use crate::{ParkedRow, Pending, StoreError, ValueRow};
 use flowhost_core::{Group, KeyedRecord, ParentKey, ParentLink, Record, Source};
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::FromRow;
 use std::collections::HashMap;
 
 /// The intake columns every record query selects, with the `i.` alias.
 pub const RECORD_COLUMNS: &str = "i.seq, i.model, i.system, i.adapter, i.external_id, \
      i.occurred_at, i.occurred_micros, i.payload";
 
-/// Decodes the [`RECORD_COLUMNS`] of a row.
-pub fn record<'r, R>(row: &'r R) -> Result<Record, sqlx::Error>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-{
-    Ok(Record {
-        seq: row.try_get("seq")?,
-        model: row.try_get("model")?,
-        source: Source {
-            system: row.try_get("system")?,
-            adapter: row.try_get("adapter")?,
-        },
-        external_id: row.try_get("external_id")?,
-        occurred_at: row.try_get("occurred_at")?,
-        occurred_micros: row.try_get("occurred_micros")?,
-        payload: row.try_get("payload")?,
-    })
+/// The [`RECORD_COLUMNS`] of a row.
+#[derive(FromRow)]
+pub struct RecordDb {
+    seq: i64,
+    model: String,
+    system: String,
+    adapter: String,
+    external_id: String,
+    occurred_at: String,
+    occurred_micros: i64,
+    payload: String,
+}
+
+impl From<RecordDb> for Record {
+    fn from(r: RecordDb) -> Self {
+        Record {
+            seq: r.seq,
+            model: r.model,
+            source: Source {
+                system: r.system,
+                adapter: r.adapter,
+            },
+            external_id: r.external_id,
+            occurred_at: r.occurred_at,
+            occurred_micros: r.occurred_micros,
+            payload: r.payload,
+        }
+    }
+}
+
+/// A queued record with its queue columns.
+#[derive(FromRow)]
+pub struct PendingDb {
+    pos: i64,
+    attempts: i32,
+    first_parked_micros: Option<i64>,
+    #[sqlx(flatten)]
+    record: RecordDb,
+}
+
+impl From<PendingDb> for Pending {
+    fn from(p: PendingDb) -> Self {
+        Pending {
+            pos: p.pos,
+            attempts: p.attempts,
+            first_parked_micros: p.first_parked_micros,
+            record: p.record.into(),
+        }
+    }
+}
+
+/// A parked record with its parked columns.
+#[derive(FromRow)]
+pub struct ParkedDb {
+    reason: String,
+    details: String,
+    awaited_model: Option<String>,
+    awaited_key: Option<String>,
+    attempts: i32,
+    first_micros: i64,
+    last_micros: i64,
+    #[sqlx(flatten)]
+    record: RecordDb,
+}
+
+impl From<ParkedDb> for ParkedRow {
+    fn from(p: ParkedDb) -> Self {
+        ParkedRow {
+            record: p.record.into(),
+            reason: p.reason,
+            details: p.details,
+            awaiting: p
+                .awaited_model
+                .zip(p.awaited_key)
+                .map(|(model, key)| ParentKey { model, key }),
+            attempts: p.attempts,
+            first_micros: p.first_micros,
+            last_micros: p.last_micros,
+        }
+    }
+}
+
+/// A keyed record: the [`RECORD_COLUMNS`], its `parents` column and (for projection) its
+/// reference.
+#[derive(FromRow)]
+pub struct KeyedDb {
+    #[sqlx(default)]
+    reference: Option<String>,
+    parents: String,
+    #[sqlx(flatten)]
+    record: RecordDb,
+}
+
+impl KeyedDb {
+    fn keyed(self, op: &'static str, model: &str) -> Result<KeyedRecord, StoreError> {
+        let parents = parse_parents(&self.parents).map_err(|detail| StoreError::Corrupt {
+            operation: op,
+            model: model.to_string(),
+            detail,
+        })?;
+        Ok(KeyedRecord {
+            record: self.record.into(),
+            parents,
+        })
+    }
 }
 
 /// Parent links as stored: `[{"model":…,"reference":…}]`.
@@ -72,67 +157,15 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn view_row<'r, R>(r: &'r R) -> Result<ViewRow, sqlx::Error>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-{
-    Ok(ViewRow {
-        reference: r.try_get("reference")?,
-        model: r.try_get("model")?,
-        first_seq: r.try_get("first_seq")?,
-        canonical: r.try_get("canonical")?,
-        root: r.try_get("root")?,
-        lineage: r.try_get("lineage")?,
-        parents: r.try_get("parents")?,
-        plugin_version: r.try_get("plugin_version")?,
-    })
-}
-
-pub fn parked_row<'r, R>(r: &'r R) -> Result<ParkedRow, sqlx::Error>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let awaited_model: Option<String> = r.try_get("awaited_model")?;
-    let awaited_key: Option<String> = r.try_get("awaited_key")?;
-    Ok(ParkedRow {
-        record: record(r)?,
-        reason: r.try_get("reason")?,
-        details: r.try_get("details")?,
-        awaiting: awaited_model
-            .zip(awaited_key)
-            .map(|(model, key)| ParentKey { model, key }),
-        attempts: r.try_get("attempts")?,
-        first_micros: r.try_get("first_micros")?,
-        last_micros: r.try_get("last_micros")?,
-    })
-}
-
-pub fn value_rows<'r, R>(
-    rows: &'r [R],
+/// Value-object records with their first parent.
+pub fn value_rows(
+    rows: Vec<KeyedDb>,
     op: &'static str,
     model: &str,
-) -> Result<Vec<ValueRow>, StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-{
-    rows.iter()
+) -> Result<Vec<ValueRow>, StoreError> {
+    rows.into_iter()
         .map(|r| {
-            let KeyedRecord { record, parents } = keyed_record(r, op, model)?;
+            let KeyedRecord { record, parents } = r.keyed(op, model)?;
             let parent = parents
                 .into_iter()
                 .next()
@@ -150,48 +183,20 @@ where
         .collect()
 }
 
-/// Decodes a keyed record: the [`RECORD_COLUMNS`] and the `parents` column.
-fn keyed_record<'r, R>(row: &'r R, op: &'static str, model: &str) -> Result<KeyedRecord, StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let parents: String = row.try_get("parents").map_err(query_error(op, model))?;
-    let parents = parse_parents(&parents).map_err(|detail| StoreError::Corrupt {
-        operation: op,
-        model: model.to_string(),
-        detail,
-    })?;
-    let record = record(row).map_err(query_error(op, model))?;
-    Ok(KeyedRecord { record, parents })
-}
-
 /// Builds groups, in the order of `seen`, from rows ordered by reference then sequence.
-pub fn group_rows<'r, R>(
+pub fn group_rows(
     seen: &[(String, i64)],
-    rows: &'r [R],
+    rows: Vec<KeyedDb>,
     op: &'static str,
     model: &str,
-) -> Result<Vec<Group>, StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    i32: Decode<'r, R::Database> + Type<R::Database>,
-{
+) -> Result<Vec<Group>, StoreError> {
     let mut by_ref: HashMap<String, Vec<KeyedRecord>> = HashMap::with_capacity(seen.len());
     for row in rows {
-        let reference: String = row.try_get("reference").map_err(query_error(op, model))?;
+        let reference = row.reference.clone().unwrap_or_default();
         by_ref
             .entry(reference)
             .or_default()
-            .push(keyed_record(row, op, model)?);
+            .push(row.keyed(op, model)?);
     }
     Ok(seen
         .iter()

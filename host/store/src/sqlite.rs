@@ -3,49 +3,52 @@
 //! processes on one file queue on the write lock (busy timeout) instead of failing on
 //! lock upgrade.
 
-use crate::error::query_error;
-use crate::rows::{self, RECORD_COLUMNS, REPROJECT_STAMP, non_empty, now_micros};
+use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
+use crate::sql::{Backend, Sql};
 use crate::*;
-use flowhost_core::ParkReason;
-
-crate::common::impl_shared!(SqliteStore, Sqlite);
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite};
 use std::str::FromStr;
 
 /// SQLite's bound-parameter limit is 32,766; every statement stays under this.
 const MAX_PARAMS: usize = 32_000;
 
-/// Values per `IN (…)` list (one parameter each).
-const IN_LIST_MAX: usize = MAX_PARAMS;
+impl Backend for Sqlite {
+    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+    const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    const IN_LIST_MAX: usize = MAX_PARAMS;
+    type Upkeep = ();
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    /// `column IN (?, ?, …)`.
+    fn push_in_ints(qb: &mut QueryBuilder<Sqlite>, column: &str, values: &[i64]) {
+        push_in(qb, column, values.iter().copied());
+    }
+
+    /// `column IN (?, ?, …)`.
+    fn push_in_strings(qb: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]) {
+        push_in(qb, column, values.iter().cloned());
+    }
+}
 
 /// `column IN (?, ?, …)`.
-fn push_in_ints(qb: &mut QueryBuilder<Sqlite>, column: &str, values: &[i64]) {
+fn push_in<T>(qb: &mut QueryBuilder<Sqlite>, column: &str, values: impl Iterator<Item = T>)
+where
+    T: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+{
     qb.push(column).push(" IN (");
     let mut list = qb.separated(", ");
     for v in values {
-        list.push_bind(*v);
+        list.push_bind(v);
     }
     qb.push(")");
 }
-
-/// `column IN (?, ?, …)`.
-fn push_in_strings(qb: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]) {
-    qb.push(column).push(" IN (");
-    let mut list = qb.separated(", ");
-    for v in values {
-        list.push_bind(v.clone());
-    }
-    qb.push(")");
-}
-
-#[derive(Clone)]
-pub struct SqliteStore {
-    pub(crate) pool: SqlitePool,
-    pub(crate) stats: Arc<Stats>,
-}
-
-type Tx = Transaction<'static, Sqlite>;
 
 /// An exclusive `flock` on the database file (created empty if missing: SQLite treats an
 /// empty file as a new database), held while the file is set up and migrated. SQLite's own
@@ -85,10 +88,7 @@ impl Drop for SetupLock {
     }
 }
 
-impl SqliteStore {
-    /// The migrations this build applies at open.
-    const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
+impl Sql<Sqlite> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             url: crate::redacted(url),
@@ -118,30 +118,14 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(open_err)?;
-        Self::MIGRATOR
+        Sqlite::MIGRATOR
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
                 url: crate::redacted(url),
                 source,
             })?;
-        Ok(Self {
-            pool,
-            stats: Arc::default(),
-        })
-    }
-
-    async fn begin(&self, operation: &'static str, model: &str) -> Result<Tx, StoreError> {
-        self.stats.add(1);
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(query_error(operation, model))
-    }
-
-    async fn commit(&self, tx: Tx, operation: &'static str, model: &str) -> Result<(), StoreError> {
-        self.stats.add(1);
-        tx.commit().await.map_err(query_error(operation, model))
+        Ok(Self::new(pool))
     }
 
     pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {
@@ -162,11 +146,8 @@ impl SqliteStore {
             " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, \
              plugin_version = excluded.plugin_version",
         );
-        self.stats.add(1);
-        qb.build()
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("register models", "*"))?;
+        self.execute(&self.pool, qb.build(), "register models", "*")
+            .await?;
         Ok(())
     }
 
@@ -201,22 +182,12 @@ impl SqliteStore {
                 " ON CONFLICT (model, system, external_id, payload_hash) DO NOTHING \
                  RETURNING seq, model, system, external_id, payload_hash",
             );
-            self.stats.add(1);
-            let rows = qb
-                .build()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            let rows: Vec<(i64, String, String, String, String)> =
+                self.fetch_as(&mut *tx, qb.build(), op, model).await?;
             let mut queued: Vec<(i64, String)> = Vec::with_capacity(rows.len());
             let index = rows::identity_index(records, chunk);
-            for row in rows {
-                let key: (String, String, String, String) = (
-                    row.get("model"),
-                    row.get("system"),
-                    row.get("external_id"),
-                    row.get("payload_hash"),
-                );
-                let seq: i64 = row.get("seq");
+            for (seq, model, system, external_id, payload_hash) in rows {
+                let key = (model, system, external_id, payload_hash);
                 if let Some(&i) = index.get(&key) {
                     answers[i] = Appended::Accepted(seq);
                     queued.push((seq, records[i].model.clone()));
@@ -228,7 +199,7 @@ impl SqliteStore {
                 qb.push_values(part, |mut b, (seq, model)| {
                     b.push_bind(model.clone()).push_bind(*seq);
                 });
-                self.exec(&mut qb, &mut tx, op, model).await?;
+                self.execute(&mut *tx, qb.build(), op, model).await?;
             }
         }
         self.commit(tx, op, model).await?;
@@ -250,10 +221,10 @@ impl SqliteStore {
                 list.push_bind(key.clone());
             }
             qb.push(")");
-            let rows = self.fetch(&mut qb, "look up keys", model).await?;
-            for row in rows {
-                owners.insert(row.get("key"), row.get("reference"));
-            }
+            let rows: Vec<(String, String)> = self
+                .fetch_as(&self.pool, qb.build(), "look up keys", model)
+                .await?;
+            owners.extend(rows);
         }
         Ok(owners)
     }
@@ -271,21 +242,13 @@ impl SqliteStore {
                 b.push_bind(k.model.clone()).push_bind(k.key.clone());
             });
             qb.push(")");
-            self.stats.add(1);
-            let rows = qb
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("look up parents", "*"))?;
-            for row in rows {
-                owners.insert(
-                    ParentKey {
-                        model: row.get("model"),
-                        key: row.get("key"),
-                    },
-                    row.get("reference"),
-                );
-            }
+            let rows: Vec<(String, String, String)> = self
+                .fetch_as(&self.pool, qb.build(), "look up parents", "*")
+                .await?;
+            owners.extend(
+                rows.into_iter()
+                    .map(|(model, key, reference)| (ParentKey { model, key }, reference)),
+            );
         }
         Ok(owners)
     }
@@ -310,14 +273,10 @@ impl SqliteStore {
                     .push_bind(reference.clone());
             });
             qb.push(" ON CONFLICT (model, key) DO NOTHING RETURNING key");
-            self.stats.add(1);
-            let claimed: Vec<String> = qb
-                .build_query_scalar()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(query_error(op, model))?;
+            let claimed: Vec<(String,)> = self.fetch_as(&mut *tx, qb.build(), op, model).await?;
             if claimed.len() != chunk.len() {
-                let claimed: std::collections::HashSet<String> = claimed.into_iter().collect();
+                let claimed: std::collections::HashSet<String> =
+                    claimed.into_iter().map(|(key,)| key).collect();
                 let lost = chunk
                     .iter()
                     .filter(|(k, _)| !claimed.contains(k))
@@ -342,7 +301,7 @@ impl SqliteStore {
                     .push_bind(o.now_micros);
             });
             qb.push(" ON CONFLICT (seq) DO NOTHING");
-            self.exec(&mut qb, &mut tx, op, model).await?;
+            self.execute(&mut *tx, qb.build(), op, model).await?;
         }
 
         for chunk in o.parked.chunks(MAX_PARAMS / 9) {
@@ -353,7 +312,7 @@ impl SqliteStore {
             qb.push_values(chunk, |mut b, p| {
                 b.push_bind(p.seq)
                     .push_bind(model.to_string())
-                    .push_bind(p.reason.as_str())
+                    .push_bind(p.reason.as_str().to_string())
                     .push_bind(p.details.clone())
                     .push_bind(p.awaiting.as_ref().map(|a| a.model.clone()))
                     .push_bind(p.awaiting.as_ref().map(|a| a.key.clone()))
@@ -367,7 +326,7 @@ impl SqliteStore {
                  awaited_key = excluded.awaited_key, attempts = excluded.attempts, \
                  last_micros = excluded.last_micros",
             );
-            self.exec(&mut qb, &mut tx, op, model).await?;
+            self.execute(&mut *tx, qb.build(), op, model).await?;
         }
 
         for chunk in o.done.chunks(MAX_PARAMS) {
@@ -377,7 +336,7 @@ impl SqliteStore {
                 list.push_bind(*pos);
             }
             qb.push(")");
-            self.exec(&mut qb, &mut tx, op, model).await?;
+            self.execute(&mut *tx, qb.build(), op, model).await?;
         }
 
         let healed = self.heal(&mut tx, model, &o.claims, &o.parked).await?;
@@ -391,7 +350,7 @@ impl SqliteStore {
                     .push_bind(o.stamp);
             });
             qb.push(" ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp, error = NULL");
-            self.exec(&mut qb, &mut tx, op, model).await?;
+            self.execute(&mut *tx, qb.build(), op, model).await?;
         }
 
         self.commit(tx, op, model).await?;
@@ -400,16 +359,19 @@ impl SqliteStore {
 
     pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
         let op = "read dirty references";
-        self.stats.add(1);
-        let seen: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT reference, stamp FROM dirty WHERE model = ? AND error IS NULL \
-             ORDER BY stamp, reference LIMIT ?",
-        )
-        .bind(model)
-        .bind(limit.min(MAX_PARAMS) as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error(op, model))?;
+        let seen: Vec<(String, i64)> = self
+            .fetch_as(
+                &self.pool,
+                sqlx::query(
+                    "SELECT reference, stamp FROM dirty WHERE model = ? AND error IS NULL \
+                     ORDER BY stamp, reference LIMIT ?",
+                )
+                .bind(model)
+                .bind(limit.min(MAX_PARAMS) as i64),
+                op,
+                model,
+            )
+            .await?;
         if seen.is_empty() {
             return Ok(DirtyBatch::default());
         }
@@ -422,8 +384,8 @@ impl SqliteStore {
             list.push_bind(reference.clone());
         }
         qb.push(") ORDER BY k.reference, k.seq");
-        let rows = self.fetch(&mut qb, op, model).await?;
-        let groups = rows::group_rows(&seen, &rows, op, model)?;
+        let rows: Vec<KeyedDb> = self.fetch_as(&self.pool, qb.build(), op, model).await?;
+        let groups = rows::group_rows(&seen, rows, op, model)?;
         Ok(DirtyBatch { groups, seen })
     }
 
@@ -467,7 +429,7 @@ impl SqliteStore {
                  lineage = excluded.lineage, parents = excluded.parents, \
                  plugin_version = excluded.plugin_version, updated_micros = excluded.updated_micros",
             );
-            self.exec(&mut qb, &mut tx, op, model).await?;
+            self.execute(&mut *tx, qb.build(), op, model).await?;
         }
         for chunk in seen.chunks(MAX_PARAMS / 2) {
             let mut qb =
@@ -476,7 +438,7 @@ impl SqliteStore {
                 b.push_bind(reference.clone()).push_bind(*stamp);
             });
             qb.push(")");
-            self.exec(&mut qb, &mut tx, op, model).await?;
+            self.execute(&mut *tx, qb.build(), op, model).await?;
         }
         self.commit(tx, op, model).await?;
         Ok(())

@@ -26,7 +26,7 @@ impl Default for StoreOptions {
 }
 
 /// A model as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ModelInfo {
     pub name: String,
     /// `entity` or `value-object`.
@@ -68,6 +68,18 @@ pub struct Lease {
     pub stage: Stage,
     pub model: String,
     pub holder: String,
+}
+
+/// A lease as stored: who holds a stage of a model, since when, until when.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LeaseRow {
+    pub stage: String,
+    pub model: String,
+    pub holder: String,
+    /// When this holder took it (renewals keep it).
+    pub since_micros: i64,
+    /// When it lapses unless renewed.
+    pub expires_micros: i64,
 }
 
 /// A record waiting for association.
@@ -135,7 +147,7 @@ pub struct DirtyBatch {
 }
 
 /// The views of one reference, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ViewRow {
     pub reference: String,
     pub model: String,
@@ -209,7 +221,7 @@ pub struct ProjectFailure {
 }
 
 /// A plugin version that passed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PluginVersionRow {
     pub model: String,
     /// Content hash of the component.
@@ -251,6 +263,12 @@ impl VersionSource {
     }
 }
 
+impl From<String> for VersionSource {
+    fn from(text: String) -> Self {
+        Self::parse(&text)
+    }
+}
+
 /// Making a version current.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentChange {
@@ -274,11 +292,14 @@ pub struct Switched {
 }
 
 /// A model's current plugin as recorded in the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PluginState {
+    #[sqlx(rename = "name")]
     pub model: String,
     pub kind: String,
+    #[sqlx(rename = "plugin_version")]
     pub version: String,
+    #[sqlx(try_from = "String")]
     pub source: VersionSource,
     pub folder_version: Option<String>,
     pub since_micros: i64,
@@ -287,7 +308,7 @@ pub struct PluginState {
 }
 
 /// The last outcome of one file of the plugins folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PluginFileRow {
     pub file: String,
     pub model: Option<String>,
@@ -309,7 +330,7 @@ pub struct Progress {
 }
 
 /// One source's share of a reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SourceCount {
     pub system: String,
     pub adapter: String,
