@@ -7,9 +7,11 @@
 //! - [`views`]: NDJSON lines out. The view, value and parked-record lines and the exports
 //!   that page through the store, for `flowhost export` and the HTTP view routes alike.
 //! - [`models`]: which models exist (the "unknown model" message) and the plugin listing.
+//! - [`hosts`]: which processes are at work on the database, and what each holds.
 //!
 //! The CLI (`host/flowhost`) and the HTTP API (`host/server`) are thin adapters over it.
 
+pub mod hosts;
 pub mod intake;
 pub mod models;
 pub mod views;

@@ -23,7 +23,7 @@ pub async fn unknown_model(store: &Store, model: &str) -> Result<Option<String>,
 }
 
 /// A time in microseconds as RFC 3339.
-fn when(micros: i64) -> String {
+pub(crate) fn when(micros: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| "?".into())

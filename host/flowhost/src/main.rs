@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         max_line_bytes: Option<usize>,
     },
-    /// Run association and projection.
+    /// Run the stages until no work is left: association (which reference each record
+    /// belongs to) and projection (each reference's views).
     Process {
         /// `process` always stops when no work is left (parked records waiting for nothing
         /// new are not work); this flag only says so. `serve` runs continuously. While
@@ -78,6 +79,15 @@ enum Command {
     Serve,
     /// Print the effective configuration (file, environment and flags merged) as TOML.
     Config,
+    /// List the processes at work on the database: every `serve` that announced itself
+    /// (address, version, started, last seen, live or not) and what each holds (which stage
+    /// of which model, since when), then processes holding a lease without announcing
+    /// themselves (a `process` run).
+    Hosts {
+        /// One JSON object per process (what `GET /v1/hosts` lists).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and try plugins.
     #[command(subcommand)]
     Plugins(plugins_cmd::PluginsCommand),
@@ -306,8 +316,68 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(cmd) => plugins_cmd::run_with_database(cmd, env).await,
+        Command::Hosts { json } => {
+            let store = env.open_store().await?;
+            let live_within = env.engine.lease_ttl.as_micros() as i64;
+            let hosts = flowhost_edges::hosts::hosts_json(&store, None, live_within)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.close().await;
+            if json {
+                for h in &hosts {
+                    println!("{h}");
+                }
+            } else {
+                print_hosts(&hosts);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config | Command::Serve => {
             unreachable!("handled before")
+        }
+    }
+}
+
+/// `flowhost hosts` for people: one paragraph per process.
+fn print_hosts(hosts: &[serde_json::Value]) {
+    if hosts.is_empty() {
+        println!(
+            "no processes at work: no `serve` has announced itself on this database and no \
+             process holds a lease"
+        );
+        return;
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    for h in hosts {
+        let state = match (h["live"].as_bool(), h["listen"].is_null()) {
+            (_, true) => "a process holding leases (not a serve)".to_string(),
+            (Some(true), false) => format!("serve on {}, live", text(&h["listen"])),
+            _ => format!(
+                "serve on {}, NOT live (last seen {}: stopped without saying so, or cut off)",
+                text(&h["listen"]),
+                text(&h["last_seen"])
+            ),
+        };
+        println!("{}  {state}", text(&h["id"]));
+        if !h["started"].is_null() {
+            println!(
+                "  version {}, started {}, last seen {}",
+                text(&h["version"]),
+                text(&h["started"]),
+                text(&h["last_seen"])
+            );
+        }
+        let leases = h["leases"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if leases.is_empty() {
+            println!("  holds no stage");
+        }
+        for l in leases {
+            println!(
+                "  holds {} of {} since {}",
+                text(&l["stage"]),
+                text(&l["model"]),
+                text(&l["since"])
+            );
         }
     }
 }

@@ -56,6 +56,12 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
             }
         });
     }
+    tracker.spawn(announce(
+        engine.clone(),
+        address.to_string(),
+        env.engine.lease_ttl,
+        stop.clone(),
+    ));
     tracker.close();
     let models = engine.plugins().models();
     if models.is_empty() {
@@ -142,6 +148,49 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Hosts not seen for this long are forgotten (they died without saying so).
+const FORGET_HOSTS_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Announces this host in the database (`GET /v1/hosts`, `flowhost hosts`) as often as its
+/// leases are renewed, until `stop`; then forgets it. A host killed without stopping stays
+/// listed, not live, until a host starting later forgets it (after a day).
+async fn announce(
+    engine: flowhost_engine::Engine,
+    listen: String,
+    lease_ttl: Duration,
+    stop: CancellationToken,
+) {
+    let store = engine.store();
+    let id = engine.holder().to_string();
+    let started = flowhost_store::now_micros();
+    let stale = || flowhost_store::now_micros() - FORGET_HOSTS_AFTER.as_micros() as i64;
+    if let Err(e) = store.forget_host("", stale()).await {
+        tracing::warn!("cannot forget hosts long gone: {e}");
+    }
+    let mut tick = tokio::time::interval((lease_ttl / 3).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                let row = flowhost_store::HostRow {
+                    id: id.clone(),
+                    listen: listen.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    started_micros: started,
+                    seen_micros: flowhost_store::now_micros(),
+                };
+                if let Err(e) = store.announce_host(&row).await {
+                    tracing::warn!("cannot announce this host in the database: {e}");
+                }
+            }
+        }
+    }
+    if let Err(e) = store.forget_host(&id, stale()).await {
+        tracing::warn!("cannot remove this host from the database's list: {e}");
     }
 }
 

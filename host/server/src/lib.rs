@@ -171,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{model}/{view}", get(views::view_page))
         .route("/v1/parked", get(ops::parked))
         .route("/v1/plugins", get(ops::plugins))
+        .route("/v1/hosts", get(ops::hosts))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::scrape))

@@ -210,6 +210,18 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
         );
     }
     retrying_section(state, &mut out);
+    family(
+        &mut out,
+        "flowhost_host_info",
+        "gauge",
+        "This host: its id (the lease-holder id GET /v1/hosts lists) and version.",
+    );
+    let _ = writeln!(
+        out,
+        "flowhost_host_info{{host=\"{}\",version=\"{}\"}} 1",
+        label(state.engine().holder()),
+        env!("CARGO_PKG_VERSION")
+    );
     let registry = state.registry();
     family(
         &mut out,

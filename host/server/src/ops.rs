@@ -138,6 +138,17 @@ pub(crate) async fn requeue(
     Ok(Json(json!({"requeued": n})))
 }
 
+/// `GET /v1/hosts`: the processes at work on the database (this one marked `this`), what
+/// each holds and since when.
+pub(crate) async fn hosts(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let engine = state.engine();
+    let live_within = engine.config().lease_ttl.as_micros() as i64;
+    let hosts =
+        flowhost_edges::hosts::hosts_json(state.store(), Some(engine.holder()), live_within)
+            .await?;
+    Ok(Json(json!({"this_host": engine.holder(), "hosts": hosts})))
+}
+
 /// `GET /v1/plugins`.
 pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let (models, refused) = flowhost_edges::models::plugins_json(state.store()).await?;

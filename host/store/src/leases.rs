@@ -1,9 +1,10 @@
 //! Leases: which process runs a stage of a model. A lease is taken with one atomic upsert
 //! that only succeeds for its holder or after it expired, renewed by every commit of the
-//! stage, and checked inside that commit.
+//! stage, and checked inside that commit. And hosts: the `serve` processes that announced
+//! themselves, under their lease-holder ids.
 
 use crate::sql::{Backend, Column, Sql, Tx};
-use crate::{CommitError, Lease, LeaseRow, Stage, StoreError, now_micros};
+use crate::{CommitError, HostRow, Lease, LeaseRow, Stage, StoreError, now_micros};
 use sqlx::{ColumnIndex, Executor, IntoArguments, QueryBuilder};
 
 impl<DB> Sql<DB>
@@ -100,6 +101,48 @@ where
             .fetch_as(&self.pool, qb.build(), "count waiting work", model)
             .await?;
         Ok(rows.first().map_or(0, |(n,)| (*n).max(0) as u64))
+    }
+
+    /// Announces (or renews) a host: one upsert.
+    pub async fn announce_host(&self, host: &HostRow) -> Result<(), StoreError> {
+        let mut qb = Self::query(
+            "INSERT INTO hosts (id, listen, version, started_micros, seen_micros) VALUES (",
+        );
+        qb.separated(", ")
+            .push_bind(host.id.clone())
+            .push_bind(host.listen.clone())
+            .push_bind(host.version.clone())
+            .push_bind(host.started_micros)
+            .push_bind(host.seen_micros);
+        qb.push(
+            ") ON CONFLICT (id) DO UPDATE SET listen = excluded.listen, \
+             version = excluded.version, seen_micros = excluded.seen_micros",
+        );
+        self.execute(&self.pool, qb.build(), "announce a host", "*")
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a host (it stops), and hosts not seen since `stale_before_micros` (they died
+    /// long ago): one statement.
+    pub async fn forget_host(&self, id: &str, stale_before_micros: i64) -> Result<(), StoreError> {
+        let mut qb = Self::query("DELETE FROM hosts WHERE id = ");
+        qb.push_bind(id.to_string())
+            .push(" OR seen_micros < ")
+            .push_bind(stale_before_micros);
+        self.execute(&self.pool, qb.build(), "forget a host", "*")
+            .await?;
+        Ok(())
+    }
+
+    /// The hosts that announced themselves, first started first.
+    pub async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        let mut qb = Self::query(
+            "SELECT id, listen, version, started_micros, seen_micros FROM hosts \
+             ORDER BY started_micros, id",
+        );
+        self.fetch_as(&self.pool, qb.build(), "read hosts", "*")
+            .await
     }
 
     pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -232,6 +232,21 @@ impl Store {
         backend!(self.work_waiting(stage, model))
     }
 
+    /// Announces (or renews) a running host.
+    pub async fn announce_host(&self, host: &HostRow) -> Result<(), StoreError> {
+        backend!(self.announce_host(host))
+    }
+
+    /// Forgets a host that stops, and hosts not seen since `stale_before_micros`.
+    pub async fn forget_host(&self, id: &str, stale_before_micros: i64) -> Result<(), StoreError> {
+        backend!(self.forget_host(id, stale_before_micros))
+    }
+
+    /// The hosts that announced themselves.
+    pub async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        backend!(self.hosts())
+    }
+
     /// Gives a lease up (on shutdown).
     pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         backend!(self.release_lease(lease))

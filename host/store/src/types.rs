@@ -82,6 +82,20 @@ pub struct LeaseRow {
     pub expires_micros: i64,
 }
 
+/// A `serve` process as it announced itself.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HostRow {
+    /// Its lease-holder id (`host/pid/random`).
+    pub id: String,
+    /// Its HTTP API's address.
+    pub listen: String,
+    /// flowhost's version.
+    pub version: String,
+    pub started_micros: i64,
+    /// Its last announcement (renewed as often as its leases).
+    pub seen_micros: i64,
+}
+
 /// A record waiting for association.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
