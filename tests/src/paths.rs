@@ -86,3 +86,15 @@ pub fn flowhost(args: &[&str]) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A plugin file's version: the hash of its bytes, as the host names it.
+pub fn version_of(file: &Path) -> String {
+    flowhost_runtime::content_hash(&std::fs::read(file).expect("read plugin"))
+}
+
+/// Replaces a file the way `mv` does: write beside it, then rename over it.
+pub fn replace_atomically(from: &Path, to: &Path) {
+    let tmp = to.with_file_name(".incoming.tmp");
+    std::fs::copy(from, &tmp).expect("copy beside");
+    std::fs::rename(&tmp, to).expect("rename over");
+}

@@ -1,6 +1,7 @@
-//! Several hosts on one database see each other: `GET /v1/hosts` and `flowhost hosts` list
-//! every `serve` with what it holds, a host killed without stopping shows as not live and
-//! loses its leases within the lease length, and a host that stops leaves the list.
+//! Several hosts on one database: they see each other (`GET /v1/hosts`, `flowhost hosts`:
+//! every `serve` with what it holds; a host killed without stopping shows as not live and
+//! loses its leases within the lease length; one that stops leaves the list), every host
+//! takes intake, and a plugin swapped in their shared folder is served by all of them.
 
 use flowhost_tests::{Host, Http, Scratch, Server, block_until_ok, text, wait_for};
 use serde_json::Value;
@@ -115,5 +116,122 @@ fn hosts_list_each_other_with_their_leases_and_a_killed_one_is_not_live() {
             by_id(&left, &id_b).map(|h| h["live"].clone()),
             Some(false.into())
         );
+    }
+}
+
+/// What a host serves of a model (`serving_here` in `GET /v1/models`).
+fn serving(http: &Http, model: &str) -> Option<String> {
+    http.get("/v1/models").json()["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["model"] == model)?["serving_here"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn three_hosts_take_intake_everywhere_and_all_serve_a_plugin_swapped_in_their_folder() {
+    use flowhost_tests::{count_by, plugin, plugins_dir, replace_atomically, version_of};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const WAIT: Duration = Duration::from_secs(120);
+    let Some(db) = Scratch::postgres() else {
+        return;
+    };
+    // One folder shared by the three hosts, as on a shared filesystem.
+    let folder = tempfile::tempdir().expect("plugins folder");
+    let live = folder.path().join("device.wasm");
+    std::fs::copy(plugin("device"), &live).expect("copy");
+    let v2_file = plugins_dir().join("fixtures").join("device-v2.wasm");
+    let v1_file = plugin("device");
+    let (v1, v2) = (version_of(&plugin("device")), version_of(&v2_file));
+    let host = Host {
+        db: db.url.clone(),
+        plugins: folder.path().to_path_buf(),
+    };
+    let mut servers: Vec<Server> = (0..3).map(|_| Server::start(&host, &[])).collect();
+    let urls: Vec<String> = servers.iter_mut().map(Server::url).collect();
+    let https: Vec<Http> = urls.iter().map(|u| Http::new(u)).collect();
+    let all_serve = |want: &str| {
+        https
+            .iter()
+            .all(|h| serving(h, "device").as_deref() == Some(want))
+    };
+    wait_for("v1 served by all three", WAIT, || all_serve(&v1));
+
+    // A client posts to the three hosts in turn while the plugin changes under them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let https: Vec<Http> = urls.iter().map(|u| Http::new(u)).collect();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut batch = String::new();
+                for _ in 0..100 {
+                    n += 1;
+                    batch += &flowhost_tests::line(
+                        "device",
+                        ["bms", "erp"][n % 2],
+                        &format!("D-{n}"),
+                        serde_json::json!({"serial": format!("sn-{}", n % 300), "n": n}),
+                    );
+                }
+                let answer = https[(n / 100) % 3].records(&batch);
+                assert_eq!(answer.status, 200, "{}", answer.body);
+            }
+            n
+        })
+    };
+    let keyed = || count_by(&db.url, "SELECT 'n', COUNT(*) FROM keyed")[0].1;
+    for (name, file, want) in [
+        ("v2", &v2_file, &v2),
+        ("v1", &v1_file, &v1),
+        ("v2", &v2_file, &v2),
+    ] {
+        replace_atomically(file, &live);
+        wait_for(&format!("{name} served by all three"), WAIT, || all_serve(want));
+        let before = keyed();
+        wait_for("records keyed after the swap", WAIT, || keyed() > before + 100);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = client.join().expect("client");
+    wait_for("the hosts to catch up", WAIT, || {
+        count_by(&db.url, "SELECT 'n', COUNT(*) FROM queue")[0].1 == 0
+            && count_by(&db.url, "SELECT 'n', COUNT(*) FROM dirty")[0].1 == 0
+    });
+
+    // Every record taken once, keyed once, by v1 or v2 only; none by a version that was not
+    // current when its batch committed: after v2 last became current, nothing else commits.
+    let intake = count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1;
+    assert_eq!(intake as usize, sent);
+    let by_version = count_by(
+        &db.url,
+        "SELECT plugin_version, COUNT(*) FROM keyed GROUP BY plugin_version",
+    );
+    assert_eq!(by_version.iter().map(|(_, n)| n).sum::<i64>(), intake);
+    assert!(by_version.iter().all(|(v, _)| *v == v1 || *v == v2), "{by_version:?}");
+    let late = count_by(
+        &db.url,
+        &format!(
+            "SELECT 'n', COUNT(*) FROM keyed WHERE plugin_version <> '{v2}' AND keyed_micros >= \
+             (SELECT last_current_micros FROM plugin_versions WHERE version = '{v2}')"
+        ),
+    );
+    assert_eq!(late[0].1, 0, "records keyed by v1 after v2 became current");
+    let stale = count_by(
+        &db.url,
+        &format!("SELECT 'n', COUNT(*) FROM views WHERE plugin_version <> '{v2}'"),
+    );
+    assert_eq!(stale[0].1, 0, "views by another version than the current one");
+    assert!(host.parked().is_empty(), "nothing parked");
+    // Each host lists the three, live.
+    for h in &https {
+        let (_, list) = hosts(h);
+        let live = list.iter().filter(|x| x["live"] == true && !x["listen"].is_null());
+        assert_eq!(live.count(), 3, "{list:?}");
+    }
+    for s in servers {
+        assert!(s.stop().success());
     }
 }

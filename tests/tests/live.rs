@@ -2,11 +2,11 @@
 //! while the host runs, live swaps under continuous intake, and rollback.
 
 use flowhost_tests::{
-    Host, Scratch, Server, block_until_ok, count_by, json_lines, plugin, plugins_dir, text,
-    wait_for,
+    Host, Scratch, Server, block_until_ok, count_by, json_lines, plugin, plugins_dir,
+    replace_atomically, text, version_of, wait_for,
 };
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,10 +15,6 @@ const WAIT: Duration = Duration::from_secs(120);
 
 fn fixture(name: &str) -> PathBuf {
     plugins_dir().join("fixtures").join(format!("{name}.wasm"))
-}
-
-fn version_of(file: &Path) -> String {
-    flowhost_runtime::content_hash(&std::fs::read(file).unwrap())
 }
 
 /// `plugins list --json`: the model lines by model, and the refused files. (Before any
@@ -39,13 +35,6 @@ fn model_line(host: &Host, model: &str) -> Value {
         .into_iter()
         .find(|l| l["model"] == model)
         .unwrap_or(Value::Null)
-}
-
-/// Replaces a file the way `mv` does: write beside it, then rename over it.
-fn replace_atomically(from: &Path, to: &Path) {
-    let tmp = to.with_file_name(".incoming.tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
 }
 
 fn faulty(id: &str, extra: Value) -> String {

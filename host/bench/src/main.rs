@@ -24,9 +24,9 @@ pub enum BenchCommand {
     /// The device model's associate and default projection through wasm vs the same Rust
     /// code called natively, on generated records, in one run.
     Plugin {
-        /// The device component.
-        #[arg(long, default_value = "target/plugins/device.wasm")]
-        wasm: PathBuf,
+        /// The device component [default: device.wasm in the plugins folder].
+        #[arg(long)]
+        wasm: Option<PathBuf>,
         /// How many records.
         #[arg(long, default_value_t = 120_000)]
         records: usize,
@@ -80,12 +80,13 @@ pub enum BenchCommand {
     /// sleeps, polls a far deadline or spins in `associate`, and one whose `describe`
     /// sleeps while it is loaded (the test fixtures).
     Faults {
-        /// The `faulty` fixture.
-        #[arg(long, default_value = "target/plugins/fixtures/faulty.wasm")]
-        wasm: PathBuf,
-        /// The `sleepy-describe` fixture.
-        #[arg(long, default_value = "target/plugins/fixtures/sleepy-describe.wasm")]
-        describe: PathBuf,
+        /// The `faulty` fixture [default: fixtures/faulty.wasm in the plugins folder].
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// The `sleepy-describe` fixture [default: fixtures/sleepy-describe.wasm in the
+        /// plugins folder].
+        #[arg(long)]
+        describe: Option<PathBuf>,
         /// The time limit of each call (and of `describe`).
         #[arg(long, default_value_t = 1_000)]
         timeout_ms: u64,
@@ -116,12 +117,13 @@ pub enum BenchCommand {
     /// Hot-swap latency: a plugin file renamed into a watched folder until the new version
     /// serves, for versions never seen (compiled) and seen before (cached artefact).
     Swap {
-        /// The first version.
-        #[arg(long, default_value = "target/plugins/device.wasm")]
-        v1: PathBuf,
-        /// The second version (same model).
-        #[arg(long, default_value = "target/plugins/fixtures/device-v2.wasm")]
-        v2: PathBuf,
+        /// The first version [default: device.wasm in the plugins folder].
+        #[arg(long)]
+        v1: Option<PathBuf>,
+        /// The second version, same model [default: fixtures/device-v2.wasm in the plugins
+        /// folder].
+        #[arg(long)]
+        v2: Option<PathBuf>,
         /// Swaps of each kind.
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -180,6 +182,20 @@ fn flowhost_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A component a benchmark needs: the one given, else `name` in the plugins folder; an
+/// error that says how to get it when it is not there.
+fn component(given: Option<PathBuf>, plugins: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let path = given.unwrap_or_else(|| plugins.join(name));
+    if !path.is_file() {
+        bail!(
+            "{} is missing: pass --plugins target/plugins after `cargo xtask build-plugins` \
+             (the benchmarks find their components in the plugins folder), or the file itself",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Runs an async benchmark on a runtime of its own.
 fn block_on(bench: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
@@ -204,7 +220,12 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
             records,
             batch,
             json,
-        } => plugin(&wasm, records, batch, json),
+        } => plugin(
+            &component(wasm, plugins, "device.wasm")?,
+            records,
+            batch,
+            json,
+        ),
         BenchCommand::Http {
             clients,
             records,
@@ -236,7 +257,11 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
             v2,
             rounds,
             json,
-        } => block_on(swap::swap(&v1, &v2, rounds, json)),
+        } => {
+            let v1 = component(v1, plugins, "device.wasm")?;
+            let v2 = component(v2, plugins, "fixtures/device-v2.wasm")?;
+            block_on(swap::swap(&v1, &v2, rounds, json))
+        }
         BenchCommand::Faults {
             wasm,
             describe,
@@ -244,8 +269,8 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
             rounds,
             json,
         } => faults(
-            &wasm,
-            &describe,
+            &component(wasm, plugins, "fixtures/faulty.wasm")?,
+            &component(describe, plugins, "fixtures/sleepy-describe.wasm")?,
             Duration::from_millis(timeout_ms),
             rounds,
             json,

@@ -77,6 +77,17 @@ pub enum OthersAtWork {
 /// How often a waiting `run_until_idle` repeats what it waits for.
 const WAITING_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
+/// The shortest pause between two looks at another process's progress.
+const WAITING_POLL_AT_LEAST: Duration = Duration::from_millis(100);
+
+/// Work another live process holds: its stage, model and holder, and one line for people.
+struct Busy {
+    stage: Stage,
+    model: String,
+    holder: String,
+    line: String,
+}
+
 impl Engine {
     fn batch_config(&self, stage: Stage) -> BatchConfig {
         match stage {
@@ -199,7 +210,7 @@ impl Engine {
         let mut report = RunReport::default();
         let models = self.parents_first();
         let mut workers = self.workers(&models);
-        let mut noticed: Option<(Vec<String>, Instant)> = None;
+        let mut noticed: Option<(Vec<(Stage, String, String)>, Instant)> = None;
         loop {
             let mut set = JoinSet::new();
             let (mut chain, others): (Vec<Worker>, Vec<Worker>) =
@@ -260,20 +271,27 @@ impl Engine {
                 if busy.is_empty() {
                     break;
                 }
+                let lines: Vec<&str> = busy.iter().map(|b| b.line.as_str()).collect();
                 if when_busy == OthersAtWork::Stop {
                     self.release_all(&models).await;
-                    return Err(EngineError::Busy(busy.join("; ")));
+                    return Err(EngineError::Busy(lines.join("; ")));
                 }
-                let due = noticed
-                    .as_ref()
-                    .is_none_or(|(said, at)| *said != busy || at.elapsed() >= WAITING_NOTICE_EVERY);
+                // Said again when whom it waits for changes, else every so often (the
+                // counts in the lines change all the time).
+                let whom: Vec<(Stage, String, String)> = busy
+                    .iter()
+                    .map(|b| (b.stage, b.model.clone(), b.holder.clone()))
+                    .collect();
+                let due = noticed.as_ref().is_none_or(|(said, at)| {
+                    *said != whom || at.elapsed() >= WAITING_NOTICE_EVERY
+                });
                 if due {
-                    for line in &busy {
+                    for line in &lines {
                         tracing::warn!("waiting: {line}");
                     }
-                    noticed = Some((busy, Instant::now()));
+                    noticed = Some((whom, Instant::now()));
                 }
-                tokio::time::sleep(self.inner.config.idle_poll).await;
+                tokio::time::sleep(self.inner.config.idle_poll.max(WAITING_POLL_AT_LEAST)).await;
             }
         }
         self.release_all(&models).await;
@@ -284,7 +302,7 @@ impl Engine {
     /// For each worker whose lease another live process held in the last round: the work
     /// still waiting for that stage, with who holds it and since when. Empty when that work
     /// is done (or the lease came free).
-    async fn busy_elsewhere(&self, workers: &[Worker]) -> Result<Vec<String>, EngineError> {
+    async fn busy_elsewhere(&self, workers: &[Worker]) -> Result<Vec<Busy>, EngineError> {
         if !workers.iter().any(|w| w.held) {
             return Ok(Vec::new());
         }
@@ -312,12 +330,17 @@ impl Engine {
                 Stage::Associate => "records wait for association",
                 Stage::Project => "references wait for projection",
             };
-            busy.push(format!(
-                "process {} holds the {} lease of model '{}' (since {since}); {waiting} {items}",
-                lease.holder,
-                worker.stage.as_str(),
-                worker.model,
-            ));
+            busy.push(Busy {
+                stage: worker.stage,
+                model: worker.model.clone(),
+                holder: lease.holder.clone(),
+                line: format!(
+                    "process {} holds the {} lease of model '{}' (since {since}); {waiting} {items}",
+                    lease.holder,
+                    worker.stage.as_str(),
+                    worker.model,
+                ),
+            });
         }
         Ok(busy)
     }
