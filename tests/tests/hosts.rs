@@ -190,9 +190,13 @@ fn three_hosts_take_intake_everywhere_and_all_serve_a_plugin_swapped_in_their_fo
         ("v2", &v2_file, &v2),
     ] {
         replace_atomically(file, &live);
-        wait_for(&format!("{name} served by all three"), WAIT, || all_serve(want));
+        wait_for(&format!("{name} served by all three"), WAIT, || {
+            all_serve(want)
+        });
         let before = keyed();
-        wait_for("records keyed after the swap", WAIT, || keyed() > before + 100);
+        wait_for("records keyed after the swap", WAIT, || {
+            keyed() > before + 100
+        });
     }
     stop.store(true, Ordering::Relaxed);
     let sent = client.join().expect("client");
@@ -210,7 +214,10 @@ fn three_hosts_take_intake_everywhere_and_all_serve_a_plugin_swapped_in_their_fo
         "SELECT plugin_version, COUNT(*) FROM keyed GROUP BY plugin_version",
     );
     assert_eq!(by_version.iter().map(|(_, n)| n).sum::<i64>(), intake);
-    assert!(by_version.iter().all(|(v, _)| *v == v1 || *v == v2), "{by_version:?}");
+    assert!(
+        by_version.iter().all(|(v, _)| *v == v1 || *v == v2),
+        "{by_version:?}"
+    );
     let late = count_by(
         &db.url,
         &format!(
@@ -223,12 +230,17 @@ fn three_hosts_take_intake_everywhere_and_all_serve_a_plugin_swapped_in_their_fo
         &db.url,
         &format!("SELECT 'n', COUNT(*) FROM views WHERE plugin_version <> '{v2}'"),
     );
-    assert_eq!(stale[0].1, 0, "views by another version than the current one");
+    assert_eq!(
+        stale[0].1, 0,
+        "views by another version than the current one"
+    );
     assert!(host.parked().is_empty(), "nothing parked");
     // Each host lists the three, live.
     for h in &https {
         let (_, list) = hosts(h);
-        let live = list.iter().filter(|x| x["live"] == true && !x["listen"].is_null());
+        let live = list
+            .iter()
+            .filter(|x| x["live"] == true && !x["listen"].is_null());
         assert_eq!(live.count(), 3, "{list:?}");
     }
     for s in servers {

@@ -12,25 +12,42 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
-/// What the clients send.
+/// What the clients send, and how the service runs.
 pub struct Load {
     pub clients: usize,
     pub records: u64,
     pub per_request: usize,
     pub json: bool,
+    /// Settings (`section.key=value`) of the `serve` child.
+    pub set: Vec<String>,
+    /// A second run in the same invocation with this setting added: the variant to compare.
+    pub compare: Option<String>,
 }
 
 pub async fn run(db: &str, plugins: &Path, load: Load) -> Result<ExitCode> {
-    let dir = tempfile_dir()?;
-    let fresh = FreshDb::new(db, &dir, "http").await?;
-    let result = measure(&fresh.url, plugins, &load).await;
-    fresh.drop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = result?;
+    let mut variants = vec![load.set.clone()];
+    if let Some(extra) = &load.compare {
+        variants.push(load.set.iter().cloned().chain([extra.clone()]).collect());
+    }
+    let mut outs = Vec::new();
+    for (i, set) in variants.iter().enumerate() {
+        let dir = tempfile_dir()?;
+        let fresh = FreshDb::new(db, &dir, &format!("http{i}")).await?;
+        let result = measure(&fresh.url, plugins, &load, set).await;
+        fresh.drop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut out = result?;
+        out["settings"] = json!(set);
+        if !load.json {
+            print_table(&out);
+        }
+        outs.push(out);
+    }
     if load.json {
-        println!("{out}");
-    } else {
-        print_table(&out);
+        match outs.len() {
+            1 => println!("{}", outs[0]),
+            _ => println!("{}", Value::Array(outs)),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -41,7 +58,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-async fn measure(url: &str, plugins: &Path, load: &Load) -> Result<Value> {
+async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Result<Value> {
     let mut workload = Vec::new();
     workload::generate(load.records, &mut workload)?;
     let lines: Vec<&[u8]> = workload
@@ -60,6 +77,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load) -> Result<Value> {
     let mut child = tokio::process::Command::new(crate::flowhost_binary()?)
         .args(["--db", url, "--plugins"])
         .arg(plugins)
+        .args(set.iter().flat_map(|s| ["--set", s.as_str()]))
         .args(["--listen", "127.0.0.1:0", "--log", "warn", "serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -220,13 +238,22 @@ async fn measure(url: &str, plugins: &Path, load: &Load) -> Result<Value> {
 }
 
 fn print_table(v: &Value) {
+    let settings: Vec<&str> = v["settings"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     println!(
-        "HTTP load on {}: {} clients, {} requests of {} records ({} lines)",
+        "HTTP load on {}: {} clients, {} requests of {} records ({} lines); settings: {}",
         v["backend"].as_str().unwrap_or("?"),
         v["clients"],
         v["requests"],
         v["records_per_request"],
-        v["lines_sent"]
+        v["lines_sent"],
+        if settings.is_empty() {
+            "defaults".to_string()
+        } else {
+            settings.join(" ")
+        }
     );
     println!(
         "  intake      {} s: {} requests/s, {} records/s; request p50 {} ms, p99 {} ms, max {} ms",

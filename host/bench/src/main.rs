@@ -72,7 +72,14 @@ pub enum BenchCommand {
         /// Records per request.
         #[arg(long, default_value_t = 500)]
         per_request: usize,
-        /// Print one JSON object instead of the table.
+        /// A setting of the `serve` child, `section.key=value`; repeatable.
+        #[arg(long = "serve-set")]
+        serve_set: Vec<String>,
+        /// Run the load a second time with this setting added, in the same invocation
+        /// (e.g. `server.group_commit=false`), to compare the two.
+        #[arg(long)]
+        compare: Option<String>,
+        /// Print one JSON object (an array of two with --compare) instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -230,6 +237,8 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
             clients,
             records,
             per_request,
+            serve_set,
+            compare,
             json,
         } => block_on(http::run(
             db,
@@ -239,6 +248,8 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
                 records,
                 per_request,
                 json,
+                set: serve_set,
+                compare,
             },
         )),
         BenchCommand::Durability {

@@ -102,6 +102,8 @@ pub struct LineIntake<'a> {
     batch_lines: Vec<u64>,
     /// Lines taken so far (the number of the last one).
     lines: u64,
+    /// When set, batches go through the group committer instead of their own transaction.
+    group: Option<crate::group::GroupAppender>,
     pub summary: IntakeSummary,
 }
 
@@ -130,7 +132,16 @@ impl<'a> LineIntake<'a> {
             batch: Vec::with_capacity(batch_size.min(4_096)),
             batch_lines: Vec::with_capacity(batch_size.min(4_096)),
             lines: 0,
+            group: None,
             summary: IntakeSummary::default(),
+        }
+    }
+
+    /// The same intake, appending through a group committer shared with other callers.
+    pub fn grouped(self, group: crate::group::GroupAppender) -> Self {
+        Self {
+            group: Some(group),
+            ..self
         }
     }
 
@@ -192,7 +203,16 @@ impl<'a> LineIntake<'a> {
         if self.batch.is_empty() {
             return Ok(Vec::new());
         }
-        let answers = self.store.append(&self.batch).await?;
+        let answers = match &self.group {
+            Some(group) => {
+                let batch = std::mem::replace(
+                    &mut self.batch,
+                    Vec::with_capacity(self.batch_size.min(4_096)),
+                );
+                group.append(batch).await?
+            }
+            None => self.store.append(&self.batch).await?,
+        };
         let mut refused = Vec::new();
         for (answer, &line) in answers.iter().zip(&self.batch_lines) {
             match answer {

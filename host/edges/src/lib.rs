@@ -7,10 +7,12 @@
 //! - [`views`]: NDJSON lines out. The view, value and parked-record lines and the exports
 //!   that page through the store, for `flowhost export` and the HTTP view routes alike.
 //! - [`models`]: which models exist (the "unknown model" message) and the plugin listing.
+//! - [`group`]: group commit: appends from many callers share transactions.
 //! - [`hosts`]: which processes are at work on the database, and what each holds.
 //!
 //! The CLI (`host/flowhost`) and the HTTP API (`host/server`) are thin adapters over it.
 
+pub mod group;
 pub mod hosts;
 pub mod intake;
 pub mod models;

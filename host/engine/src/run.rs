@@ -282,9 +282,9 @@ impl Engine {
                     .iter()
                     .map(|b| (b.stage, b.model.clone(), b.holder.clone()))
                     .collect();
-                let due = noticed.as_ref().is_none_or(|(said, at)| {
-                    *said != whom || at.elapsed() >= WAITING_NOTICE_EVERY
-                });
+                let due = noticed
+                    .as_ref()
+                    .is_none_or(|(said, at)| *said != whom || at.elapsed() >= WAITING_NOTICE_EVERY);
                 if due {
                     for line in &lines {
                         tracing::warn!("waiting: {line}");

@@ -164,6 +164,17 @@ pub struct Server {
     pub request_timeout_s: u64,
     /// The most open connections; more are closed at once.
     pub max_connections: usize,
+    /// HTTP intake: concurrent requests share transactions (group commit), each answered
+    /// once its own records are durable. Unset: on with SQLite (one writer: shared commits
+    /// are several times faster), off with PostgreSQL (which commits concurrent
+    /// transactions in parallel, and measured faster without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_commit: Option<bool>,
+    /// How long a shared transaction waits for more requests once it has one (0: it takes
+    /// what is waiting and commits).
+    pub group_commit_linger_ms: u64,
+    /// The most records in one shared transaction.
+    pub group_commit_max_records: usize,
 }
 
 impl Default for Server {
@@ -180,6 +191,9 @@ impl Default for Server {
             header_read_timeout_s: d.header_read_timeout.as_secs(),
             request_timeout_s: d.request_timeout.as_secs(),
             max_connections: d.max_connections,
+            group_commit: None,
+            group_commit_linger_ms: 0,
+            group_commit_max_records: flowhost_edges::group::GroupConfig::default().max_records,
         }
     }
 }
@@ -338,8 +352,14 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("FLOWHOST_LOG", "log.filter"),
 ];
 
-/// Settings with no default (absent from the defaults' table) that can still be set.
-const OPTIONAL: &[&str] = &["plugins.versions_dir", "server.admin_token", "log.filter"];
+/// Settings with no default (absent from the defaults' table) that can still be set, and
+/// whether each is a boolean (else text).
+const OPTIONAL: &[(&str, bool)] = &[
+    ("plugins.versions_dir", false),
+    ("server.admin_token", false),
+    ("server.group_commit", true),
+    ("log.filter", false),
+];
 
 /// Every settable leaf (`section.key`) with an example of its type.
 fn leaves() -> Vec<(String, Value)> {
@@ -359,11 +379,13 @@ fn leaves() -> Vec<(String, Value)> {
     let defaults = Table::try_from(Config::default()).expect("the defaults serialise");
     let mut out = Vec::new();
     walk("", &defaults, &mut out);
-    out.extend(
-        OPTIONAL
-            .iter()
-            .map(|k| (k.to_string(), Value::String(String::new()))),
-    );
+    out.extend(OPTIONAL.iter().map(|&(k, boolean)| {
+        let example = match boolean {
+            true => Value::Boolean(false),
+            false => Value::String(String::new()),
+        };
+        (k.to_string(), example)
+    }));
     out
 }
 
@@ -628,6 +650,14 @@ impl Config {
             ),
             request_timeout: std::time::Duration::from_secs(self.server.request_timeout_s.max(1)),
             max_connections: self.server.max_connections.max(1),
+            group_commit: self
+                .server
+                .group_commit
+                .unwrap_or_else(|| self.database.url.starts_with("sqlite:"))
+                .then(|| flowhost_edges::group::GroupConfig {
+                    linger: std::time::Duration::from_millis(self.server.group_commit_linger_ms),
+                    max_records: self.server.group_commit_max_records.max(1),
+                }),
         })
     }
 

@@ -83,6 +83,9 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     let max_line = state.config().max_line_bytes;
     let mut intake =
         LineIntake::new(store, known, max_line, BATCH).with_limits(state.config().intake);
+    if let Some(group) = state.group() {
+        intake = intake.grouped(group.clone());
+    }
     let mut errors = Vec::new();
     let mut line_no = 0u64;
     let mut lines = Lines::new(max_line);

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub request_timeout: std::time::Duration,
     /// The most open connections; more are closed at once.
     pub max_connections: usize,
+    /// Group commit of HTTP intake: concurrent requests share transactions (`None`: each
+    /// request appends in transactions of its own).
+    pub group_commit: Option<flowhost_edges::group::GroupConfig>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             header_read_timeout: std::time::Duration::from_secs(10),
             request_timeout: std::time::Duration::from_secs(300),
             max_connections: 1024,
+            group_commit: Some(flowhost_edges::group::GroupConfig::default()),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct AppState {
 
 struct Inner {
     engine: Engine,
+    /// The group committer of HTTP intake, when `group_commit` is on.
+    group: Option<flowhost_edges::group::GroupAppender>,
     registry: Registry,
     /// Places for requests served at once (`max_concurrent_requests`).
     places: Arc<tokio::sync::Semaphore>,
@@ -119,8 +125,12 @@ impl AppState {
         metrics: Option<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
+        let group = config
+            .group_commit
+            .map(|g| flowhost_edges::group::GroupAppender::spawn(engine.store().clone(), g));
         Self {
             inner: Arc::new(Inner {
+                group,
                 engine,
                 registry,
                 places: Arc::new(tokio::sync::Semaphore::new(
@@ -147,6 +157,11 @@ impl AppState {
 
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The group committer of HTTP intake, if on.
+    fn group(&self) -> Option<&flowhost_edges::group::GroupAppender> {
+        self.inner.group.as_ref()
     }
 
     fn metrics(&self) -> Option<&Metrics> {
