@@ -80,6 +80,9 @@ const WAITING_NOTICE_EVERY: Duration = Duration::from_secs(10);
 /// The shortest pause between two looks at another process's progress.
 const WAITING_POLL_AT_LEAST: Duration = Duration::from_millis(100);
 
+/// Whom a waiting run waits for: a stage, a model and the process holding it.
+type Whom = (Stage, String, String);
+
 /// Work another live process holds: its stage, model and holder, and one line for people.
 struct Busy {
     stage: Stage,
@@ -210,7 +213,7 @@ impl Engine {
         let mut report = RunReport::default();
         let models = self.parents_first();
         let mut workers = self.workers(&models);
-        let mut noticed: Option<(Vec<(Stage, String, String)>, Instant)> = None;
+        let mut noticed: Option<(Vec<Whom>, Instant)> = None;
         loop {
             let mut set = JoinSet::new();
             let (mut chain, others): (Vec<Worker>, Vec<Worker>) =
@@ -278,7 +281,7 @@ impl Engine {
                 }
                 // Said again when whom it waits for changes, else every so often (the
                 // counts in the lines change all the time).
-                let whom: Vec<(Stage, String, String)> = busy
+                let whom: Vec<Whom> = busy
                     .iter()
                     .map(|b| (b.stage, b.model.clone(), b.holder.clone()))
                     .collect();
