@@ -187,7 +187,7 @@ fn modes(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
 
 fn table(rows: &[(&str, &Value)]) {
     println!(
-        "{:<12} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>8}",
+        "{:<12} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>6} {:>8}",
         "mode",
         "records",
         "records/s",
@@ -197,6 +197,7 @@ fn table(rows: &[(&str, &Value)]) {
         "project s",
         "batch p50",
         "batch p99",
+        "cores",
         "RSS MB"
     );
     for (name, v) in rows {
@@ -204,7 +205,7 @@ fn table(rows: &[(&str, &Value)]) {
         let stage = |k: &str| v["stages_s"][k].as_f64().unwrap_or(0.0);
         let ms = |k: &str| v["batch_latency_ms"][k].as_f64().unwrap_or(0.0);
         println!(
-            "{:<12} {:>10} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.1}ms {:>9.1}ms {:>8.0}",
+            "{:<12} {:>10} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.1}ms {:>9.1}ms {:>6.2} {:>8.0}",
             name,
             v["records"].as_u64().unwrap_or(0),
             f("records_per_s"),
@@ -214,6 +215,7 @@ fn table(rows: &[(&str, &Value)]) {
             stage("project"),
             ms("p50"),
             ms("p99"),
+            f("cores_busy"),
             f("peak_rss_mb"),
         );
     }
@@ -321,6 +323,23 @@ impl FreshDb {
             }
         }
     }
+}
+
+/// CPU time this process has used so far (user and system, all threads), in seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage(2) fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The cores this process kept busy on average since `cpu_started` (from
+/// [`cpu_seconds`]) over `wall` time. A database server's own work (PostgreSQL) is not in it.
+fn cores_busy(cpu_started: f64, wall: std::time::Duration) -> f64 {
+    (cpu_seconds() - cpu_started) / wall.as_secs_f64().max(1e-9)
 }
 
 /// Peak resident set size of this process, in MiB.
@@ -437,6 +456,7 @@ async fn pipeline(
     }
     let before = store.statements();
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     let intake_batch = batch_size.unwrap_or(flowhost_edges::intake::BATCH);
     ingest::ingest(
         &store,
@@ -454,13 +474,14 @@ async fn pipeline(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let total = started.elapsed();
+    let cores = cores_busy(cpu_started, total);
     let statements = store.statements() - before;
     let counts = store.counts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     store.close().await;
     let sum = |v: &[(String, i64)]| v.iter().map(|(_, n)| n).sum::<i64>();
     let mut v = mode_result(
         lines,
-        total,
+        (total, cores),
         statements,
         [ingest_time, report.associate.busy, report.project.busy],
         json!({
@@ -479,11 +500,11 @@ async fn pipeline(
     Ok(v)
 }
 
-/// One mode's answer: rates, statements, per-stage times (ingest, associate, project), peak
-/// RSS, and the rows it wrote.
+/// One mode's answer: rates, statements, per-stage times (ingest, associate, project), the
+/// cores it kept busy on average, peak RSS, and the rows it wrote.
 fn mode_result(
     lines: u64,
-    total: std::time::Duration,
+    (total, cores): (std::time::Duration, f64),
     statements: u64,
     [ingest, associate, project]: [std::time::Duration; 3],
     rows: Value,
@@ -499,6 +520,7 @@ fn mode_result(
             "project": project.as_secs_f64(),
         },
         "batch_latency_ms": {"p50": 0.0, "p99": 0.0},
+        "cores_busy": cores,
         "peak_rss_mb": peak_rss_mb(),
         "rows": rows,
     })
@@ -518,6 +540,7 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
     let err = |e: flowhost_store::StoreError| anyhow::anyhow!("{e}");
     let before = store.statements();
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
 
     // Parse every line, write intake (and queue) in large batches.
     let reader = std::io::BufReader::new(std::fs::File::open(file)?);
@@ -633,11 +656,12 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
     }
     let project_time = project_started.elapsed();
     let total = started.elapsed();
+    let cores = cores_busy(cpu_started, total);
     let statements = store.statements() - before;
     store.close().await;
     Ok(mode_result(
         lines,
-        total,
+        (total, cores),
         statements,
         [ingest_time, assoc_time, project_time],
         json!({"keys": quota[0] - keys_left, "keyed": quota[1] - keyed_left, "parked": quota[2] - parked_left, "views": views}),
