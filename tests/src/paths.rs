@@ -35,21 +35,20 @@ pub fn plugin(model: &str) -> PathBuf {
 
 /// The `flowhost` binary built by `cargo xtask test` (debug profile).
 pub fn binary() -> PathBuf {
-    let bin = target_dir().join("debug").join("flowhost");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p flowhost` (or `cargo xtask test`)",
-        bin.display()
-    );
-    bin
+    built("flowhost")
 }
 
 /// The `flowhost-bench` binary built by `cargo xtask test` (debug profile).
 pub fn bench_binary() -> PathBuf {
-    let bin = target_dir().join("debug").join("flowhost-bench");
+    built("flowhost-bench")
+}
+
+/// A binary of the workspace in the debug profile, which must have been built.
+fn built(name: &str) -> PathBuf {
+    let bin = target_dir().join("debug").join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p flowhost-bench` (or `cargo xtask test`)",
+        "{} is missing: run `cargo build --workspace --bins` (or `cargo xtask test`)",
         bin.display()
     );
     bin

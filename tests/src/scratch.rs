@@ -158,27 +158,25 @@ pub fn execute(url: &str, statements: &[&str]) {
     let url = url.to_string();
     let statements: Vec<String> = statements.iter().map(|s| s.to_string()).collect();
     block_on_thread(async move {
-        use sqlx::Connection;
         if url.starts_with("sqlite:") {
-            let mut c = sqlx::SqliteConnection::connect(&url)
-                .await
-                .expect("open sqlite");
-            for s in statements {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(s))
-                    .execute(&mut c)
-                    .await
-                    .expect("statement");
-            }
+            run_all::<sqlx::SqliteConnection>(&url, statements).await
         } else {
-            let mut c = sqlx::PgConnection::connect(&url)
-                .await
-                .expect("open postgres");
-            for s in statements {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(s))
-                    .execute(&mut c)
-                    .await
-                    .expect("statement");
-            }
+            run_all::<sqlx::PgConnection>(&url, statements).await
         }
     })
+}
+
+/// Runs each statement on one connection of type `C` to `url`.
+async fn run_all<C>(url: &str, statements: Vec<String>)
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    let mut c = C::connect(url).await.expect("open the database");
+    for s in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+            .execute(&mut c)
+            .await
+            .expect("statement");
+    }
 }

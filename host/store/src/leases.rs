@@ -81,12 +81,12 @@ where
 
     /// Every lease, live or expired (an expired one is free for the next taker).
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
-        let mut qb = Self::query(
+        self.select_all(
             "SELECT stage, model, holder, since_micros, expires_micros FROM leases \
              ORDER BY model, stage",
-        );
-        self.fetch_as(&self.pool, qb.build(), "read leases", "*")
-            .await
+            "read leases",
+        )
+        .await
     }
 
     /// How many items wait for a stage of a model: queued records (association) or
@@ -137,12 +137,12 @@ where
 
     /// The hosts that announced themselves, first started first.
     pub async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let mut qb = Self::query(
+        self.select_all(
             "SELECT id, listen, version, started_micros, seen_micros FROM hosts \
              ORDER BY started_micros, id",
-        );
-        self.fetch_as(&self.pool, qb.build(), "read hosts", "*")
-            .await
+            "read hosts",
+        )
+        .await
     }
 
     pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -165,12 +165,12 @@ where
     }
 
     pub async fn plugin_states(&self) -> Result<Vec<PluginState>, StoreError> {
-        let mut qb = Self::query(
+        self.select_all(
             "SELECT name, kind, plugin_version, source, folder_version, since_micros, state \
              FROM models ORDER BY name",
-        );
-        self.fetch_as(&self.pool, qb.build(), "read plugin states", "*")
-            .await
+            "read plugin states",
+        )
+        .await
     }
 
     pub async fn set_plugin_state(&self, model: &str, state: &str) -> Result<(), StoreError> {
@@ -214,11 +214,11 @@ where
     }
 
     pub async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, StoreError> {
-        let mut qb = Self::query(
+        self.select_all(
             "SELECT file, model, version, error, checked_micros FROM plugin_files ORDER BY file",
-        );
-        self.fetch_as(&self.pool, qb.build(), "read plugin files", "*")
-            .await
+            "read plugin files",
+        )
+        .await
     }
 
     pub async fn reprojection(&self, model: &str, version: &str) -> Result<Progress, StoreError> {

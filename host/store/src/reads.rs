@@ -6,7 +6,7 @@ use crate::sql::{Backend, Column, Sql};
 use crate::{
     Counts, Cursor, Health, ModelInfo, Pending, SourceCount, StoreError, ValueRow, ViewRow,
 };
-use sqlx::{ColumnIndex, Executor, IntoArguments};
+use sqlx::{ColumnIndex, Executor, FromRow, IntoArguments};
 
 impl<DB> Sql<DB>
 where
@@ -20,10 +20,25 @@ where
     i64: Column<DB>,
     i32: Column<DB>,
 {
+    /// Every row of a statement that takes no parameters, read on the pool, as `T`.
+    pub(crate) async fn select_all<T>(
+        &self,
+        sql: impl Into<String>,
+        operation: &'static str,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> FromRow<'r, DB::Row>,
+    {
+        let mut qb = Self::query(sql);
+        self.fetch_as(&self.pool, qb.build(), operation, "*").await
+    }
+
     pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
-        let mut qb = Self::query("SELECT name, kind, plugin_version FROM models ORDER BY name");
-        self.fetch_as(&self.pool, qb.build(), "list models", "*")
-            .await
+        self.select_all(
+            "SELECT name, kind, plugin_version FROM models ORDER BY name",
+            "list models",
+        )
+        .await
     }
 
     pub async fn pending(&self, model: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
@@ -91,10 +106,11 @@ where
     }
 
     pub async fn health(&self) -> Result<Health, StoreError> {
-        let mut qb =
-            Self::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version");
         let applied: Vec<(i64,)> = self
-            .fetch_as(&self.pool, qb.build(), "check the database", "*")
+            .select_all(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+                "check the database",
+            )
             .await?;
         let missing = DB::MIGRATOR
             .iter()
@@ -133,22 +149,16 @@ where
     /// Seven small statements, on the pool (a consistent snapshot is not needed: the
     /// numbers are for summaries and readiness).
     pub async fn counts(&self) -> Result<Counts, StoreError> {
-        let per_model = |table: &str| {
-            format!("SELECT model, COUNT(*) FROM {table} GROUP BY model ORDER BY model")
-        };
         let total = async |table: &str| -> Result<i64, StoreError> {
-            let mut qb = Self::query(format!("SELECT COUNT(*) FROM {table}"));
-            let rows: Vec<(i64,)> = self.fetch_as(&self.pool, qb.build(), "count", "*").await?;
+            let rows: Vec<(i64,)> = self
+                .select_all(format!("SELECT COUNT(*) FROM {table}"), "count")
+                .await?;
             Ok(rows.first().map_or(0, |(n,)| *n))
         };
         let pairs = async |table: &str| -> Result<Vec<(String, i64)>, StoreError> {
-            let mut qb = Self::query(per_model(table));
-            self.fetch_as(&self.pool, qb.build(), "count", "*").await
+            let sql = format!("SELECT model, COUNT(*) FROM {table} GROUP BY model ORDER BY model");
+            self.select_all(sql, "count").await
         };
-        let mut qb = Self::query(
-            "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
-             ORDER BY model, reason",
-        );
         Ok(Counts {
             intake: total("intake").await?,
             queued: pairs("queue").await?,
@@ -156,7 +166,13 @@ where
             references: pairs("views").await?,
             keyed: pairs("keyed").await?,
             keys: total("keys").await?,
-            parked: self.fetch_as(&self.pool, qb.build(), "count", "*").await?,
+            parked: self
+                .select_all(
+                    "SELECT model, reason, COUNT(*) FROM parked GROUP BY model, reason \
+                     ORDER BY model, reason",
+                    "count",
+                )
+                .await?,
         })
     }
 }
