@@ -76,3 +76,33 @@ fn bench_faults_times_each_misbehaving_call_to_its_time_limit() {
     }
     assert!(v["results"]["describe sleeps (compile + describe)"]["max_ms"].is_number());
 }
+
+#[test]
+fn bench_hosts_spreads_one_workload_over_processes_on_postgres() {
+    // The bench creates (and drops) databases of its own on the server of the one given.
+    let Some(db) = Scratch::postgres() else {
+        return;
+    };
+    let host = Host::new(&db.url);
+    let out = host.bench(&["hosts", "--hosts", "1,2", "--records", "1500", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = &json_lines(&out.stdout)[0];
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{v}");
+    for (run, n) in runs.iter().zip([1, 2]) {
+        assert_eq!(run["hosts"], n, "{v}");
+        assert_eq!(run["processes"].as_array().unwrap().len(), n, "{v}");
+        assert!(run["records_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        // At least every record once (a parked record that heals is associated again).
+        assert!(run["associated"].as_u64().unwrap() >= 1300, "{v}");
+    }
+    // A SQLite database is refused with a reason.
+    let sqlite = Scratch::sqlite();
+    let out = Host::new(&sqlite.url).bench(&["hosts", "--records", "10"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("PostgreSQL"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,7 +1,8 @@
 //! Several hosts on one database: they see each other (`GET /v1/hosts`, `flowhost hosts`:
 //! every `serve` with what it holds; a host killed without stopping shows as not live and
 //! loses its leases within the lease length; one that stops leaves the list), every host
-//! takes intake, and a plugin swapped in their shared folder is served by all of them.
+//! takes intake, a plugin swapped in their shared folder is served by all of them, and three
+//! hosts killed in the middle of association and of projection end as one host would.
 
 use flowhost_tests::{Host, Http, Scratch, Server, block_until_ok, text, wait_for};
 use serde_json::Value;
@@ -57,9 +58,11 @@ fn hosts_list_each_other_with_their_leases_and_a_killed_one_is_not_live() {
         );
         assert_eq!(format!("http://{}", ha["listen"].as_str().unwrap()), url_a);
         assert_eq!(format!("http://{}", hb["listen"].as_str().unwrap()), url_b);
+        // (Projection is shared: only association leases are one host's alone.)
         let mut held: Vec<(String, String)> = list
             .iter()
             .flat_map(|h| h["leases"].as_array().cloned().unwrap_or_default())
+            .filter(|l| l["stage"] == "associate")
             .map(|l| (l["stage"].to_string(), l["model"].to_string()))
             .collect();
         let n = held.len();
@@ -225,7 +228,19 @@ fn three_hosts_take_intake_everywhere_and_all_serve_a_plugin_swapped_in_their_fo
              (SELECT last_current_micros FROM plugin_versions WHERE version = '{v2}')"
         ),
     );
-    assert_eq!(late[0].1, 0, "records keyed by v1 after v2 became current");
+    assert_eq!(
+        late[0].1,
+        0,
+        "records keyed by v1 after v2 became current: {:?} {:?}",
+        count_by(
+            &db.url,
+            "SELECT version || ' ' || first_loaded_micros, last_current_micros FROM plugin_versions"
+        ),
+        count_by(
+            &db.url,
+            "SELECT plugin_version || ' ' || MIN(keyed_micros), MAX(keyed_micros) FROM keyed GROUP BY plugin_version"
+        )
+    );
     let stale = count_by(
         &db.url,
         &format!("SELECT 'n', COUNT(*) FROM views WHERE plugin_version <> '{v2}'"),
@@ -245,5 +260,184 @@ fn three_hosts_take_intake_everywhere_and_all_serve_a_plugin_swapped_in_their_fo
     }
     for s in servers {
         assert!(s.stop().success());
+    }
+}
+
+/// The ids of what holds a stage of any model now (`leases` and projection claims), by host.
+fn holders(url: &str, stage: &str) -> Vec<String> {
+    let sql = if stage == "associate" {
+        format!(
+            "SELECT holder, COUNT(*) FROM leases WHERE stage = 'associate' \
+             AND expires_micros > {} \
+             AND EXISTS (SELECT 1 FROM queue q WHERE q.model = leases.model) GROUP BY holder",
+            flowhost_store::now_micros()
+        )
+    } else {
+        "SELECT claimed_by, COUNT(*) FROM dirty WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
+            .to_string()
+    };
+    flowhost_tests::count_by(url, &sql)
+        .into_iter()
+        .map(|(holder, _)| holder)
+        .collect()
+}
+
+/// How many projection batches a host's log shows it committed.
+fn projection_batches(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("stage=\"project\"") && l.contains("batch done"))
+        .count()
+}
+
+#[test]
+fn three_hosts_killed_mid_association_and_mid_projection_end_as_one_host_would() {
+    use flowhost_tests::{count_by, plugin, snapshot};
+    const WAIT: Duration = Duration::from_secs(300);
+    let Some(db) = Scratch::postgres() else {
+        return;
+    };
+    let input = {
+        let out = flowhost_tests::flowhost(&["generate", "--records", "21500"]);
+        block_until_ok(&out);
+        text(&out.stdout)
+    };
+    let lines: Vec<&str> = input.lines().collect();
+
+    // What one host makes of the input: `ingest`, then `process --until-idle`.
+    let single = Scratch::sqlite();
+    let one = Host::new(&single.url);
+    block_until_ok(&one.ingest(&input));
+    one.process();
+    let expected = snapshot(&one);
+
+    // Three hosts, one PostgreSQL, one plugins folder; small batches and a short lease so
+    // that kills land in the middle of the work and hand-overs are quick.
+    let folder = tempfile::tempdir().expect("plugins folder");
+    for model in ["device", "sensor", "reading"] {
+        std::fs::copy(plugin(model), folder.path().join(format!("{model}.wasm"))).expect("copy");
+    }
+    let host = Host {
+        db: db.url.clone(),
+        plugins: folder.path().to_path_buf(),
+    };
+    let args = [
+        "--set",
+        "stages.lease_ttl_ms=2000",
+        "--set",
+        "stages.associate.max_batch=400",
+        "--set",
+        "stages.associate.initial_batch=200",
+        "--set",
+        "stages.project.max_batch=100",
+        "--set",
+        "stages.project.initial_batch=50",
+    ];
+    struct Slot {
+        server: Server,
+        url: String,
+        id: String,
+        /// What earlier (killed) processes in this slot logged.
+        earlier: String,
+    }
+    let start = || {
+        let mut server = Server::start(&host, &args);
+        let url = server.url();
+        let id = hosts(&Http::new(&url)).0;
+        Slot {
+            server,
+            url,
+            id,
+            earlier: String::new(),
+        }
+    };
+    let mut slots: Vec<Slot> = (0..3).map(|_| start()).collect();
+    let restart = |slot: &mut Slot| {
+        let log = slot.server.log();
+        let fresh = start();
+        let old = std::mem::replace(slot, fresh);
+        slot.earlier = old.earlier + &log;
+        drop(old.server); // SIGKILL
+    };
+    // Kills the host holding `stage` (by its holder id) and starts another in its place.
+    let kill_holder = |slots: &mut Vec<Slot>, stage: &str| -> bool {
+        let held = holders(&db.url, stage);
+        let Some(i) = slots
+            .iter()
+            .position(|s| held.iter().any(|h| h.starts_with(&s.id)))
+        else {
+            return false;
+        };
+        // SAFETY: kill(2) with SIGKILL on our own child.
+        unsafe { libc::kill(slots[i].server.pid(), libc::SIGKILL) };
+        restart(&mut slots[i]);
+        true
+    };
+
+    // The input posted in order, 500 lines a request, to the three hosts in turn. A third of
+    // the way in, the host in the middle of association is killed (and restarted); two
+    // thirds of the way in, the host in the middle of projection.
+    let (mut in_association, mut in_projection) = (false, false);
+    let requests = lines.len().div_ceil(500);
+    for (n, chunk) in lines.chunks(500).enumerate() {
+        let body = chunk.join("\n") + "\n";
+        let answer = Http::new(&slots[n % 3].url).records(&body);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        if n >= requests / 3 && !in_association {
+            in_association = kill_holder(&mut slots, "associate");
+        } else if n >= 2 * requests / 3 && !in_projection {
+            in_projection = kill_holder(&mut slots, "project");
+        }
+    }
+    if !in_association {
+        wait_for("a host in the middle of association", WAIT, || {
+            kill_holder(&mut slots, "associate")
+        });
+    }
+    if !in_projection {
+        wait_for("a host in the middle of projection", WAIT, || {
+            kill_holder(&mut slots, "project")
+        });
+    }
+    wait_for("the hosts to finish", WAIT, || {
+        count_by(
+            &db.url,
+            "SELECT 'n', (SELECT COUNT(*) FROM queue) + \
+             (SELECT COUNT(*) FROM dirty WHERE error IS NULL)",
+        )[0]
+        .1 == 0
+    });
+
+    // Everything once: every line taken once, every taken record keyed or parked once.
+    let intake = count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1;
+    let single_intake = count_by(&single.url, "SELECT 'n', COUNT(*) FROM intake")[0].1;
+    assert_eq!(intake, single_intake);
+    assert!(intake >= 20_000, "{intake} records");
+    let accounted = count_by(
+        &db.url,
+        "SELECT 'n', (SELECT COUNT(*) FROM keyed) + (SELECT COUNT(*) FROM parked \
+         WHERE seq NOT IN (SELECT seq FROM keyed))",
+    )[0]
+    .1;
+    assert_eq!(accounted, intake, "every record keyed or parked, once");
+    // The same views, lineage, roots, values and parked records as the one host.
+    assert_eq!(snapshot(&host), expected);
+    // Every host did some of the projection.
+    let mut spread = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let log = slot.earlier.clone() + &slot.server.log();
+        spread.push(projection_batches(&log));
+        assert!(spread[i] > 0, "host {i} projected nothing:\n{log}");
+    }
+    let restarts: Vec<usize> = slots
+        .iter()
+        .map(|s| s.earlier.matches("listening on").count())
+        .collect();
+    eprintln!(
+        "{intake} records; projection batches per host {spread:?}; processes killed per host \
+         {restarts:?}; killed while posting: association {in_association}, projection \
+         {in_projection}"
+    );
+    for slot in slots {
+        assert!(slot.server.stop().success());
     }
 }

@@ -4,6 +4,7 @@
 //! `flowhost` binary where the benchmark is of the service (`http`, `latency`, `swap`).
 
 mod durability;
+mod hosts;
 mod http;
 mod latency;
 mod modes;
@@ -118,6 +119,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Print one JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The same workload processed by 1, 2, 3 … `flowhost process --until-idle` processes
+    /// at once on one PostgreSQL server (`--db postgres://…`; a fresh database per run,
+    /// dropped after): seconds, records/s, and what each process did.
+    Hosts {
+        /// Process counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        hosts: Vec<usize>,
+        /// About how many records.
+        #[arg(long, default_value_t = 50_000)]
+        records: u64,
+        /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -250,6 +265,19 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
                 json,
                 set: serve_set,
                 compare,
+            },
+        )),
+        BenchCommand::Hosts {
+            hosts,
+            records,
+            json,
+        } => block_on(hosts::run(
+            db,
+            plugins,
+            hosts::Hosts {
+                hosts,
+                records,
+                json,
             },
         )),
         BenchCommand::Durability {

@@ -3,7 +3,7 @@
 //! and `flowhost hosts --json` give the same objects.
 
 use crate::models::when;
-use flowhost_store::{Store, StoreError, now_micros};
+use flowhost_store::{LeaseRow, Store, StoreError, now_micros};
 use serde_json::{Value, json};
 
 /// One object per process, announced hosts first (oldest first), then processes that hold a
@@ -21,7 +21,20 @@ pub async fn hosts_json(
     let held = |id: &str| -> Vec<Value> {
         leases
             .iter()
-            .filter(|l| l.holder == id && l.expires_micros >= now)
+            .filter(|l| process_of(&l.holder) == id && l.expires_micros >= now)
+            .fold(Vec::<&LeaseRow>::new(), |mut held, l| {
+                // A process's projection workers each hold claims: one entry, the oldest.
+                match held
+                    .iter_mut()
+                    .find(|h| h.stage == l.stage && h.model == l.model)
+                {
+                    Some(h) if h.since_micros > l.since_micros => *h = l,
+                    Some(_) => {}
+                    None => held.push(l),
+                }
+                held
+            })
+            .into_iter()
             .map(|l| json!({"stage": l.stage, "model": l.model, "since": when(l.since_micros)}))
             .collect()
     };
@@ -42,8 +55,8 @@ pub async fn hosts_json(
         .collect();
     let mut others: Vec<&str> = leases
         .iter()
-        .filter(|l| l.expires_micros >= now && !hosts.iter().any(|h| h.id == l.holder))
-        .map(|l| l.holder.as_str())
+        .filter(|l| l.expires_micros >= now && !hosts.iter().any(|h| h.id == process_of(&l.holder)))
+        .map(|l| process_of(&l.holder))
         .collect();
     others.sort_unstable();
     others.dedup();
@@ -60,4 +73,24 @@ pub async fn hosts_json(
         }));
     }
     Ok(out)
+}
+
+/// The process a lease or claim holder belongs to: holder ids are `host/pid/random`, and a
+/// projection worker's claims are held as `host/pid/random/p<n>`.
+fn process_of(holder: &str) -> &str {
+    match holder.match_indices('/').nth(2) {
+        Some((at, _)) => &holder[..at],
+        None => holder,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn claims_belong_to_their_process() {
+        use super::process_of;
+        assert_eq!(process_of("h/1/abc/p0"), "h/1/abc");
+        assert_eq!(process_of("h/1/abc"), "h/1/abc");
+        assert_eq!(process_of("odd"), "odd");
+    }
 }

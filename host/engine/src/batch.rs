@@ -65,8 +65,8 @@ impl Engine {
         Ok(None)
     }
 
-    /// Runs a batch's work while renewing its lease every third of the lease length, so a
-    /// slow but live batch keeps it. The renewal runs beside the work (never in its way: on
+    /// Runs a batch's work while renewing its lease (or its claims) every third of the lease
+    /// length, so a slow but live batch keeps it. The renewal runs beside the work (never in its way: on
     /// SQLite it may wait for the batch's own commit). A renewal that finds the lease taken
     /// is logged; the batch's commit then finds it lost and writes nothing.
     pub(crate) async fn heartbeat<F: std::future::Future>(
@@ -81,17 +81,20 @@ impl Engine {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match self
-                    .inner
-                    .store
-                    .acquire_lease(lease, ttl.as_micros() as i64)
-                    .await
-                {
+                let ttl = ttl.as_micros() as i64;
+                let store = &self.inner.store;
+                // Association holds the model's lease; projection holds claims on its
+                // batch's references.
+                let renewed = match lease.stage {
+                    Stage::Associate => store.acquire_lease(lease, ttl).await,
+                    Stage::Project => store.renew_claims(lease, ttl).await.map(|n| n > 0),
+                };
+                match renewed {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(
                         model = %lease.model,
                         stage = lease.stage.as_str(),
-                        "another host took the lease while this batch ran; the batch will commit nothing"
+                        "another worker took this batch's lease or claims while it ran; it commits nothing of what it lost"
                     ),
                     Err(e) => tracing::warn!(
                         model = %lease.model,

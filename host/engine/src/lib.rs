@@ -31,6 +31,10 @@ use std::time::Duration;
 pub struct EngineConfig {
     pub associate: BatchConfig,
     pub project: BatchConfig,
+    /// Projection workers per model in this process. Each claims its own batch of dirty
+    /// references, so plugin calls run on several cores and, with several hosts on one
+    /// PostgreSQL, every host takes part.
+    pub project_workers: usize,
     /// How long a lease lasts without renewal. Each batch takes it, and renews it every
     /// third of this while the batch runs, so a slow but live batch keeps it; a host that
     /// stops renewing loses it within this time.
@@ -59,6 +63,7 @@ impl Default for EngineConfig {
                 initial: 500,
                 target: Duration::from_millis(250),
             },
+            project_workers: 2,
             lease_ttl: Duration::from_secs(30),
             isolation_budget: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),

@@ -4,11 +4,18 @@ use crate::isolate::Slot;
 use crate::{BatchDone, Engine, EngineError};
 use flowhost_core::{Group, Kind, Projection};
 use flowhost_runtime::Plugin;
-use flowhost_store::{CommitError, ProjectFailure, Stage, ViewRow};
+use flowhost_store::{CommitError, Lease, ProjectFailure, Stage, ViewRow};
 
 impl Engine {
-    /// Projects the next batch of dirty references of a model (up to `size`).
-    pub async fn project_batch(&self, model: &str, size: usize) -> Result<BatchDone, EngineError> {
+    /// Projects the next batch of dirty references of a model (up to `size`), claimed for
+    /// `holder` (one of this engine's projection workers): workers of this and other hosts
+    /// project the same model at once, each its own references.
+    pub async fn project_batch(
+        &self,
+        model: &str,
+        size: usize,
+        holder: &str,
+    ) -> Result<BatchDone, EngineError> {
         let Some(plugin) = self.inner.plugins.get(model) else {
             return Ok(BatchDone::default());
         };
@@ -17,13 +24,16 @@ impl Engine {
         {
             return Ok(BatchDone::default());
         }
-        let Some(lease) = self.lease(Stage::Project, model).await? else {
-            return Ok(BatchDone::held_elsewhere());
+        let lease = Lease {
+            stage: Stage::Project,
+            model: model.to_string(),
+            holder: holder.to_string(),
         };
         let size = size.min(plugin.limits().max_batch);
-        let batch = self.inner.store.dirty_groups(model, size).await?;
+        let ttl = self.inner.config.lease_ttl.as_micros() as i64;
+        let batch = self.inner.store.claim_dirty(&lease, size, ttl).await?;
         if batch.groups.is_empty() {
-            return Ok(BatchDone::default());
+            return self.claimed_elsewhere(&lease).await;
         }
         let size = batch.groups.len();
         let work = async {
@@ -118,7 +128,7 @@ impl Engine {
                     .commit_projection(&lease, &views, &seen, &failed)
                     .await
                 {
-                    Ok(()) => done.records += views.len(),
+                    Ok(written) => done.records += written,
                     Err(CommitError::VersionChanged { model, current }) => {
                         return Ok(self.version_changed(&model, &current).await);
                     }
@@ -142,7 +152,7 @@ impl Engine {
                                 .await
                                 .or_else(|e| match e {
                                     CommitError::LeaseLost { .. }
-                                    | CommitError::VersionChanged { .. } => Ok(()),
+                                    | CommitError::VersionChanged { .. } => Ok(0),
                                     e => Err(e),
                                 })?;
                         }
@@ -165,6 +175,43 @@ impl Engine {
             self.heartbeat(&lease, work),
         )
         .await
+    }
+
+    /// A claim found nothing free. When other live workers hold the model's marks the batch
+    /// says so (a `process --until-idle` waits for them); the claims of a process on this
+    /// machine that is gone are let go at once, and claimed again.
+    async fn claimed_elsewhere(&self, claim: &Lease) -> Result<BatchDone, EngineError> {
+        let store = &self.inner.store;
+        let now = flowhost_store::now_micros();
+        let others: Vec<String> = store
+            .leases()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                l.stage == Stage::Project.as_str()
+                    && l.model == claim.model
+                    && l.expires_micros >= now
+                    && !self.is_mine(&l.holder)
+            })
+            .map(|l| l.holder)
+            .collect();
+        if others.is_empty() {
+            return Ok(BatchDone::default());
+        }
+        let dead: Vec<String> = others
+            .iter()
+            .filter(|h| crate::holder::is_dead_local(h))
+            .cloned()
+            .collect();
+        if !dead.is_empty() {
+            let released = store.release_claims(&dead).await?;
+            tracing::info!(model = %claim.model, from = ?dead, released, "let go the projection claims of a process that is gone");
+            return Ok(BatchDone {
+                retry: true,
+                ..BatchDone::default()
+            });
+        }
+        Ok(BatchDone::held_elsewhere())
     }
 }
 

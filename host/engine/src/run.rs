@@ -62,6 +62,9 @@ struct Worker {
     narrow: Option<usize>,
     /// The last batch found the lease held by another live process.
     held: bool,
+    /// Who this worker is to the store: the engine's holder id for association (a lease
+    /// per model), one id per projection worker for the claims.
+    holder: String,
 }
 
 /// What [`Engine::run_until_idle`] does when another live process (a `serve`, another
@@ -114,7 +117,10 @@ impl Engine {
         let (done, statements) = flowhost_store::counting_statements(async {
             match worker.stage {
                 Stage::Associate => self.associate_batch(&worker.model, size).await,
-                Stage::Project => self.project_batch(&worker.model, size).await,
+                Stage::Project => {
+                    self.project_batch(&worker.model, size, &worker.holder)
+                        .await
+                }
             }
         })
         .await;
@@ -148,16 +154,32 @@ impl Engine {
         Ok(done.records)
     }
 
+    /// The ids of this engine's projection workers: `<holder>/p<n>`.
+    fn projection_holders(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.inner.config.project_workers.max(1)).map(|n| format!("{}/p{n}", self.inner.holder))
+    }
+
+    /// Whether a lease or claim holder is this engine or one of its workers.
+    pub(crate) fn is_mine(&self, holder: &str) -> bool {
+        holder
+            .strip_prefix(self.inner.holder.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     fn workers(&self, models: &[String]) -> Vec<Worker> {
         let mut out = Vec::new();
         for model in models {
-            for stage in [Stage::Associate, Stage::Project] {
+            let workers = [(Stage::Associate, self.inner.holder.clone())]
+                .into_iter()
+                .chain(self.projection_holders().map(|h| (Stage::Project, h)));
+            for (stage, holder) in workers {
                 out.push(Worker {
                     stage,
                     model: model.clone(),
                     sizer: BatchSizer::new(self.batch_config(stage)),
                     narrow: None,
                     held: false,
+                    holder,
                 });
             }
         }
@@ -317,7 +339,7 @@ impl Engine {
             let Some(lease) = leases.iter().find(|l| {
                 l.stage == worker.stage.as_str()
                     && l.model == worker.model
-                    && l.holder != self.inner.holder
+                    && !self.is_mine(&l.holder)
                     && l.expires_micros >= now
             }) else {
                 continue;
@@ -338,9 +360,13 @@ impl Engine {
                 model: worker.model.clone(),
                 holder: lease.holder.clone(),
                 line: format!(
-                    "process {} holds the {} lease of model '{}' (since {since}); {waiting} {items}",
+                    "process {} holds the {} {} of model '{}' (since {since}); {waiting} {items}",
                     lease.holder,
                     worker.stage.as_str(),
+                    match worker.stage {
+                        Stage::Associate => "lease",
+                        Stage::Project => "claims",
+                    },
                     worker.model,
                 ),
             });
@@ -362,16 +388,18 @@ impl Engine {
     }
 
     async fn release_all(&self, models: &[String]) {
+        let claims: Vec<String> = self.projection_holders().collect();
+        if let Err(e) = self.inner.store.release_claims(&claims).await {
+            tracing::warn!("cannot release projection claims: {e}");
+        }
         for model in models {
-            for stage in [Stage::Associate, Stage::Project] {
-                let lease = Lease {
-                    stage,
-                    model: model.clone(),
-                    holder: self.inner.holder.clone(),
-                };
-                if let Err(e) = self.inner.store.release_lease(&lease).await {
-                    tracing::warn!(model, "cannot release lease: {e}");
-                }
+            let lease = Lease {
+                stage: Stage::Associate,
+                model: model.clone(),
+                holder: self.inner.holder.clone(),
+            };
+            if let Err(e) = self.inner.store.release_lease(&lease).await {
+                tracing::warn!(model, "cannot release lease: {e}");
             }
         }
     }

@@ -238,6 +238,8 @@ pub struct Stages {
     /// How long a stage's lease lasts without renewal (renewed every third of it while a
     /// batch runs); a host that stops loses its leases within this time.
     pub lease_ttl_ms: u64,
+    /// Projection workers per model in this process, each claiming its own references.
+    pub project_workers: usize,
 }
 
 impl Default for Stages {
@@ -248,6 +250,7 @@ impl Default for Stages {
             project: StageBatch::from(e.project),
             idle_poll_ms: e.idle_poll.as_millis() as u64,
             lease_ttl_ms: e.lease_ttl.as_millis() as u64,
+            project_workers: e.project_workers,
         }
     }
 }
@@ -551,6 +554,12 @@ impl Config {
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
+        if !(1..=64).contains(&self.stages.project_workers) {
+            bail!(
+                "stages.project_workers must be between 1 and 64 (it is {})",
+                self.stages.project_workers
+            );
+        }
         Ok(())
     }
 
@@ -618,6 +627,7 @@ impl Config {
             project: self.stages.project.to_batch("project").unwrap_or_default(),
             idle_poll: ms(self.stages.idle_poll_ms),
             lease_ttl: ms(self.stages.lease_ttl_ms),
+            project_workers: self.stages.project_workers,
             isolation_budget: ms(self.plugins.isolation_budget_ms),
             ..flowhost_engine::EngineConfig::default()
         }

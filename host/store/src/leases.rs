@@ -79,11 +79,14 @@ where
         Ok(taken == 1)
     }
 
-    /// Every lease, live or expired (an expired one is free for the next taker).
+    /// Every lease, live or expired (an expired one is free for the next taker), and each
+    /// holder's projection claims on each model as one `project` lease.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
         self.select_all(
             "SELECT stage, model, holder, since_micros, expires_micros FROM leases \
-             ORDER BY model, stage",
+             UNION ALL SELECT 'project', model, claimed_by, MIN(claimed_micros), \
+             MAX(claimed_until) FROM dirty WHERE claimed_by IS NOT NULL \
+             GROUP BY model, claimed_by ORDER BY 2, 1, 3",
             "read leases",
         )
         .await
@@ -171,11 +174,18 @@ where
             .push(" ELSE expires_micros END");
         push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
         if let Some(version) = version {
-            qb.push(" AND NOT EXISTS (SELECT 1 FROM models WHERE name = ")
+            // The model's row stays locked until this commit ends, so a plugin version made
+            // current meanwhile waits for it, and one made current first is seen here: a
+            // batch commits only while the version that decided it is the current one.
+            // (A scalar subquery: PostgreSQL takes the row lock there, where it would skip
+            // it in an `EXISTS`.)
+            qb.push(" AND COALESCE((SELECT plugin_version FROM models WHERE name = ")
                 .push_bind(lease.model.clone())
-                .push(" AND plugin_version <> ")
+                .push(DB::LOCK_SHARED)
+                .push("), ")
                 .push_bind(version.to_string())
-                .push(")");
+                .push(") = ")
+                .push_bind(version.to_string());
         }
         let renewed = self
             .execute(&mut **tx, qb.build(), "check lease", &lease.model)

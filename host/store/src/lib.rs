@@ -9,6 +9,7 @@
 //! The store counts the statements it executes ([`Store::statements`]) so that benchmarks
 //! and metrics can report statements per record.
 
+mod claims;
 mod error;
 mod leases;
 mod parked;
@@ -221,7 +222,8 @@ impl Store {
         backend!(self.take_over_lease(lease, from, ttl_micros))
     }
 
-    /// Every lease, live or expired.
+    /// Every lease, live or expired, and the projection claims of each holder on each model
+    /// (as `project` leases: since the oldest claim, until the last one lapses).
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
         backend!(self.leases())
     }
@@ -287,23 +289,42 @@ impl Store {
         backend!(self.commit_association(lease, outcome))
     }
 
-    /// The next dirty references of a model with all their keyed records (intake order).
-    pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
-        backend!(self.dirty_groups(model, limit))
+    /// Claims the next dirty references of a model for `claim.holder` (up to `limit`, for
+    /// `ttl_micros` unless renewed), with all their keyed records (intake order). Marks
+    /// another worker holds are passed over.
+    pub async fn claim_dirty(
+        &self,
+        claim: &Lease,
+        limit: usize,
+        ttl_micros: i64,
+    ) -> Result<DirtyBatch, StoreError> {
+        backend!(self.claim_dirty(claim, limit, ttl_micros))
     }
 
-    /// Commits a projection batch in one transaction: checks the lease, upserts the views,
-    /// clears the dirty marks it has seen (a reference marked again meanwhile stays dirty),
-    /// and keeps the error on the marks of references whose projection failed (they are
-    /// skipped until new records, a new plugin version, or a re-queue).
+    /// Extends a holder's claims on a model (a slow batch's heartbeat); how many it holds.
+    pub async fn renew_claims(&self, claim: &Lease, ttl_micros: i64) -> Result<u64, StoreError> {
+        backend!(self.renew_claims(claim, ttl_micros))
+    }
+
+    /// Lets go of every projection claim of these holders.
+    pub async fn release_claims(&self, holders: &[String]) -> Result<u64, StoreError> {
+        backend!(self.release_claims(holders))
+    }
+
+    /// Commits a projection batch in one transaction: checks the plugin version and which
+    /// references the holder still claims, and for those only upserts the views, clears the
+    /// dirty marks it has seen (a reference marked again meanwhile stays dirty), keeps the
+    /// error on the marks of references whose projection failed (they are skipped until new
+    /// records, a new plugin version, or a re-queue), and lets the claims go. Returns the
+    /// views written.
     pub async fn commit_projection(
         &self,
-        lease: &Lease,
+        claim: &Lease,
         views: &[ViewRow],
         seen: &[(String, i64)],
         failed: &[ProjectFailure],
-    ) -> Result<(), CommitError> {
-        backend!(self.commit_projection(lease, views, seen, failed))
+    ) -> Result<usize, CommitError> {
+        backend!(self.commit_projection(claim, views, seen, failed))
     }
 
     /// Records a plugin version that passed validation (kept for rollback).

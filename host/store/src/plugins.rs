@@ -74,8 +74,10 @@ where
         let op = "make a plugin version current";
         let model = change.model.as_str();
         let mut tx = self.begin(op, model).await?;
+        // Locks the model's row: a batch of the old version still committing finishes
+        // first, and the time taken below is after it (see `check_lease`).
         let mut qb = Self::query("SELECT plugin_version FROM models WHERE name = ");
-        qb.push_bind(model.to_string());
+        qb.push_bind(model.to_string()).push(DB::LOCK_EXCLUSIVE);
         let before: Vec<(String,)> = self.fetch_as(&mut *tx, qb.build(), op, model).await?;
         let changed = before.first().map(|(v,)| v.as_str()) != Some(change.version.as_str());
         let now = now_micros();

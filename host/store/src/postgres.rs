@@ -2,6 +2,7 @@
 //! writes (a fixed number of parameters whatever the batch size), `ON CONFLICT` key claims,
 //! and leases taken with an atomic upsert that only succeeds for the holder or after expiry.
 
+use crate::claims::{self, Held};
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
 use crate::sql::{Backend, Sql};
 use crate::*;
@@ -16,6 +17,9 @@ impl Backend for Postgres {
     const BEGIN: Option<&'static str> = None;
     /// One parameter whatever its length, so only memory bounds it.
     const IN_LIST_MAX: usize = 100_000;
+    const LOCK_SHARED: &'static str = " FOR SHARE";
+    const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+    const LOCK_EXCLUSIVE: &'static str = " FOR UPDATE";
     type Upkeep = Arc<Analyze>;
 
     fn rows_affected(result: &PgQueryResult) -> u64 {
@@ -351,15 +355,15 @@ impl Sql<Postgres> {
         Ok(CommitSummary { healed })
     }
 
-    pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
+    pub async fn claim_dirty(
+        &self,
+        claim: &Lease,
+        limit: usize,
+        ttl_micros: i64,
+    ) -> Result<DirtyBatch, StoreError> {
         let op = "read dirty references";
-        let statement = sqlx::query(
-            "SELECT reference, stamp FROM dirty WHERE model = $1 AND error IS NULL \
-             ORDER BY stamp, reference LIMIT $2",
-        )
-        .bind(model)
-        .bind(limit as i64);
-        let seen: Vec<(String, i64)> = self.fetch_as(&self.pool, statement, op, model).await?;
+        let model = claim.model.as_str();
+        let seen = self.claim_marks(claim, limit, ttl_micros).await?;
         if seen.is_empty() {
             return Ok(DirtyBatch::default());
         }
@@ -380,17 +384,26 @@ impl Sql<Postgres> {
         views: &[ViewRow],
         seen: &[(String, i64)],
         failed: &[ProjectFailure],
-    ) -> Result<(), CommitError> {
+    ) -> Result<usize, CommitError> {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(
-            &mut tx,
-            lease,
-            views.first().map(|v| v.plugin_version.as_str()),
-        )
-        .await?;
-        self.mark_projection_failed(&mut tx, model, failed).await?;
+        let covered = claims::covered(seen, failed);
+        let held = self
+            .check_claims(
+                &mut tx,
+                lease,
+                views.first().map(|v| v.plugin_version.as_str()),
+                &covered,
+            )
+            .await?;
+        let Held {
+            views,
+            seen,
+            failed,
+        } = Held::keep(&held, views, seen, failed);
+        let (views, seen) = (&views[..], &seen[..]);
+        self.mark_projection_failed(&mut tx, model, &failed).await?;
         if !views.is_empty() {
             let statement = sqlx::query(
                 "INSERT INTO views (reference, model, first_seq, canonical, root, lineage, \
@@ -423,8 +436,9 @@ impl Sql<Postgres> {
             .bind(seen.iter().map(|s| s.1).collect::<Vec<i64>>());
             self.execute(&mut *tx, statement, op, model).await?;
         }
+        self.let_go(&mut tx, lease, &covered).await?;
         self.commit(tx, op, model).await?;
         self.grew(views.len() as u64);
-        Ok(())
+        Ok(views.len())
     }
 }

@@ -28,6 +28,14 @@ pub trait Backend: Database {
     const BEGIN: Option<&'static str>;
     /// Values per `IN` list, within the backend's bound-parameter limit.
     const IN_LIST_MAX: usize;
+    /// Appended to a `SELECT` that must hold a row still until the transaction ends, so a
+    /// concurrent writer of that row waits (`FOR SHARE` / `FOR UPDATE` on PostgreSQL; empty
+    /// on SQLite, whose write transactions already run one at a time).
+    const LOCK_SHARED: &'static str;
+    const LOCK_EXCLUSIVE: &'static str;
+    /// Appended to a `SELECT` that locks rows for update and passes over the rows other
+    /// transactions hold.
+    const LOCK_SKIP: &'static str;
     /// Backend-specific upkeep state shared by a store's clones.
     type Upkeep: Default + Clone + Send + Sync;
 

@@ -3,6 +3,7 @@
 //! processes on one file queue on the write lock (busy timeout) instead of failing on
 //! lock upgrade.
 
+use crate::claims::{self, Held};
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
 use crate::sql::{Backend, Sql};
 use crate::*;
@@ -20,6 +21,9 @@ impl Backend for Sqlite {
     const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
     const BEGIN: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const IN_LIST_MAX: usize = MAX_PARAMS;
+    const LOCK_SHARED: &'static str = "";
+    const LOCK_SKIP: &'static str = "";
+    const LOCK_EXCLUSIVE: &'static str = "";
     type Upkeep = ();
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
@@ -357,20 +361,16 @@ impl Sql<Sqlite> {
         Ok(CommitSummary { healed })
     }
 
-    pub async fn dirty_groups(&self, model: &str, limit: usize) -> Result<DirtyBatch, StoreError> {
+    pub async fn claim_dirty(
+        &self,
+        claim: &Lease,
+        limit: usize,
+        ttl_micros: i64,
+    ) -> Result<DirtyBatch, StoreError> {
         let op = "read dirty references";
-        let seen: Vec<(String, i64)> = self
-            .fetch_as(
-                &self.pool,
-                sqlx::query(
-                    "SELECT reference, stamp FROM dirty WHERE model = ? AND error IS NULL \
-                     ORDER BY stamp, reference LIMIT ?",
-                )
-                .bind(model)
-                .bind(limit.min(MAX_PARAMS) as i64),
-                op,
-                model,
-            )
+        let model = claim.model.as_str();
+        let seen = self
+            .claim_marks(claim, limit.min(MAX_PARAMS), ttl_micros)
             .await?;
         if seen.is_empty() {
             return Ok(DirtyBatch::default());
@@ -395,17 +395,26 @@ impl Sql<Sqlite> {
         views: &[ViewRow],
         seen: &[(String, i64)],
         failed: &[ProjectFailure],
-    ) -> Result<(), CommitError> {
+    ) -> Result<usize, CommitError> {
         let op = "commit projection";
         let model = lease.model.as_str();
         let mut tx = self.begin(op, model).await?;
-        self.check_lease(
-            &mut tx,
-            lease,
-            views.first().map(|v| v.plugin_version.as_str()),
-        )
-        .await?;
-        self.mark_projection_failed(&mut tx, model, failed).await?;
+        let covered = claims::covered(seen, failed);
+        let held = self
+            .check_claims(
+                &mut tx,
+                lease,
+                views.first().map(|v| v.plugin_version.as_str()),
+                &covered,
+            )
+            .await?;
+        let Held {
+            views,
+            seen,
+            failed,
+        } = Held::keep(&held, views, seen, failed);
+        let (views, seen) = (&views[..], &seen[..]);
+        self.mark_projection_failed(&mut tx, model, &failed).await?;
         let now = now_micros();
         for chunk in views.chunks(MAX_PARAMS / 9) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -440,7 +449,8 @@ impl Sql<Sqlite> {
             qb.push(")");
             self.execute(&mut *tx, qb.build(), op, model).await?;
         }
+        self.let_go(&mut tx, lease, &covered).await?;
         self.commit(tx, op, model).await?;
-        Ok(())
+        Ok(views.len())
     }
 }

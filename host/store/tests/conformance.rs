@@ -108,6 +108,28 @@ fn lease(stage: Stage, model: &str, holder: &str) -> Lease {
 
 const TTL: i64 = 60_000_000;
 
+/// Writes views the way projection does: marks their references dirty, claims the marks
+/// and commits the views with them.
+async fn project(s: &Store, views: &[ViewRow]) -> Result<usize, CommitError> {
+    let model = views[0].model.clone();
+    let al = lease(Stage::Associate, &model, "h");
+    assert!(s.acquire_lease(&al, TTL).await.unwrap());
+    s.commit_association(
+        &al,
+        &AssociationOutcome {
+            model: model.clone(),
+            dirty: views.iter().map(|v| v.reference.clone()).collect(),
+            stamp: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let pl = lease(Stage::Project, &model, "h/p0");
+    let batch = s.claim_dirty(&pl, 1000, TTL).await.unwrap();
+    s.commit_projection(&pl, views, &batch.seen, &[]).await
+}
+
 #[tokio::test]
 async fn intake_is_idempotent() {
     on_both(|s| async move {
@@ -444,8 +466,18 @@ async fn projection_reads_groups_writes_views_and_keeps_new_marks() {
         .await
         .unwrap();
 
-        let batch = s.dirty_groups("device", 10).await.unwrap();
+        let pl = lease(Stage::Project, "device", "h/p0");
+        let batch = s.claim_dirty(&pl, 10, TTL).await.unwrap();
         assert_eq!(batch.groups.len(), 2);
+        // Claimed: another worker finds nothing to take.
+        let other = lease(Stage::Project, "device", "h/p1");
+        assert!(
+            s.claim_dirty(&other, 10, TTL)
+                .await
+                .unwrap()
+                .seen
+                .is_empty()
+        );
         let a = batch
             .groups
             .iter()
@@ -468,8 +500,6 @@ async fn projection_reads_groups_writes_views_and_keeps_new_marks() {
         .await
         .unwrap();
 
-        let pl = lease(Stage::Project, "device", "h");
-        assert!(s.acquire_lease(&pl, TTL).await.unwrap());
         let view = |r: &str, first: i64| ViewRow {
             reference: r.into(),
             model: "device".into(),
@@ -480,11 +510,41 @@ async fn projection_reads_groups_writes_views_and_keeps_new_marks() {
             parents: "{}".into(),
             plugin_version: "v1".into(),
         };
-        s.commit_projection(&pl, &[view("ref-b", 3), view("ref-a", 1)], &batch.seen, &[])
+        // A worker that never claimed them writes nothing.
+        let written = s
+            .commit_projection(&other, &[view("ref-b", 3)], &batch.seen, &[])
             .await
             .unwrap();
-        let still = s.dirty_groups("device", 10).await.unwrap();
+        assert_eq!(written, 0);
+        let written = s
+            .commit_projection(&pl, &[view("ref-b", 3), view("ref-a", 1)], &batch.seen, &[])
+            .await
+            .unwrap();
+        assert_eq!(written, 2);
+        // ref-a, marked again, is free for any worker at once.
+        let still = s.claim_dirty(&other, 10, TTL).await.unwrap();
         assert_eq!(still.seen, vec![("ref-a".to_string(), 8)]);
+        // A claim that lapsed is taken by another worker; the first one's late commit then
+        // writes nothing over the second one's view.
+        let lapsed = s.claim_dirty(&pl, 10, -1).await.unwrap();
+        assert!(lapsed.seen.is_empty(), "held by the other worker");
+        assert_eq!(s.release_claims(&["h/p1".to_string()]).await.unwrap(), 1);
+        let lapsed = s.claim_dirty(&pl, 10, -1).await.unwrap();
+        assert_eq!(lapsed.seen.len(), 1);
+        let taken = s.claim_dirty(&other, 10, TTL).await.unwrap();
+        assert_eq!(taken.seen, lapsed.seen);
+        let late = s
+            .commit_projection(&pl, &[view("ref-a", 99)], &lapsed.seen, &[])
+            .await
+            .unwrap();
+        assert_eq!(late, 0, "a lapsed claim writes nothing");
+        assert_eq!(
+            s.commit_projection(&other, &[view("ref-a", 1)], &taken.seen, &[])
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(s.claim_dirty(&pl, 10, TTL).await.unwrap().seen.is_empty());
 
         let page = s.views("device", None, 1).await.unwrap();
         assert_eq!(page[0].reference, "ref-a", "ordered by first intake");
@@ -629,8 +689,6 @@ async fn values_are_listed_under_parents_by_first_intake_then_time() {
         .await
         .unwrap();
         // Parent p1 was first seen before p2.
-        let pl = lease(Stage::Project, "sensor", "h");
-        assert!(s.acquire_lease(&pl, TTL).await.unwrap());
         let view = |r: &str, first: i64| ViewRow {
             reference: r.into(),
             model: "sensor".into(),
@@ -641,9 +699,7 @@ async fn values_are_listed_under_parents_by_first_intake_then_time() {
             parents: "{}".into(),
             plugin_version: "v1".into(),
         };
-        s.commit_projection(&pl, &[view("p1", 1), view("p2", 2)], &[], &[])
-            .await
-            .unwrap();
+        project(&s, &[view("p1", 1), view("p2", 2)]).await.unwrap();
         let values = s.values("reading", 0, 10).await.unwrap();
         let ids: Vec<&str> = values
             .iter()
@@ -802,8 +858,7 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         )
         .await
         .unwrap();
-        let pl = lease(Stage::Project, "device", "h");
-        assert!(s.acquire_lease(&pl, TTL).await.unwrap());
+        let pl = lease(Stage::Project, "device", "h/p0");
         let view = |r: &str, version: &str| ViewRow {
             reference: r.into(),
             model: "device".into(),
@@ -814,7 +869,7 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
             parents: "{}".into(),
             plugin_version: version.into(),
         };
-        s.commit_projection(&pl, &[view("r1", "v1"), view("r2", "v1")], &[], &[])
+        project(&s, &[view("r1", "v1"), view("r2", "v1")])
             .await
             .unwrap();
         let p = s.reprojection("device", "v1").await.unwrap();
@@ -830,7 +885,7 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
             (true, 2, 1)
         );
         assert_eq!(s.pending("device", 10).await.unwrap().len(), 1);
-        let batch = s.dirty_groups("device", 10).await.unwrap();
+        let batch = s.claim_dirty(&pl, 10, TTL).await.unwrap();
         assert_eq!(batch.seen.len(), 2);
         assert!(
             batch
@@ -854,7 +909,7 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         )
         .await
         .unwrap();
-        assert!(s.dirty_groups("device", 10).await.unwrap().seen.is_empty());
+        assert!(s.claim_dirty(&pl, 10, TTL).await.unwrap().seen.is_empty());
         let p = s.reprojection("device", "v2").await.unwrap();
         assert_eq!((p.current, p.total, p.failed), (1, 2, 1));
 
@@ -882,7 +937,7 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
         );
         // Marking stale views again is idempotent and clears a failure's error.
         assert_eq!(s.mark_stale_views("device", "v2").await.unwrap(), 1);
-        let seen = s.dirty_groups("device", 10).await.unwrap().seen;
+        let seen = s.claim_dirty(&pl, 10, TTL).await.unwrap().seen;
         assert_eq!(
             seen.len(),
             1,
