@@ -235,11 +235,12 @@ fn a_slow_batch_keeps_its_lease_while_another_process_tries_to_take_it() {
                         "the other process took the lease of a live batch: {said}"
                     );
                 } else {
-                    // It names what the service holds: association while the batch runs,
-                    // projection once the record is keyed.
+                    // It names what the service holds: the association lease while the
+                    // batch runs, projection claims once the record is keyed.
                     assert!(
                         said.contains("another process is at work on this database")
-                            && said.contains("lease of model 'faulty'"),
+                            && (said.contains("associate lease of model 'faulty'")
+                                || said.contains("project claims of model 'faulty'")),
                         "{said}"
                     );
                 }

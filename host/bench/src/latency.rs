@@ -107,6 +107,8 @@ async fn run(
             .append(&batch)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // As the service's intake does after an append.
+        engine.wake(flowhost_store::Stage::Associate);
     }
     let fed = started.elapsed();
     let fed_at = Instant::now();

@@ -46,6 +46,8 @@ impl Mode {
 pub enum Sweep {
     /// The batched pipeline at fixed batch sizes 1 … 5,000.
     BatchSize,
+    /// The batched pipeline with 1, 2 and 4 projection workers per model.
+    ProjectWorkers,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +74,9 @@ pub struct ModesArgs {
     /// With `--only batched`: a fixed batch size instead of the adaptive one.
     #[arg(long, hide = true)]
     pub batch_size: Option<usize>,
+    /// With `--only batched`: projection workers per model instead of the default.
+    #[arg(long, hide = true)]
+    pub project_workers: Option<usize>,
     /// With `--only floor`: the rows to write, as `keys,keyed,parked,views`.
     #[arg(long, hide = true)]
     pub rows: Option<String>,
@@ -90,8 +95,8 @@ pub fn run(args: ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
     if args.memory {
         return memory(&args, db, plugins);
     }
-    if let Some(Sweep::BatchSize) = args.sweep {
-        return sweep(&args, db, plugins);
+    if let Some(kind) = args.sweep {
+        return sweep(kind, &args, db, plugins);
     }
     modes(&args, db, plugins)
 }
@@ -221,35 +226,56 @@ fn table(rows: &[(&str, &Value)]) {
     }
 }
 
-fn sweep(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
+fn sweep(kind: Sweep, args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
+    // (label, JSON field, value, the child's extra arguments)
+    let runs: Vec<(String, &str, usize, Vec<String>)> = match kind {
+        Sweep::BatchSize => [1usize, 10, 50, 100, 500, 1_000, 5_000]
+            .into_iter()
+            .map(|size| {
+                let sample = if size < 50 { args.sample } else { args.records };
+                let mut extra = child_args(Mode::Batched, args.records, sample);
+                extra.extend(["--batch-size".into(), size.to_string()]);
+                (format!("size {size}"), "batch_size", size, extra)
+            })
+            .collect(),
+        Sweep::ProjectWorkers => [1usize, 2, 4]
+            .into_iter()
+            .map(|n| {
+                let mut extra = child_args(Mode::Batched, args.records, args.records);
+                extra.extend(["--project-workers".into(), n.to_string()]);
+                (format!("{n} workers"), "project_workers", n, extra)
+            })
+            .collect(),
+    };
     let mut results = Vec::new();
-    for size in [1usize, 10, 50, 100, 500, 1_000, 5_000] {
-        let sample = if size < 50 { args.sample } else { args.records };
-        let mut extra = child_args(Mode::Batched, args.records, sample);
-        extra.push("--batch-size".into());
-        extra.push(size.to_string());
+    for (label, field, value, extra) in runs {
         let v = spawn(db, plugins, &extra)?;
-        results.push((size, v));
+        results.push((label, field, value, v));
     }
     if args.json {
         let all: Vec<Value> = results
             .iter()
-            .map(|(size, v)| json!({"batch_size": size, "result": v}))
+            .map(|(_, field, value, v)| json!({*field: value, "result": v}))
             .collect();
         println!("{}", json!({"records": args.records, "sweep": all}));
         return Ok(ExitCode::SUCCESS);
     }
+    let name = kind.to_possible_value().unwrap().get_name().to_string();
     println!(
-        "flowhost-bench --sweep batch-size: {} records on {} (sizes under 50 on the first {}, extrapolated)",
+        "flowhost-bench --sweep {name}: {} records on {}{}",
         args.records,
         backend(db),
-        args.sample
+        match kind {
+            Sweep::BatchSize => format!(
+                " (sizes under 50 on the first {}, extrapolated)",
+                args.sample
+            ),
+            Sweep::ProjectWorkers => String::new(),
+        }
     );
-    let labels: Vec<String> = results.iter().map(|(s, _)| format!("size {s}")).collect();
-    let rows: Vec<(&str, &Value)> = labels
+    let rows: Vec<(&str, &Value)> = results
         .iter()
-        .zip(&results)
-        .map(|(l, (_, v))| (l.as_str(), v))
+        .map(|(label, _, _, v)| (label.as_str(), v))
         .collect();
     table(&rows);
     Ok(ExitCode::SUCCESS)
@@ -423,7 +449,15 @@ async fn child(mode: Mode, args: &ModesArgs, db: &str, plugins: &Path) -> Result
                 Mode::PerRecord => Some(1),
                 _ => args.batch_size,
             };
-            pipeline(&fresh.url, plugins, &file, lines, size).await
+            pipeline(
+                &fresh.url,
+                plugins,
+                &file,
+                lines,
+                size,
+                args.project_workers,
+            )
+            .await
         }
     };
     fresh.drop().await;
@@ -441,11 +475,15 @@ async fn pipeline(
     file: &Path,
     lines: u64,
     batch_size: Option<usize>,
+    project_workers: Option<usize>,
 ) -> Result<Value> {
     let mut config = EngineConfig::default();
     if let Some(size) = batch_size {
         config.associate = BatchConfig::fixed(size);
         config.project = BatchConfig::fixed(size);
+    }
+    if let Some(n) = project_workers {
+        config.project_workers = n.max(1);
     }
     let env = app::Env::new(url, plugins);
     let (engine, _registry) = app::engine(&env, config).await?;

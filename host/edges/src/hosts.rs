@@ -21,7 +21,7 @@ pub async fn hosts_json(
     let held = |id: &str| -> Vec<Value> {
         leases
             .iter()
-            .filter(|l| process_of(&l.holder) == id && l.expires_micros >= now)
+            .filter(|l| l.process() == id && l.expires_micros >= now)
             .fold(Vec::<&LeaseRow>::new(), |mut held, l| {
                 // A process's projection workers each hold claims: one entry, the oldest.
                 match held
@@ -55,8 +55,8 @@ pub async fn hosts_json(
         .collect();
     let mut others: Vec<&str> = leases
         .iter()
-        .filter(|l| l.expires_micros >= now && !hosts.iter().any(|h| h.id == process_of(&l.holder)))
-        .map(|l| process_of(&l.holder))
+        .filter(|l| l.expires_micros >= now && !hosts.iter().any(|h| h.id == l.process()))
+        .map(|l| l.process())
         .collect();
     others.sort_unstable();
     others.dedup();
@@ -75,20 +75,11 @@ pub async fn hosts_json(
     Ok(out)
 }
 
-/// The process a lease or claim holder belongs to: holder ids are `host/pid/random`, and a
-/// projection worker's claims are held as `host/pid/random/p<n>`.
-fn process_of(holder: &str) -> &str {
-    match holder.match_indices('/').nth(2) {
-        Some((at, _)) => &holder[..at],
-        None => holder,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn claims_belong_to_their_process() {
-        use super::process_of;
+        use flowhost_store::process_of;
         assert_eq!(process_of("h/1/abc/p0"), "h/1/abc");
         assert_eq!(process_of("h/1/abc"), "h/1/abc");
         assert_eq!(process_of("odd"), "odd");

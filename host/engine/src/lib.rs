@@ -148,6 +148,10 @@ struct Inner {
     /// plugin set up to date (the registry, through `take_version_changes`).
     version_changes: tokio::sync::mpsc::UnboundedSender<String>,
     version_changes_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// Wakes this process's idle workers of a stage when work arrives for it here (records
+    /// appended, references marked dirty), instead of at their next idle poll.
+    wake_associate: tokio::sync::Notify,
+    wake_project: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -163,6 +167,8 @@ impl Engine {
                 holder: holder::new_holder_id(),
                 version_changes,
                 version_changes_rx: std::sync::Mutex::new(Some(version_changes_rx)),
+                wake_associate: tokio::sync::Notify::new(),
+                wake_project: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -265,6 +271,26 @@ impl Engine {
         if let Err(e) = self.inner.store.set_plugin_state(model, &state).await {
             tracing::warn!(model = %model, "cannot record the plugin state: {e}");
         }
+    }
+
+    /// Work for a stage has arrived in this process (records appended by its intake,
+    /// references marked by its association): its idle workers look at once instead of at
+    /// their next idle poll. Work from other processes is still found by polling.
+    pub fn wake(&self, stage: Stage) {
+        self.waker(stage).notify_waiters();
+    }
+
+    fn waker(&self, stage: Stage) -> &tokio::sync::Notify {
+        match stage {
+            Stage::Associate => &self.inner.wake_associate,
+            Stage::Project => &self.inner.wake_project,
+        }
+    }
+
+    /// Completes at the next [`Engine::wake`] of `stage` after this call (even before it is
+    /// first polled).
+    pub(crate) fn woken(&self, stage: Stage) -> tokio::sync::futures::Notified<'_> {
+        self.waker(stage).notified()
     }
 
     /// This worker's lease holder id (`host/pid/random`).

@@ -77,6 +77,9 @@ pub enum OthersAtWork {
     Stop,
 }
 
+/// How long an association worker woken by new records waits for more before it looks.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// How often a waiting `run_until_idle` repeats what it waits for.
 const WAITING_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
@@ -151,6 +154,13 @@ impl Engine {
         report.latencies.push(took);
         report.plugin_calls += done.calls as u64;
         *healed += done.healed;
+        if worker.stage == Stage::Associate {
+            // What this batch keyed marked references dirty; what it healed is queued.
+            self.wake(Stage::Project);
+            if done.healed > 0 {
+                self.wake(Stage::Associate);
+            }
+        }
         Ok(done.records)
     }
 
@@ -334,7 +344,7 @@ impl Engine {
         let store = &self.inner.store;
         let leases = store.leases().await?;
         let now = flowhost_store::now_micros();
-        let mut busy = Vec::new();
+        let mut busy: Vec<Busy> = Vec::new();
         for worker in workers.iter().filter(|w| w.held) {
             let Some(lease) = leases.iter().find(|l| {
                 l.stage == worker.stage.as_str()
@@ -355,13 +365,21 @@ impl Engine {
                 Stage::Associate => "records wait for association",
                 Stage::Project => "references wait for projection",
             };
+            let holder = lease.process().to_string();
+            // Several workers of this process wait on the same claims: said once.
+            if busy
+                .iter()
+                .any(|b| b.stage == worker.stage && b.model == worker.model && b.holder == holder)
+            {
+                continue;
+            }
             busy.push(Busy {
                 stage: worker.stage,
                 model: worker.model.clone(),
-                holder: lease.holder.clone(),
+                holder,
                 line: format!(
                     "process {} holds the {} {} of model '{}' (since {since}); {waiting} {items}",
-                    lease.holder,
+                    lease.process(),
                     worker.stage.as_str(),
                     match worker.stage {
                         Stage::Associate => "lease",
@@ -424,29 +442,42 @@ impl Engine {
                         let mut stage = StageReport::default();
                         let mut healed = 0;
                         while !cancel.is_cancelled() {
+                            // Taken before the batch looks for work, so a wake-up that comes
+                            // while it looks is not missed.
+                            let woken = engine.woken(worker.stage);
                             let step = engine.step(&mut worker, &mut stage, &mut healed).await;
                             // A service keeps no per-batch history (the metrics have the
                             // distribution), so its memory does not grow with uptime.
                             stage.latencies.clear();
-                            let pause = match step {
+                            let (pause, idle) = match step {
                                 Ok(n) => {
                                     engine.batch_ok(worker.stage, &worker.model).await;
                                     if n > 0 {
                                         continue;
                                     }
-                                    poll
+                                    (poll, true)
                                 }
                                 // A failure that is not about the data (those park their
                                 // records) must not stop the service: nothing of the batch
                                 // was committed; it is tried again after a growing pause,
                                 // and the stage shows as retrying meanwhile.
-                                Err(e) => {
-                                    engine.batch_failed(worker.stage, &worker.model, &e).await
-                                }
+                                Err(e) => (
+                                    engine.batch_failed(worker.stage, &worker.model, &e).await,
+                                    false,
+                                ),
                             };
+                            // An idle worker wakes for new work at once; a failing one waits
+                            // out its pause.
                             tokio::select! {
                                 _ = cancel.cancelled() => break,
                                 _ = tokio::time::sleep(pause) => {}
+                                _ = woken, if idle => {
+                                    // Records arrive in many small appends: a moment's wait
+                                    // lets a batch take several of them.
+                                    if worker.stage == Stage::Associate {
+                                        tokio::time::sleep(GATHER).await;
+                                    }
+                                }
                             }
                         }
                         (worker.stage, stage, healed)

@@ -199,6 +199,9 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     }
     let s = intake.summary;
     record_metrics(&s);
+    if s.accepted > 0 {
+        state.engine().wake(flowhost_store::Stage::Associate);
+    }
     let counts = json!({
         "accepted": s.accepted,
         "duplicates": s.duplicates,

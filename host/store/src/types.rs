@@ -82,6 +82,22 @@ pub struct LeaseRow {
     pub expires_micros: i64,
 }
 
+impl LeaseRow {
+    /// The process holding it: holder ids are `host/pid/random`, and a projection worker's
+    /// claims are held as `host/pid/random/p<n>`.
+    pub fn process(&self) -> &str {
+        process_of(&self.holder)
+    }
+}
+
+/// The process of a lease or claim holder id (see [`LeaseRow::process`]).
+pub fn process_of(holder: &str) -> &str {
+    match holder.match_indices('/').nth(2) {
+        Some((at, _)) => &holder[..at],
+        None => holder,
+    }
+}
+
 /// A `serve` process as it announced itself.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostRow {
