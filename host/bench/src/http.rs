@@ -22,6 +22,9 @@ pub struct Load {
     pub set: Vec<String>,
     /// A second run in the same invocation with this setting added: the variant to compare.
     pub compare: Option<String>,
+    /// Also run the CLI's batched pipeline (`ingest` + `process`) on the same workload, in the
+    /// same invocation, and report serve's end-to-end rate against it.
+    pub batched: bool,
 }
 
 pub async fn run(db: &str, plugins: &Path, load: Load) -> Result<ExitCode> {
@@ -42,6 +45,23 @@ pub async fn run(db: &str, plugins: &Path, load: Load) -> Result<ExitCode> {
             print_table(&out);
         }
         outs.push(out);
+    }
+    if load.batched {
+        let batched = crate::modes::batched_child(db, plugins, load.records)?;
+        let rate = batched["records_per_s"].as_f64().unwrap_or(0.0);
+        for out in &mut outs {
+            let serve = out["end_to_end_records_per_s"].as_f64().unwrap_or(0.0);
+            out["batched_records_per_s"] = json!(rate.round() as u64);
+            out["serve_over_batched"] = json!((serve / rate.max(1e-9) * 100.0).round() / 100.0);
+            if !load.json {
+                println!(
+                    "  vs CLI      batched pipeline {} records/s (cores {:.2}): serve end to end = {:.2} of it",
+                    rate.round(),
+                    batched["cores_busy"].as_f64().unwrap_or(0.0),
+                    out["serve_over_batched"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
     }
     if load.json {
         match outs.len() {
@@ -101,6 +121,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
 
     let client = reqwest::Client::new();
+    let cpu_at_start = child.id().and_then(cpu_seconds_of).unwrap_or(0.0);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let per_client: Vec<Vec<Vec<u8>>> = (0..load.clients.max(1))
@@ -194,6 +215,11 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
         .sum();
     let stored = idle["intake"].as_i64().unwrap_or(-1);
 
+    // The cores the service kept busy from the first request until the views caught up.
+    let cores = child
+        .id()
+        .and_then(cpu_seconds_of)
+        .map(|cpu| (cpu - cpu_at_start) / views_s.max(1e-9));
     // SIGTERM: the service must stop cleanly.
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) with SIGTERM on our own child.
@@ -224,6 +250,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
         "request_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
         "views_caught_up_seconds": (views_s * 100.0).round() / 100.0,
         "end_to_end_records_per_s": (lines_sent as f64 / views_s).round() as u64,
+        "cores_busy": cores.map(|c| (c * 100.0).round() / 100.0),
         "stored": stored,
         "keyed": keyed,
         "parked": parked,
@@ -269,11 +296,25 @@ fn print_table(v: &Value) {
         v["accepted"], v["duplicates"], v["refused"]
     );
     println!(
-        "  views       caught up after {} s ({} records/s end to end)",
-        v["views_caught_up_seconds"], v["end_to_end_records_per_s"]
+        "  views       caught up after {} s ({} records/s end to end); serve kept {} cores busy",
+        v["views_caught_up_seconds"], v["end_to_end_records_per_s"], v["cores_busy"]
     );
     println!(
         "  check       stored {} (= accepted), keyed {} + parked {} = stored; serve exited {}",
         v["stored"], v["keyed"], v["parked"], v["serve_exit"]
     );
+}
+
+/// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) end with ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let (user, system) = (ticks(11)?, ticks(12)?);
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((user + system) / per_second.max(1.0))
 }

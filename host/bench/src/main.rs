@@ -80,6 +80,10 @@ pub enum BenchCommand {
         /// (e.g. `server.group_commit=false`), to compare the two.
         #[arg(long)]
         compare: Option<String>,
+        /// Also run the CLI's batched pipeline on the same workload in this invocation, and
+        /// report serve's end-to-end rate as a fraction of it.
+        #[arg(long)]
+        batched: bool,
         /// Print one JSON object (an array of two with --compare) instead of the table.
         #[arg(long)]
         json: bool,
@@ -254,6 +258,7 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
             per_request,
             serve_set,
             compare,
+            batched,
             json,
         } => block_on(http::run(
             db,
@@ -265,6 +270,7 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
                 json,
                 set: serve_set,
                 compare,
+                batched,
             },
         )),
         BenchCommand::Hosts {

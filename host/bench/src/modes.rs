@@ -121,6 +121,11 @@ fn spawn(db: &str, plugins: &Path, extra: &[String]) -> Result<Value> {
     serde_json::from_str(last).with_context(|| format!("benchmark process said: {text}"))
 }
 
+/// The batched pipeline on `records` records, in a child process of its own.
+pub(crate) fn batched_child(db: &str, plugins: &Path, records: u64) -> Result<Value> {
+    spawn(db, plugins, &child_args(Mode::Batched, records, records))
+}
+
 fn child_args(mode: Mode, records: u64, sample: u64) -> Vec<String> {
     vec![
         "--only".into(),

@@ -43,6 +43,20 @@ pub fn view_line(kind: ViewKind, v: &ViewRow) -> String {
     }
 }
 
+/// One line of the change feed (without the newline): the change's number, the reference
+/// and its canonical and root views as they are now, and the plugin version that changed it.
+pub fn change_line(c: &flowhost_store::ChangeRow) -> String {
+    format!(
+        r#"{{"seq":{},"model":{},"id":{},"canonical":{},"root":{},"version":{}}}"#,
+        c.seq,
+        q(&c.model),
+        q(&c.reference),
+        c.canonical,
+        c.root,
+        q(&c.plugin_version)
+    )
+}
+
 /// One parked record as exported.
 pub fn parked_json(p: &ParkedRow) -> Value {
     let r = &p.record;

@@ -152,6 +152,8 @@ struct Inner {
     /// appended, references marked dirty), instead of at their next idle poll.
     wake_associate: tokio::sync::Notify,
     wake_project: tokio::sync::Notify,
+    /// Fired after each projection batch that committed views (the change feed's readers).
+    projected: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -169,6 +171,7 @@ impl Engine {
                 version_changes_rx: std::sync::Mutex::new(Some(version_changes_rx)),
                 wake_associate: tokio::sync::Notify::new(),
                 wake_project: tokio::sync::Notify::new(),
+                projected: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -291,6 +294,12 @@ impl Engine {
     /// first polled).
     pub(crate) fn woken(&self, stage: Stage) -> tokio::sync::futures::Notified<'_> {
         self.waker(stage).notified()
+    }
+
+    /// Completes after the next projection batch of this process that committed views
+    /// (even before it is first polled). Other processes' commits are not seen here.
+    pub fn projected(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.projected.notified()
     }
 
     /// This worker's lease holder id (`host/pid/random`).

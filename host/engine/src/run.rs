@@ -154,6 +154,9 @@ impl Engine {
         report.latencies.push(took);
         report.plugin_calls += done.calls as u64;
         *healed += done.healed;
+        if worker.stage == Stage::Project {
+            self.inner.projected.notify_waiters();
+        }
         if worker.stage == Stage::Associate {
             // What this batch keyed marked references dirty; what it healed is queued.
             self.wake(Stage::Project);

@@ -23,7 +23,22 @@ pub struct Config {
     pub server: Server,
     pub intake: Intake,
     pub stages: Stages,
+    pub changes: Changes,
     pub log: Log,
+}
+
+/// The change feed (`GET /v1/changes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Changes {
+    /// How long a change stays readable; older ones are deleted (checked every minute).
+    pub keep_hours: u64,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self { keep_hours: 168 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

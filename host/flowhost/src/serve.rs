@@ -62,6 +62,11 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
         env.engine.lease_ttl,
         stop.clone(),
     ));
+    tracker.spawn(prune_changes(
+        engine.store().clone(),
+        Duration::from_secs(config.changes.keep_hours.saturating_mul(3600)),
+        stop.clone(),
+    ));
     tracker.close();
     let models = engine.plugins().models();
     if models.is_empty() {
@@ -234,5 +239,22 @@ impl Signals {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Deletes the changes older than `keep` once a minute, until `stop`.
+async fn prune_changes(store: flowhost_store::Store, keep: Duration, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let before = flowhost_store::now_micros() - keep.as_micros().min(i64::MAX as u128) as i64;
+        match store.prune_changes(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned changes older than changes.keep_hours"),
+            Err(e) => tracing::warn!("cannot prune the change feed: {e}"),
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! one is configured, and a server on a non-loopback address must have one. Every refusal
 //! is a JSON error naming what was wrong.
 
+mod changes;
 mod error;
 mod health;
 mod intake;
@@ -187,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/parked", get(ops::parked))
         .route("/v1/plugins", get(ops::plugins))
         .route("/v1/hosts", get(ops::hosts))
+        .route("/v1/changes", get(changes::changes))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::scrape))

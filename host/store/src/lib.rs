@@ -9,6 +9,7 @@
 //! The store counts the statements it executes ([`Store::statements`]) so that benchmarks
 //! and metrics can report statements per record.
 
+mod changes;
 mod claims;
 mod error;
 mod leases;
@@ -325,6 +326,26 @@ impl Store {
         failed: &[ProjectFailure],
     ) -> Result<usize, CommitError> {
         backend!(self.commit_projection(claim, views, seen, failed))
+    }
+
+    /// The change feed after `after` (oldest first, at most `limit`), of one model or all.
+    pub async fn changes(
+        &self,
+        after: i64,
+        model: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        backend!(self.changes(after, model, limit))
+    }
+
+    /// The last change's number (0 when there is none).
+    pub async fn last_change(&self) -> Result<i64, StoreError> {
+        backend!(self.last_change())
+    }
+
+    /// Deletes the changes recorded before `before_micros`; how many.
+    pub async fn prune_changes(&self, before_micros: i64) -> Result<u64, StoreError> {
+        backend!(self.prune_changes(before_micros))
     }
 
     /// Records a plugin version that passed validation (kept for rollback).

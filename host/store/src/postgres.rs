@@ -19,6 +19,7 @@ impl Backend for Postgres {
     const IN_LIST_MAX: usize = 100_000;
     const LOCK_SHARED: &'static str = " FOR SHARE";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
+    const CHANGES_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(7201321)");
     const LOCK_EXCLUSIVE: &'static str = " FOR UPDATE";
     type Upkeep = Arc<Analyze>;
 
@@ -404,6 +405,7 @@ impl Sql<Postgres> {
         } = Held::keep(&held, views, seen, failed);
         let (views, seen) = (&views[..], &seen[..]);
         self.mark_projection_failed(&mut tx, model, &failed).await?;
+        let changed = self.changed_views(&mut tx, model, views).await?;
         if !views.is_empty() {
             let statement = sqlx::query(
                 "INSERT INTO views (reference, model, first_seq, canonical, root, lineage, \
@@ -436,6 +438,7 @@ impl Sql<Postgres> {
             .bind(seen.iter().map(|s| s.1).collect::<Vec<i64>>());
             self.execute(&mut *tx, statement, op, model).await?;
         }
+        self.record_changes(&mut tx, model, &changed).await?;
         self.let_go(&mut tx, lease, &covered).await?;
         self.commit(tx, op, model).await?;
         self.grew(views.len() as u64);

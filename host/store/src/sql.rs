@@ -36,6 +36,8 @@ pub trait Backend: Database {
     /// Appended to a `SELECT` that locks rows for update and passes over the rows other
     /// transactions hold.
     const LOCK_SKIP: &'static str;
+    /// Taken before a commit numbers its changes, so that numbers follow commit order.
+    const CHANGES_LOCK: Option<&'static str>;
     /// Backend-specific upkeep state shared by a store's clones.
     type Upkeep: Default + Clone + Send + Sync;
 

@@ -23,6 +23,7 @@ impl Backend for Sqlite {
     const IN_LIST_MAX: usize = MAX_PARAMS;
     const LOCK_SHARED: &'static str = "";
     const LOCK_SKIP: &'static str = "";
+    const CHANGES_LOCK: Option<&'static str> = None;
     const LOCK_EXCLUSIVE: &'static str = "";
     type Upkeep = ();
 
@@ -415,6 +416,7 @@ impl Sql<Sqlite> {
         } = Held::keep(&held, views, seen, failed);
         let (views, seen) = (&views[..], &seen[..]);
         self.mark_projection_failed(&mut tx, model, &failed).await?;
+        let changed = self.changed_views(&mut tx, model, views).await?;
         let now = now_micros();
         for chunk in views.chunks(MAX_PARAMS / 9) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -449,6 +451,7 @@ impl Sql<Sqlite> {
             qb.push(")");
             self.execute(&mut *tx, qb.build(), op, model).await?;
         }
+        self.record_changes(&mut tx, model, &changed).await?;
         self.let_go(&mut tx, lease, &covered).await?;
         self.commit(tx, op, model).await?;
         Ok(views.len())

@@ -190,6 +190,19 @@ pub struct ViewRow {
     pub plugin_version: String,
 }
 
+/// One entry of the change feed: a reference whose views a projection changed, with its
+/// views as they are now.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub model: String,
+    pub reference: String,
+    /// The plugin version whose projection made the change.
+    pub plugin_version: String,
+    pub canonical: String,
+    pub root: String,
+}
+
 /// Where a page of views ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {

@@ -1,0 +1,70 @@
+//! `GET /v1/changes`: the change feed over HTTP, with long polling for followers without a
+//! broker.
+
+use crate::error::{ApiError, ApiResult};
+use crate::views::{only_params, page_limit, query};
+use crate::{AppState, known_model, ndjson};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use std::time::Duration;
+
+/// The longest a request may wait for a change (`wait=`).
+pub const MAX_WAIT_S: u64 = 60;
+
+/// How often a waiting request looks for changes other hosts committed (this host's own
+/// projections wake it at once).
+const LOOK_AGAIN: Duration = Duration::from_millis(250);
+
+/// `GET /v1/changes?after=SEQ&model=&limit=&wait=SECONDS`: the changes after `after` (0:
+/// from the start), oldest first, one NDJSON line each (`seq`, `model`, `id`, `canonical`,
+/// `root`, `version`). With `wait`, a request that finds none waits up to that many seconds
+/// for the first one, then answers (an empty body when none came). `x-next-after` gives the
+/// last `seq` answered, for the next request.
+pub(crate) async fn changes(
+    State(state): State<AppState>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Response> {
+    let params = query(q)?;
+    only_params(&params, &["after", "model", "limit", "wait"])?;
+    let number = |name: &str, max: u64| -> ApiResult<u64> {
+        match params.get(name) {
+            None => Ok(0),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(ApiError::bad_request(format!(
+                    "{name} must be a whole number from 0 to {max}, got '{text}'"
+                ))),
+            },
+        }
+    };
+    let after = number("after", i64::MAX as u64)? as i64;
+    let wait = Duration::from_secs(number("wait", MAX_WAIT_S)?);
+    let limit = page_limit(&params)?;
+    let model = params.get("model").map(String::as_str);
+    let store = state.store();
+    if let Some(model) = model {
+        known_model(store, model).await?;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let rows = loop {
+        // Taken before the read, so a projection committing during it is not missed.
+        let projected = state.engine().projected();
+        let rows = store.changes(after, model, limit).await?;
+        if !rows.is_empty() || tokio::time::Instant::now() >= deadline || state.shutting_down() {
+            break rows;
+        }
+        tokio::select! {
+            _ = projected => {}
+            _ = tokio::time::sleep(LOOK_AGAIN) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    };
+    let mut body = String::with_capacity(rows.len() * 256);
+    for c in &rows {
+        body.push_str(&flowhost_edges::views::change_line(c));
+        body.push('\n');
+    }
+    let next = rows.last().map(|c| c.seq.to_string());
+    Ok(ndjson(body, next))
+}

@@ -1,0 +1,13 @@
+-- The change feed (an outbox): each projection commit adds, in its own transaction, one row
+-- per reference whose views it changed. `seq` only grows, in commit order (the commits that
+-- add changes take a transaction-scoped advisory lock first, so a reader that saw seq N
+-- never finds a smaller one committed later). Old rows are pruned after `changes.keep_hours`.
+CREATE TABLE changes (
+    seq BIGSERIAL PRIMARY KEY,
+    model TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    plugin_version TEXT NOT NULL,
+    changed_micros BIGINT NOT NULL
+);
+CREATE INDEX changes_model ON changes (model, seq);
+CREATE INDEX changes_time ON changes (changed_micros);
