@@ -55,8 +55,10 @@ impl Server {
         let deadline = std::time::Duration::from_secs(120);
         wait_for("the server to listen", deadline, || {
             let log = self.log();
+            // Whole lines only: the last one may be half written yet.
             found = log
-                .lines()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
                 .find_map(|l| l.split("listening on ").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
                 .map(|u| u.trim_end_matches(',').to_string());

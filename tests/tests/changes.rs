@@ -88,6 +88,11 @@ fn the_change_feed_follows_projections_and_only_real_changes() {
         let none = http.get(&format!("/v1/changes?after={last}"));
         assert_eq!(none.lines().len(), 0, "{}: {}", db.backend, none.body);
         assert_eq!(none.header("x-next-after"), None);
+        let metrics = http.get("/metrics").body;
+        assert!(
+            metrics.contains(&format!("\nflowhost_changes_last_seq {last}\n")),
+            "{metrics}"
+        );
 
         // A long poll waits for the next change and answers within a second of it.
         let base = server.url();

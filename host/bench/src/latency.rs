@@ -20,6 +20,7 @@ const TICK: Duration = Duration::from_millis(10);
 pub async fn latency(
     db: &str,
     plugins: &Path,
+    engine: EngineConfig,
     rate: u64,
     seconds: u64,
     as_json: bool,
@@ -28,7 +29,7 @@ pub async fn latency(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let fresh = FreshDb::new(db, &dir, "latency").await?;
-    let result = run(&fresh.url, plugins, rate, seconds).await;
+    let result = run(&fresh.url, plugins, engine, rate, seconds).await;
     fresh.drop().await;
     let _ = std::fs::remove_dir_all(&dir);
     let (mut latencies, sent, achieved, drain) = result?;
@@ -65,11 +66,12 @@ pub async fn latency(
 async fn run(
     url: &str,
     plugins: &Path,
+    config: EngineConfig,
     rate: u64,
     seconds: u64,
 ) -> Result<(Vec<i64>, u64, f64, f64)> {
     let env = app::Env::new(url, plugins);
-    let (engine, _registry) = app::engine(&env, EngineConfig::default()).await?;
+    let (engine, _registry) = app::engine(&env, config).await?;
     if engine.plugins().get("device").is_none() {
         bail!("no device plugin in {}", plugins.display());
     }

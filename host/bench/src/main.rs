@@ -186,7 +186,12 @@ fn main() -> ExitCode {
         config.log.filter.as_deref().unwrap_or("warn"),
         config.log.format,
     );
-    match run(args, &config.database.url, &config.plugins.dir) {
+    match run(
+        args,
+        &config.database.url,
+        &config.plugins.dir,
+        config.engine(),
+    ) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -230,7 +235,12 @@ fn block_on(bench: impl std::future::Future<Output = Result<ExitCode>>) -> Resul
         .block_on(bench)
 }
 
-fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode> {
+fn run(
+    args: BenchArgs,
+    db: &str,
+    plugins: &std::path::Path,
+    engine: flowhost_engine::EngineConfig,
+) -> Result<ExitCode> {
     let Some(cmd) = args.command else {
         return modes::run(args.modes, db, plugins);
     };
@@ -239,7 +249,7 @@ fn run(args: BenchArgs, db: &str, plugins: &std::path::Path) -> Result<ExitCode>
             rate,
             seconds,
             json,
-        } => block_on(latency::latency(db, plugins, rate, seconds, json)),
+        } => block_on(latency::latency(db, plugins, engine, rate, seconds, json)),
         BenchCommand::Store { records, per_row } => block_on(store_bench(db, records, per_row)),
         BenchCommand::Plugin {
             wasm,

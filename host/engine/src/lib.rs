@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub idle_poll: Duration,
     /// When a failing plugin is rested.
     pub breaker: BreakerConfig,
+    /// Records appended by this process wake association at once, which then waits this
+    /// long for more appends before it looks (`None`: it finds them at its next idle poll).
+    pub intake_wake: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +71,7 @@ impl Default for EngineConfig {
             isolation_budget: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),
             breaker: BreakerConfig::default(),
+            intake_wake: Some(Duration::from_millis(20)),
         }
     }
 }
@@ -280,6 +284,9 @@ impl Engine {
     /// references marked by its association): its idle workers look at once instead of at
     /// their next idle poll. Work from other processes is still found by polling.
     pub fn wake(&self, stage: Stage) {
+        if stage == Stage::Associate && self.inner.config.intake_wake.is_none() {
+            return;
+        }
         self.waker(stage).notify_waiters();
     }
 

@@ -32,8 +32,25 @@ impl Engine {
         let size = size.min(plugin.limits().max_batch);
         let ttl = self.inner.config.lease_ttl.as_micros() as i64;
         let batch = self.inner.store.claim_dirty(&lease, size, ttl).await?;
-        if batch.groups.is_empty() {
+        if batch.seen.is_empty() {
             return self.claimed_elsewhere(&lease).await;
+        }
+        if batch.groups.is_empty() {
+            // Marks with no keyed records behind them: nothing to project; cleared (and
+            // the stage goes on to the next batch).
+            let seen = batch.seen;
+            return match self
+                .inner
+                .store
+                .commit_projection(&lease, &[], &seen, &[])
+                .await
+            {
+                Ok(_) | Err(CommitError::VersionChanged { .. }) => Ok(BatchDone {
+                    retry: true,
+                    ..BatchDone::default()
+                }),
+                Err(e) => Err(e.into()),
+            };
         }
         let size = batch.groups.len();
         let work = async {

@@ -77,9 +77,6 @@ pub enum OthersAtWork {
     Stop,
 }
 
-/// How long an association worker woken by new records waits for more before it looks.
-const GATHER: Duration = Duration::from_millis(20);
-
 /// How often a waiting `run_until_idle` repeats what it waits for.
 const WAITING_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
@@ -477,8 +474,10 @@ impl Engine {
                                 _ = woken, if idle => {
                                     // Records arrive in many small appends: a moment's wait
                                     // lets a batch take several of them.
-                                    if worker.stage == Stage::Associate {
-                                        tokio::time::sleep(GATHER).await;
+                                    if worker.stage == Stage::Associate
+                                        && let Some(gather) = engine.inner.config.intake_wake
+                                    {
+                                        tokio::time::sleep(gather).await;
                                     }
                                 }
                             }

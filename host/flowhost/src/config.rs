@@ -255,6 +255,11 @@ pub struct Stages {
     pub lease_ttl_ms: u64,
     /// Projection workers per model in this process, each claiming its own references.
     pub project_workers: usize,
+    /// Records this process's intake appends wake association at once (after
+    /// `intake_wake_gather_ms`) instead of at its next idle poll.
+    pub intake_wakes_association: bool,
+    /// How long a woken association waits for more appends before it looks.
+    pub intake_wake_gather_ms: u64,
 }
 
 impl Default for Stages {
@@ -266,6 +271,8 @@ impl Default for Stages {
             idle_poll_ms: e.idle_poll.as_millis() as u64,
             lease_ttl_ms: e.lease_ttl.as_millis() as u64,
             project_workers: e.project_workers,
+            intake_wakes_association: e.intake_wake.is_some(),
+            intake_wake_gather_ms: e.intake_wake.unwrap_or_default().as_millis() as u64,
         }
     }
 }
@@ -643,6 +650,10 @@ impl Config {
             idle_poll: ms(self.stages.idle_poll_ms),
             lease_ttl: ms(self.stages.lease_ttl_ms),
             project_workers: self.stages.project_workers,
+            intake_wake: self
+                .stages
+                .intake_wakes_association
+                .then(|| ms(self.stages.intake_wake_gather_ms)),
             isolation_budget: ms(self.plugins.isolation_budget_ms),
             ..flowhost_engine::EngineConfig::default()
         }

@@ -117,6 +117,18 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
         "Records stored in intake (every process).",
     );
     let _ = writeln!(out, "flowhost_intake_records {}", counts.intake);
+    family(
+        &mut out,
+        "flowhost_changes_last_seq",
+        "gauge",
+        "The number of the last change in the change feed (GET /v1/changes): a follower whose \
+         own last seq lags it is behind.",
+    );
+    let _ = writeln!(
+        out,
+        "flowhost_changes_last_seq {}",
+        store.last_change().await?
+    );
     let per_model: [PerModel; 4] = [
         (
             "flowhost_pending_records",

@@ -1,10 +1,22 @@
 //! The change feed: an outbox of the references whose views a projection commit changed,
 //! written in that commit's transaction, read in `seq` order (`GET /v1/changes`).
 
+use crate::claims::Held;
 use crate::sql::{Backend, Column, Sql, Tx};
-use crate::{ChangeRow, StoreError, ViewRow, now_micros};
+use crate::{ChangeRow, CommitError, Lease, ProjectFailure, StoreError, ViewRow, now_micros};
 use sqlx::{ColumnIndex, Executor, FromRow, IntoArguments};
 use std::collections::HashMap;
+
+/// A projection commit under way (see [`Sql::open_projection`]).
+pub(crate) struct Projecting<'a, DB: Backend> {
+    pub tx: Tx<DB>,
+    /// Every reference the batch covers (their claims are let go at the end).
+    pub covered: Vec<String>,
+    /// What of the batch this holder still claims: what the commit writes.
+    pub held: Held<'a>,
+    /// The references whose views change.
+    pub changed: std::collections::HashSet<String>,
+}
 
 /// Rows per multi-row insert (4 parameters each, under every backend's limit).
 const ROWS_PER_INSERT: usize = 1_000;
@@ -19,8 +31,67 @@ where
     String: Column<DB>,
     Option<String>: Column<DB>,
     i64: Column<DB>,
+    i32: Column<DB>,
     ChangeRow: for<'r> FromRow<'r, DB::Row>,
 {
+    /// A projection commit's start, the same on both backends: its transaction, the
+    /// plugin-version and claims check, the part of the batch this holder still claims, the
+    /// failures' marks, and which of its views change anything. The backend then writes the
+    /// views and clears the marks, and [`Sql::close_projection`] ends it.
+    pub(crate) async fn open_projection<'a>(
+        &self,
+        claim: &Lease,
+        views: &'a [ViewRow],
+        seen: &'a [(String, i64)],
+        failed: &'a [ProjectFailure],
+    ) -> Result<Projecting<'a, DB>, CommitError> {
+        let model = claim.model.as_str();
+        let mut tx = self.begin("commit projection", model).await?;
+        let covered = crate::claims::covered(seen, failed);
+        let version = views.first().map(|v| v.plugin_version.as_str());
+        let held = self.check_claims(&mut tx, claim, version, &covered).await?;
+        let held = Held::keep(&held, views, seen, failed);
+        self.mark_projection_failed(&mut tx, model, &held.failed)
+            .await?;
+        let changed = self
+            .changed_views(&mut tx, model, &held.views)
+            .await?
+            .into_iter()
+            .map(|v| v.reference.clone())
+            .collect();
+        Ok(Projecting {
+            tx,
+            covered,
+            held,
+            changed,
+        })
+    }
+
+    /// A projection commit's end: its changes recorded, its claims let go, committed.
+    /// Returns the views written.
+    pub(crate) async fn close_projection(
+        &self,
+        claim: &Lease,
+        p: Projecting<'_, DB>,
+    ) -> Result<usize, CommitError> {
+        let Projecting {
+            mut tx,
+            covered,
+            held,
+            changed,
+        } = p;
+        let model = claim.model.as_str();
+        let changed: Vec<&ViewRow> = held
+            .views
+            .iter()
+            .filter(|v| changed.contains(&v.reference))
+            .collect();
+        self.record_changes(&mut tx, model, &changed).await?;
+        self.let_go(&mut tx, claim, &covered).await?;
+        self.commit(tx, "commit projection", model).await?;
+        Ok(held.views.len())
+    }
+
     /// Inside a projection commit, before its views are written: the views that differ from
     /// the stored ones (canonical, root, lineage or parents), or are new. One statement per
     /// chunk of references.

@@ -2,7 +2,6 @@
 //! writes (a fixed number of parameters whatever the batch size), `ON CONFLICT` key claims,
 //! and leases taken with an atomic upsert that only succeeds for the holder or after expiry.
 
-use crate::claims::{self, Held};
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
 use crate::sql::{Backend, Sql};
 use crate::*;
@@ -388,24 +387,9 @@ impl Sql<Postgres> {
     ) -> Result<usize, CommitError> {
         let op = "commit projection";
         let model = lease.model.as_str();
-        let mut tx = self.begin(op, model).await?;
-        let covered = claims::covered(seen, failed);
-        let held = self
-            .check_claims(
-                &mut tx,
-                lease,
-                views.first().map(|v| v.plugin_version.as_str()),
-                &covered,
-            )
-            .await?;
-        let Held {
-            views,
-            seen,
-            failed,
-        } = Held::keep(&held, views, seen, failed);
-        let (views, seen) = (&views[..], &seen[..]);
-        self.mark_projection_failed(&mut tx, model, &failed).await?;
-        let changed = self.changed_views(&mut tx, model, views).await?;
+        let mut p = self.open_projection(lease, views, seen, failed).await?;
+        let (views, seen) = (&p.held.views[..], &p.held.seen[..]);
+        let tx = &mut p.tx;
         if !views.is_empty() {
             let statement = sqlx::query(
                 "INSERT INTO views (reference, model, first_seq, canonical, root, lineage, \
@@ -427,7 +411,7 @@ impl Sql<Postgres> {
             .bind(strings(views, |v| v.parents.clone()))
             .bind(strings(views, |v| v.plugin_version.clone()))
             .bind(now_micros());
-            self.execute(&mut *tx, statement, op, model).await?;
+            self.execute(&mut **tx, statement, op, model).await?;
         }
         if !seen.is_empty() {
             let statement = sqlx::query(
@@ -436,12 +420,10 @@ impl Sql<Postgres> {
             )
             .bind(strings(seen, |s| s.0.clone()))
             .bind(seen.iter().map(|s| s.1).collect::<Vec<i64>>());
-            self.execute(&mut *tx, statement, op, model).await?;
+            self.execute(&mut **tx, statement, op, model).await?;
         }
-        self.record_changes(&mut tx, model, &changed).await?;
-        self.let_go(&mut tx, lease, &covered).await?;
-        self.commit(tx, op, model).await?;
-        self.grew(views.len() as u64);
-        Ok(views.len())
+        let written = self.close_projection(lease, p).await?;
+        self.grew(written as u64);
+        Ok(written)
     }
 }

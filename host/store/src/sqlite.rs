@@ -3,7 +3,6 @@
 //! processes on one file queue on the write lock (busy timeout) instead of failing on
 //! lock upgrade.
 
-use crate::claims::{self, Held};
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
 use crate::sql::{Backend, Sql};
 use crate::*;
@@ -399,24 +398,9 @@ impl Sql<Sqlite> {
     ) -> Result<usize, CommitError> {
         let op = "commit projection";
         let model = lease.model.as_str();
-        let mut tx = self.begin(op, model).await?;
-        let covered = claims::covered(seen, failed);
-        let held = self
-            .check_claims(
-                &mut tx,
-                lease,
-                views.first().map(|v| v.plugin_version.as_str()),
-                &covered,
-            )
-            .await?;
-        let Held {
-            views,
-            seen,
-            failed,
-        } = Held::keep(&held, views, seen, failed);
-        let (views, seen) = (&views[..], &seen[..]);
-        self.mark_projection_failed(&mut tx, model, &failed).await?;
-        let changed = self.changed_views(&mut tx, model, views).await?;
+        let mut p = self.open_projection(lease, views, seen, failed).await?;
+        let (views, seen) = (&p.held.views[..], &p.held.seen[..]);
+        let tx = &mut p.tx;
         let now = now_micros();
         for chunk in views.chunks(MAX_PARAMS / 9) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -440,7 +424,7 @@ impl Sql<Sqlite> {
                  lineage = excluded.lineage, parents = excluded.parents, \
                  plugin_version = excluded.plugin_version, updated_micros = excluded.updated_micros",
             );
-            self.execute(&mut *tx, qb.build(), op, model).await?;
+            self.execute(&mut **tx, qb.build(), op, model).await?;
         }
         for chunk in seen.chunks(MAX_PARAMS / 2) {
             let mut qb =
@@ -449,11 +433,8 @@ impl Sql<Sqlite> {
                 b.push_bind(reference.clone()).push_bind(*stamp);
             });
             qb.push(")");
-            self.execute(&mut *tx, qb.build(), op, model).await?;
+            self.execute(&mut **tx, qb.build(), op, model).await?;
         }
-        self.record_changes(&mut tx, model, &changed).await?;
-        self.let_go(&mut tx, lease, &covered).await?;
-        self.commit(tx, op, model).await?;
-        Ok(views.len())
+        self.close_projection(lease, p).await
     }
 }
