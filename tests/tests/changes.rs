@@ -120,6 +120,27 @@ fn the_change_feed_follows_projections_and_only_real_changes() {
             db.backend
         );
 
+        // Many followers waiting at once all get the next change (one watcher reads the
+        // feed's end for all of them).
+        let next = lines[0]["seq"].as_i64().unwrap();
+        let followers: Vec<_> = (0..40)
+            .map(|_| {
+                let base = server.url();
+                std::thread::spawn(move || {
+                    Http::new(&base).get(&format!("/v1/changes?after={next}&wait=30"))
+                })
+            })
+            .collect();
+        let again = device("bms", "D-2", json!({"serial": "sn-2", "name": "Pump 3"}));
+        assert_eq!(http.records(&again).status, 200);
+        for f in followers {
+            let answer = f.join().unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let lines = answer.lines();
+            assert!(!lines.is_empty(), "{}: {}", db.backend, answer.body);
+            assert_eq!(lines[0]["id"], id.as_str());
+        }
+
         // Waiting with nothing to come ends at its time with an empty answer.
         let started = std::time::Instant::now();
         let empty = http.get("/v1/changes?after=1000000000&wait=1");

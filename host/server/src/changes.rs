@@ -14,7 +14,7 @@ pub const MAX_WAIT_S: u64 = 60;
 
 /// How often a waiting request looks for changes other hosts committed (this host's own
 /// projections wake it at once).
-const LOOK_AGAIN: Duration = Duration::from_millis(250);
+pub(crate) const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// `GET /v1/changes?after=SEQ&model=&limit=&wait=SECONDS`: the changes after `after` (0:
 /// from the start), oldest first, one NDJSON line each (`seq`, `model`, `id`, `canonical`,
@@ -47,16 +47,20 @@ pub(crate) async fn changes(
         known_model(store, model).await?;
     }
     let deadline = tokio::time::Instant::now() + wait;
+    let mut last = (!wait.is_zero()).then(|| state.last_change());
     let rows = loop {
-        // Taken before the read, so a projection committing during it is not missed.
-        let projected = state.engine().projected();
+        // Marked seen before the read, so a change committed during it is not missed.
+        if let Some(last) = &mut last {
+            last.borrow_and_update();
+        }
         let rows = store.changes(after, model, limit).await?;
         if !rows.is_empty() || tokio::time::Instant::now() >= deadline || state.shutting_down() {
             break rows;
         }
+        let Some(last) = &mut last else { break rows };
+        // Woken when the feed's end moves (or at the deadline), not by polling the database.
         tokio::select! {
-            _ = projected => {}
-            _ = tokio::time::sleep(LOOK_AGAIN) => {}
+            changed = last.changed() => if changed.is_err() { break rows },
             _ = tokio::time::sleep_until(deadline) => {}
         }
     };

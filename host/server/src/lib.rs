@@ -114,6 +114,8 @@ struct Inner {
     config: ServerConfig,
     metrics: Option<Metrics>,
     shutdown: CancellationToken,
+    /// The change feed's last number, watched by one task for every waiting request.
+    last_change: std::sync::OnceLock<tokio::sync::watch::Receiver<i64>>,
 }
 
 impl AppState {
@@ -140,8 +142,41 @@ impl AppState {
                 config,
                 metrics,
                 shutdown,
+                last_change: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The change feed's last number as one task sees it (started on first use): it looks
+    /// after each projection of this process and every 250 ms (other hosts' projections),
+    /// so waiting requests read the database only when there is something new, however
+    /// many wait.
+    pub(crate) fn last_change(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.inner
+            .last_change
+            .get_or_init(|| {
+                let (tx, rx) = tokio::sync::watch::channel(0);
+                let (engine, stop) = (self.inner.engine.clone(), self.inner.shutdown.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let projected = engine.projected();
+                        match engine.store().last_change().await {
+                            Ok(n) => {
+                                tx.send_if_modified(|last| std::mem::replace(last, n) != n);
+                            }
+                            Err(e) => tracing::debug!("cannot read the change feed's end: {e}"),
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tx.closed() => break,
+                            _ = projected => {}
+                            _ = tokio::time::sleep(changes::LOOK_AGAIN) => {}
+                        }
+                    }
+                });
+                rx
+            })
+            .clone()
     }
 
     pub fn store(&self) -> &Store {
