@@ -23,6 +23,7 @@
 //! ```
 
 pub mod projection;
+pub mod testing;
 mod types;
 
 // Plugins parse JSON and so allocate a great deal; talc is much faster than the default

@@ -3,6 +3,7 @@
 mod demo;
 mod export;
 mod plugins_cmd;
+mod scaffold;
 mod serve;
 
 use flowhost::settings::{Settings, init_tracing};

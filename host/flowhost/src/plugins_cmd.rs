@@ -34,6 +34,27 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new plugin project (Rust): the model with a commented key rule, parents and
+    /// policies, a native test on a small NDJSON sample, and a README with the commands to
+    /// build, test, try and deploy it.
+    New {
+        /// The model's name (lower-case letters, digits and `_`): `pump`, `cold_room`.
+        name: String,
+        #[arg(long, value_enum, default_value = "entity")]
+        kind: crate::scaffold::NewKind,
+        /// A parent model its records name (repeatable); a value object needs exactly one.
+        #[arg(long = "parent")]
+        parents: Vec<String>,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// The folder the project's folder is made in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// flowhost's SDK (the `sdk/` folder of a checkout) [default: the checkout this
+        /// binary was built from].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Per model: the current version, when and from where it was loaded, its state, how far
     /// re-projection has come, the last refusal, and the earlier versions kept.
     List {
@@ -78,6 +99,21 @@ pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
                 Report::Summary
             },
         ),
+        PluginsCommand::New {
+            name,
+            kind,
+            parents,
+            lang,
+            dir,
+            sdk,
+        } => crate::scaffold::run(crate::scaffold::NewPlugin {
+            name,
+            kind,
+            parents,
+            lang,
+            dir,
+            sdk,
+        }),
         PluginsCommand::List { .. } | PluginsCommand::Rollback { .. } => {
             unreachable!("run with the database")
         }
@@ -136,7 +172,9 @@ pub async fn run_with_database(cmd: PluginsCommand, env: &flowhost::app::Env) ->
                 }
             }
         }
-        PluginsCommand::Check { .. } | PluginsCommand::Test { .. } => unreachable!("no database"),
+        PluginsCommand::Check { .. } | PluginsCommand::Test { .. } | PluginsCommand::New { .. } => {
+            unreachable!("no database")
+        }
     };
     store.close().await;
     Ok(code)
