@@ -181,7 +181,8 @@ fn files(
 ) -> Vec<(String, String)> {
     let ty = type_name(name);
     let crate_name = format!("plugin_{name}");
-    let sdk_path = sdk.display().to_string().replace('\\', "/");
+    // A TOML string, quoted and escaped, whatever the path holds.
+    let sdk_path = toml::Value::String(sdk.display().to_string()).to_string();
     let cargo = format!(
         r#"[package]
 name = "plugin-{name}"
@@ -196,7 +197,7 @@ crate-type = ["cdylib", "rlib"]
 
 [dependencies]
 # flowhost's SDK is not published: this is the checkout it was generated from.
-flowhost-sdk = {{ path = "{sdk_path}" }}
+flowhost-sdk = {{ path = {sdk_path} }}
 
 [profile.release]
 lto = true
@@ -440,5 +441,17 @@ mod tests {
         }
         assert_eq!(type_name("cold_room"), "ColdRoom");
         assert_eq!(type_name("pump"), "Pump");
+    }
+
+    #[test]
+    fn the_sdk_path_is_written_as_a_toml_string_whatever_it_holds() {
+        let odd = r#"/tmp/a "quoted" \ path"#;
+        let files = files("pump", NewKind::Entity, &[], Path::new(odd), true);
+        let manifest: toml::Table = toml::from_str(&files[0].1).expect("valid TOML");
+        assert_eq!(
+            manifest["dependencies"]["flowhost-sdk"]["path"].as_str(),
+            Some(odd)
+        );
+        assert!(manifest.contains_key("workspace"));
     }
 }
