@@ -37,24 +37,7 @@ pub enum PluginsCommand {
     /// Write a new plugin project (Rust): the model with a commented key rule, parents and
     /// policies, a native test on a small NDJSON sample, and a README with the commands to
     /// build, test, try and deploy it.
-    New {
-        /// The model's name (lower-case letters, digits and `_`): `pump`, `cold_room`.
-        name: String,
-        #[arg(long, value_enum, default_value = "entity")]
-        kind: crate::scaffold::NewKind,
-        /// A parent model its records name (repeatable); a value object needs exactly one.
-        #[arg(long = "parent")]
-        parents: Vec<String>,
-        #[arg(long, value_enum, default_value = "rust")]
-        lang: crate::scaffold::Lang,
-        /// The folder the project's folder is made in.
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        /// flowhost's SDK (the `sdk/` folder of a checkout) [default: the checkout this
-        /// binary was built from].
-        #[arg(long)]
-        sdk: Option<PathBuf>,
-    },
+    New(crate::scaffold::NewPlugin),
     /// Per model: the current version, when and from where it was loaded, its state, how far
     /// re-projection has come, the last refusal, and the earlier versions kept.
     List {
@@ -99,21 +82,7 @@ pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
                 Report::Summary
             },
         ),
-        PluginsCommand::New {
-            name,
-            kind,
-            parents,
-            lang,
-            dir,
-            sdk,
-        } => crate::scaffold::run(crate::scaffold::NewPlugin {
-            name,
-            kind,
-            parents,
-            lang,
-            dir,
-            sdk,
-        }),
+        PluginsCommand::New(new) => crate::scaffold::run(new),
         PluginsCommand::List { .. } | PluginsCommand::Rollback { .. } => {
             unreachable!("run with the database")
         }
@@ -172,7 +141,7 @@ pub async fn run_with_database(cmd: PluginsCommand, env: &flowhost::app::Env) ->
                 }
             }
         }
-        PluginsCommand::Check { .. } | PluginsCommand::Test { .. } | PluginsCommand::New { .. } => {
+        PluginsCommand::Check { .. } | PluginsCommand::Test { .. } | PluginsCommand::New(_) => {
             unreachable!("no database")
         }
     };

@@ -21,13 +21,24 @@ pub enum Lang {
     Rust,
 }
 
-/// What `plugins new` was asked for.
+/// What `plugins new` is asked for.
+#[derive(Debug, clap::Args)]
 pub struct NewPlugin {
+    /// The model's name (lower-case letters, digits and `_`): `pump`, `cold_room`.
     pub name: String,
+    #[arg(long, value_enum, default_value = "entity")]
     pub kind: NewKind,
+    /// A parent model its records name (repeatable); a value object needs exactly one.
+    #[arg(long = "parent")]
     pub parents: Vec<String>,
+    #[arg(long, value_enum, default_value = "rust")]
     pub lang: Lang,
+    /// The folder the project's folder is made in.
+    #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// flowhost's SDK (the `sdk/` folder of a checkout) [default: the checkout this binary
+    /// was built from].
+    #[arg(long)]
     pub sdk: Option<PathBuf>,
 }
 
