@@ -781,3 +781,87 @@ fn sigterm_mid_load_keeps_everything_acknowledged() {
         assert_eq!(views, stored.len(), "{b}: one device per distinct serial");
     }
 }
+
+#[test]
+fn the_openapi_document_describes_every_route_and_each_is_served() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let mut server = Server::start(&host, &[]);
+    let http = Http::new(&server.url());
+    let answer = http.get("/openapi.json");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let doc = answer.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut described = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                !op["responses"].as_object().unwrap().is_empty(),
+                "{method} {path}: no responses described"
+            );
+            described.push(format!("{} {path}", method.to_uppercase()));
+            // Served: whatever the handler answers, it is not the router's "no route" or
+            // "not allowed" (a path parameter gets a plausible value).
+            let concrete = path
+                .replace("{model}", "device")
+                .replace("{view}", "canonical")
+                .replace("{id}", "none");
+            let a = match method.as_str() {
+                "get" => http.get(&concrete),
+                "post" => http.post(&concrete, None, ""),
+                other => panic!("{other} {path}: a method the test does not try"),
+            };
+            assert!(
+                a.status != 405 && !a.body.contains("no route"),
+                "{method} {path}: {} {}",
+                a.status,
+                a.body
+            );
+        }
+    }
+    // Every route the API offers is in it (the list the 404 answer gives comes from it too).
+    for route in [
+        "POST /v1/records",
+        "GET /v1/models",
+        "GET /v1/models/{model}/{view}",
+        "GET /v1/models/{model}/references/{id}",
+        "GET /v1/parked",
+        "POST /v1/parked/requeue",
+        "GET /v1/plugins",
+        "POST /v1/plugins/{model}/rollback",
+        "GET /v1/hosts",
+        "GET /v1/changes",
+        "GET /health/live",
+        "GET /health/ready",
+        "GET /metrics",
+    ] {
+        assert!(
+            described.iter().any(|d| d == route),
+            "{route}: {described:?}"
+        );
+    }
+    let missing = http.get("/v1/nothing");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.body.contains("GET /v1/changes") && missing.body.contains("/openapi.json"),
+        "{}",
+        missing.body
+    );
+    // The admin routes say how they are authorised.
+    let requeue = &doc["paths"]["/v1/parked/requeue"]["post"];
+    assert_eq!(
+        requeue["security"][0]["admin_token"],
+        json!([]),
+        "{requeue}"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["admin_token"]["scheme"],
+        "bearer"
+    );
+    assert!(server.stop().success());
+}

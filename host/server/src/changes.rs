@@ -2,6 +2,7 @@
 //! broker.
 
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::ApiErrorBody;
 use crate::views::{only_params, page_limit, query};
 use crate::{AppState, known_model, ndjson};
 use axum::extract::rejection::QueryRejection;
@@ -21,6 +22,22 @@ pub(crate) const LOOK_AGAIN: Duration = Duration::from_millis(250);
 /// `root`, `version`). With `wait`, a request that finds none waits up to that many seconds
 /// for the first one, then answers (an empty body when none came). `x-next-after` gives the
 /// last `seq` answered, for the next request.
+#[utoipa::path(
+    get,
+    path = "/v1/changes",
+    tag = "read",
+    params(
+        ("after" = Option<u64>, Query, description = "The last `seq` you have (default 0: from the oldest kept)"),
+        ("model" = Option<String>, Query, description = "Only this model"),
+        ("limit" = Option<usize>, Query, description = "Lines per answer, 1–10,000 (default 1,000)"),
+        ("wait" = Option<u64>, Query, description = "Seconds (0–60) to wait for a change when there is none"),
+    ),
+    responses(
+        (status = 200, description = "One NDJSON line per change, oldest first; `x-next-after` holds the last `seq`", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "A bad parameter, named in the error", content_type = "application/json", body = ApiErrorBody),
+        (status = 404, description = "Unknown model", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
 pub(crate) async fn changes(
     State(state): State<AppState>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,

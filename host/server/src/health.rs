@@ -7,6 +7,12 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 /// The process is up and answering.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses((status = 200, description = "The process runs", content_type = "application/json", body = Object))
+)]
 pub(crate) async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
 }
@@ -14,6 +20,15 @@ pub(crate) async fn live() -> Json<Value> {
 /// Ready to do the job: the database answers with every migration applied, every model the
 /// database knows has a plugin loaded here, and no stage's batches are failing and being
 /// retried. 503 with the reasons otherwise.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready: the database answers, every model has a plugin, no stage retries", content_type = "application/json", body = Object),
+        (status = 503, description = "Not ready, with the reasons", content_type = "application/json", body = Object),
+    )
+)]
 pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut reasons: Vec<String> = Vec::new();
     if state.shutting_down() {

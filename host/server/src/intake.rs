@@ -3,6 +3,7 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::{ApiErrorBody, IntakeAnswer};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -27,6 +28,20 @@ const MAX_LISTED_ERRORS: usize = 100;
 
 /// `POST /v1/records`: an NDJSON body, read as it streams in; answers when every good line
 /// is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/records",
+    tag = "intake",
+    request_body(content = String, content_type = "application/x-ndjson", description = "One record a line (`application/json` is taken too)"),
+    responses(
+        (status = 200, description = "Every good line is durable; the counts, and the refused lines with their errors", content_type = "application/json", body = IntakeAnswer),
+        (status = 400, description = "Every line was refused, or none was sent", content_type = "application/json", body = IntakeAnswer),
+        (status = 408, description = "The body stopped coming, or the request ran past its time; the lines before are durable", content_type = "application/json", body = ApiErrorBody),
+        (status = 413, description = "Over `server.body_limit_bytes`", content_type = "application/json", body = ApiErrorBody),
+        (status = 415, description = "Not `application/x-ndjson` or `application/json`", content_type = "application/json", body = ApiErrorBody),
+        (status = 503, description = "Storing failed; the counted lines are durable and re-sending is safe", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
 pub(crate) async fn post_records(
     State(state): State<AppState>,
     headers: HeaderMap,

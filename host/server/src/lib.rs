@@ -10,6 +10,7 @@ mod error;
 mod health;
 mod intake;
 mod metrics;
+mod openapi;
 mod ops;
 mod views;
 
@@ -22,7 +23,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use error::ApiResult;
 use flowhost_engine::Engine;
 use flowhost_registry::Registry;
@@ -209,26 +210,64 @@ impl AppState {
     }
 }
 
-/// Every route.
+/// Every route, and `GET /openapi.json` describing them (built by the same router, so the
+/// two cannot differ).
 pub fn router(state: AppState) -> Router {
-    let admin = Router::new()
-        .route("/v1/parked/requeue", post(ops::requeue))
-        .route("/v1/plugins/{model}/rollback", post(ops::rollback))
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let admin = OpenApiRouter::new()
+        .routes(routes!(ops::requeue))
+        .routes(routes!(ops::rollback))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    Router::new()
-        .route("/v1/records", post(intake::post_records))
-        .route("/v1/models", get(ops::models))
-        .route("/v1/models/{model}/references/{id}", get(views::reference))
-        .route("/v1/models/{model}/{view}", get(views::view_page))
-        .route("/v1/parked", get(ops::parked))
-        .route("/v1/plugins", get(ops::plugins))
-        .route("/v1/hosts", get(ops::hosts))
-        .route("/v1/changes", get(changes::changes))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(metrics::scrape))
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(intake::post_records))
+        .routes(routes!(ops::models))
+        .routes(routes!(views::reference))
+        .routes(routes!(views::view_page))
+        .routes(routes!(ops::parked))
+        .routes(routes!(ops::plugins))
+        .routes(routes!(ops::hosts))
+        .routes(routes!(changes::changes))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(metrics::scrape))
         .merge(admin)
-        .fallback(not_found)
+        .split_for_parts();
+    let listing: Vec<String> = api
+        .paths
+        .paths
+        .iter()
+        .flat_map(|(path, item)| {
+            [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, served)| *served)
+            .map(move |(method, _)| format!("{method} {path}"))
+        })
+        .collect();
+    let listing = Arc::new(listing.join(", "));
+    let document = Arc::new(api.to_json().unwrap_or_else(|e| {
+        format!(r#"{{"error":"the OpenAPI document could not be written: {e}"}}"#)
+    }));
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        (*document).clone(),
+                    )
+                }
+            }),
+        )
+        .fallback(move |request: Request| not_found(request, listing.clone()))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(count_requests))
         .layer(middleware::from_fn_with_state(
@@ -453,12 +492,10 @@ async fn count_requests(request: Request, next: Next) -> Response {
     response
 }
 
-async fn not_found(request: Request) -> ApiError {
+/// A path no route serves: the answer lists the routes (from the OpenAPI document).
+async fn not_found(request: Request, routes: Arc<String>) -> ApiError {
     ApiError::not_found(format!(
-        "no route {} {}; the API: POST /v1/records, GET /v1/models, \
-         GET /v1/models/{{model}}/canonical|root|lineage, GET /v1/models/{{model}}/references/{{id}}, \
-         GET /v1/parked, POST /v1/parked/requeue, GET /v1/plugins, \
-         POST /v1/plugins/{{model}}/rollback, GET /health/live, GET /health/ready, GET /metrics",
+        "no route {} {}; the API: {routes} (described in GET /openapi.json)",
         request.method(),
         request.uri().path()
     ))

@@ -308,6 +308,12 @@ fn retrying_section(state: &AppState, out: &mut String) {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String))
+)]
 pub(crate) async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
     let mut body = match state.metrics() {
         Some(m) => {

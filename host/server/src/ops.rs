@@ -1,6 +1,7 @@
 //! Models, parked records and plugins: the read routes and the admin actions.
 
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::ApiErrorBody;
 use crate::views::{only_params, page_limit, path, query};
 use crate::{AppState, known_model, ndjson};
 use axum::Json;
@@ -22,6 +23,12 @@ fn when_time(t: std::time::SystemTime) -> String {
 
 /// `GET /v1/models`: every model with its kind, plugin version and state, whether this
 /// host serves it, and its counts.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "read",
+    responses((status = 200, description = "Every model: kind, current plugin version, source and state, what this host serves and retries, counts; and the intake total", content_type = "application/json", body = Object))
+)]
 pub(crate) async fn models(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let store = state.store();
     let models = store.models().await?;
@@ -92,6 +99,21 @@ async fn parked_filter(store: &Store, params: &HashMap<String, String>) -> ApiRe
 
 /// `GET /v1/parked?model=&reason=&limit=&after=`: parked records as NDJSON (as
 /// `flowhost parked --json`), in intake order; `x-next-after` pages on.
+#[utoipa::path(
+    get,
+    path = "/v1/parked",
+    tag = "read",
+    params(
+        ("model" = Option<String>, Query, description = "Only this model"),
+        ("reason" = Option<String>, Query, description = "Only this reason (e.g. `PARENT_NOT_FOUND`)"),
+        ("limit" = Option<usize>, Query, description = "Lines per page, 1–10,000 (default 1,000)"),
+        ("after" = Option<String>, Query, description = "The `x-next-after` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Parked records, one NDJSON line each", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "A bad parameter, named in the error", content_type = "application/json", body = ApiErrorBody)
+    )
+)]
 pub(crate) async fn parked(
     State(state): State<AppState>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -125,6 +147,21 @@ pub(crate) async fn parked(
 
 /// `POST /v1/parked/requeue?model=&reason=` (admin): puts the matching parked records back
 /// in the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/parked/requeue",
+    tag = "admin",
+    params(
+        ("model" = Option<String>, Query, description = "Only this model"),
+        ("reason" = Option<String>, Query, description = "Only this reason"),
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"requeued\": N}`", content_type = "application/json", body = Object),
+        (status = 401, description = "`server.admin_token` is set and the request does not carry it", content_type = "application/json", body = ApiErrorBody),
+        (status = 403, description = "The request comes from a web page of another site (`Origin`)", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
 pub(crate) async fn requeue(
     State(state): State<AppState>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -140,6 +177,12 @@ pub(crate) async fn requeue(
 
 /// `GET /v1/hosts`: the processes at work on the database (this one marked `this`), what
 /// each holds and since when.
+#[utoipa::path(
+    get,
+    path = "/v1/hosts",
+    tag = "read",
+    responses((status = 200, description = "The processes at work on the database, with what each holds", content_type = "application/json", body = Object))
+)]
 pub(crate) async fn hosts(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let engine = state.engine();
     let live_within = engine.config().lease_ttl.as_micros() as i64;
@@ -150,6 +193,12 @@ pub(crate) async fn hosts(State(state): State<AppState>) -> ApiResult<Json<Value
 }
 
 /// `GET /v1/plugins`.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    tag = "read",
+    responses((status = 200, description = "The plugins, refused files, stages cooling down, swap and refusal counters", content_type = "application/json", body = Object))
+)]
 pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let (models, refused) = flowhost_edges::models::plugins_json(state.store()).await?;
     let breakers: Vec<Value> = state
@@ -178,6 +227,22 @@ pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Val
 
 /// `POST /v1/plugins/{model}/rollback?to=PREFIX` (admin): makes the previous (or the given)
 /// version of a model current, here at once and for every host on the database.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{model}/rollback",
+    tag = "admin",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("to" = Option<String>, Query, description = "The version (or a unique prefix) to return to; default: the one before"),
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The version now current", content_type = "application/json", body = Object),
+        (status = 401, description = "`server.admin_token` is set and the request does not carry it", content_type = "application/json", body = ApiErrorBody),
+        (status = 404, description = "Unknown model", content_type = "application/json", body = ApiErrorBody),
+        (status = 409, description = "Nothing to roll back to", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     p: Result<Path<String>, PathRejection>,

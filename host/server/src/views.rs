@@ -1,6 +1,7 @@
 //! The view routes: pages of the edges' NDJSON view lines, one reference, parked records.
 
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::ApiErrorBody;
 use crate::{AppState, known_model, ndjson};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -92,6 +93,22 @@ impl PathParts for (String, String) {
 /// `GET /v1/models/{model}/{view}?limit=&after=`: one page of a view, ordered by each
 /// reference's first intake; `after` is the last `id` of the previous page, and the
 /// `x-next-after` header gives it while more pages follow.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/{view}",
+    tag = "read",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("view" = String, Path, description = "`canonical`, `root` or `lineage`"),
+        ("limit" = Option<usize>, Query, description = "Lines per page, 1–10,000 (default 1,000)"),
+        ("after" = Option<String>, Query, description = "The last id of the previous page (`x-next-after`)"),
+    ),
+    responses(
+        (status = 200, description = "One NDJSON line per reference, as `flowhost export`, by first intake", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "A bad parameter, named in the error", content_type = "application/json", body = ApiErrorBody),
+        (status = 404, description = "Unknown model or view", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
 pub(crate) async fn view_page(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
@@ -140,6 +157,19 @@ pub(crate) async fn view_page(
 
 /// `GET /v1/models/{model}/references/{id}`: one reference's canonical, root, lineage and
 /// parents, the plugin version that made them, and the sources that contributed.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/references/{id}",
+    tag = "read",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("id" = String, Path, description = "The reference"),
+    ),
+    responses(
+        (status = 200, description = "Canonical, root, lineage, parents, plugin version and contributing sources", content_type = "application/json", body = Object),
+        (status = 404, description = "Unknown model or reference", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
 pub(crate) async fn reference(
     State(state): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
