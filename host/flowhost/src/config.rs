@@ -27,6 +27,9 @@ pub struct Config {
     pub log: Log,
 }
 
+/// The longest `stages.intake_wake_gather_ms`.
+const MAX_GATHER_MS: u64 = 1_000;
+
 /// The change feed (`GET /v1/changes`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -582,6 +585,15 @@ impl Config {
                 self.stages.project_workers
             );
         }
+        // A woken association does not look for work while it gathers: a long wait would
+        // stall it, and past the idle poll it gains nothing anyway.
+        if self.stages.intake_wake_gather_ms > MAX_GATHER_MS {
+            bail!(
+                "stages.intake_wake_gather_ms must be at most {MAX_GATHER_MS} (it is {}); to \
+                 leave association to its idle poll, set stages.intake_wakes_association = false",
+                self.stages.intake_wake_gather_ms
+            );
+        }
         Ok(())
     }
 
@@ -798,6 +810,15 @@ mod tests {
 
         let e = load_error(None, &[], &[("stages.project.min_batch", "900")]);
         assert!(e.contains("stages.project"), "{e}");
+
+        for (key, value) in [
+            ("stages.project_workers", "0"),
+            ("stages.project_workers", "65"),
+            ("stages.intake_wake_gather_ms", "600000"),
+        ] {
+            let e = load_error(None, &[], &[(key, value)]);
+            assert!(e.contains(key) && e.contains(value), "{key}={value}: {e}");
+        }
 
         let e = load_error(None, &[], &[("server.listen", "nowhere")]);
         assert!(e.contains("server.listen"), "{e}");
