@@ -227,13 +227,69 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     phases
         .next("building flowhost and flowhost-bench (dev profile, shared with `cargo xtask demo`)");
     build_binaries()?;
-    phases.next("building and running the tests (SQLite and PostgreSQL)");
+    phases.next("building and running the tests (SQLite, PostgreSQL, NATS)");
+    ensure_nats(root)?;
     run_tests(root, extra)?;
     if seconds > 0 {
         phases.next(&format!("fuzzing each target for {seconds} s"));
         fuzz(root, seconds)?;
     }
     Ok(())
+}
+
+/// The tests use the machine's NATS server with JetStream (127.0.0.1:4222). When none
+/// answers there, one is started (installed first with apt-get when `nats-server` is
+/// missing), its store under `target/nats`; it keeps running after the tests.
+fn ensure_nats(root: &Path) -> Result<()> {
+    let answers = || std::net::TcpStream::connect(("127.0.0.1", 4222)).is_ok();
+    if answers() {
+        return Ok(());
+    }
+    let found = |name: &str| {
+        ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+    };
+    let binary = match found("nats-server") {
+        Some(b) => b,
+        None => {
+            eprintln!("+ apt-get install -y nats-server (no NATS answers on 127.0.0.1:4222)");
+            run(Command::new("apt-get").args(["install", "-y", "nats-server"]))
+                .or_else(|_| {
+                    run(Command::new("apt-get").arg("update"))?;
+                    run(Command::new("apt-get").args(["install", "-y", "nats-server"]))
+                })
+                .context("cannot install nats-server; the tests need NATS with JetStream on 127.0.0.1:4222")?;
+            found("nats-server").context("nats-server is not where apt-get puts it")?
+        }
+    };
+    let store = target_dir(root).join("nats");
+    std::fs::create_dir_all(&store)?;
+    let log = std::fs::File::create(store.join("server.log"))?;
+    eprintln!(
+        "+ {} -a 127.0.0.1 -p 4222 -js -sd {}",
+        binary.display(),
+        store.display()
+    );
+    Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
+        .arg(&store)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start nats-server")?;
+    for _ in 0..100 {
+        if answers() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    anyhow::bail!(
+        "nats-server did not answer on 127.0.0.1:4222 within 10 s; see {}",
+        store.join("server.log").display()
+    )
 }
 
 /// Runs the workspace's tests, echoing their output, and ends with one summary line:

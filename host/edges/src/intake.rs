@@ -4,7 +4,7 @@
 //! reason, never the whole input) and appends the good ones in batches of one transaction.
 
 use flowhost_core::intake::{IntakeLimits, IntakeRecord, LineError, parse_line_within};
-use flowhost_store::{Appended, Store, StoreError};
+use flowhost_store::{Advance, Appended, Store, StoreError};
 use std::collections::BTreeSet;
 
 /// Good lines per append (one transaction).
@@ -203,15 +203,25 @@ impl<'a> LineIntake<'a> {
         if self.batch.is_empty() {
             return Ok(Vec::new());
         }
-        let answers = match &self.group {
-            Some(group) => {
+        self.flush_at(None).await
+    }
+
+    /// [`LineIntake::flush`], moving a position in the same transaction (see
+    /// [`Store::append_at`]); with a position it runs even when the batch is empty, and
+    /// never through the group committer.
+    pub async fn flush_at(
+        &mut self,
+        advance: Option<&Advance>,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let answers = match (&self.group, advance) {
+            (Some(group), None) => {
                 let batch = std::mem::replace(
                     &mut self.batch,
                     Vec::with_capacity(self.batch_size.min(4_096)),
                 );
                 group.append(batch).await?
             }
-            None => self.store.append(&self.batch).await?,
+            _ => self.store.append_at(&self.batch, advance).await?,
         };
         let mut refused = Vec::new();
         for (answer, &line) in answers.iter().zip(&self.batch_lines) {
@@ -227,6 +237,11 @@ impl<'a> LineIntake<'a> {
         self.batch.clear();
         self.batch_lines.clear();
         Ok(refused)
+    }
+
+    /// Records waiting in the batch.
+    pub fn batched(&self) -> usize {
+        self.batch.len()
     }
 }
 

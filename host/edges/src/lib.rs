@@ -9,9 +9,12 @@
 //! - [`models`]: which models exist (the "unknown model" message) and the plugin listing.
 //! - [`group`]: group commit: appends from many callers share transactions.
 //! - [`hosts`]: which processes are at work on the database, and what each holds.
+//! - [`broker`]: what the NATS edge says of itself, for health and metrics.
 //!
-//! The CLI (`host/flowhost`) and the HTTP API (`host/server`) are thin adapters over it.
+//! The CLI (`host/flowhost`), the HTTP API (`host/server`) and the NATS edge (`host/nats`)
+//! are thin adapters over it.
 
+pub mod broker;
 pub mod group;
 pub mod hosts;
 pub mod intake;

@@ -35,12 +35,24 @@ const MAX_GATHER_MS: u64 = 1_000;
 #[serde(default, deny_unknown_fields)]
 pub struct Changes {
     /// How long a change stays readable; older ones are deleted (checked every minute).
+    /// With the relay on, a change not yet relayed is kept however old.
     pub keep_hours: u64,
+    /// With `intake.nats_url` set: relay the change feed to the stream `nats_stream`.
+    pub nats_relay: bool,
+    /// The stream changes are relayed to (created when missing, over `<nats_subject>.>`).
+    pub nats_stream: String,
+    /// Each change is published to `<nats_subject>.<model>`.
+    pub nats_subject: String,
 }
 
 impl Default for Changes {
     fn default() -> Self {
-        Self { keep_hours: 168 }
+        Self {
+            keep_hours: 168,
+            nats_relay: true,
+            nats_stream: "FLOWHOST_CHANGES".into(),
+            nats_subject: "flowhost.changes".into(),
+        }
     }
 }
 
@@ -230,6 +242,25 @@ pub struct Intake {
     pub max_values: usize,
     /// How far ahead of the intake clock `occurred_at` may be, in seconds.
     pub max_future_s: u64,
+    /// The NATS server (`nats://host:port`) whose JetStream `serve` takes records from and
+    /// relays the change feed to; unset: no NATS.
+    pub nats_url: Option<String>,
+    /// With `nats_url` set: take records from the stream `nats_stream`.
+    pub nats_consume: bool,
+    /// The stream records come from (created when missing, over `nats_subjects`).
+    pub nats_stream: String,
+    /// Its subjects, comma-separated.
+    pub nats_subjects: String,
+    /// The durable consumer every host shares.
+    pub nats_consumer: String,
+    /// A refused line is published to `<nats_refused_subject>.<model>`.
+    pub nats_refused_subject: String,
+    /// The stream that keeps refused lines (created when missing); empty: none.
+    pub nats_refused_stream: String,
+    /// The most messages appended in one transaction.
+    pub nats_batch_messages: usize,
+    /// How long a batch waits for more messages once it has one, in milliseconds.
+    pub nats_linger_ms: u64,
 }
 
 impl Default for Intake {
@@ -242,6 +273,15 @@ impl Default for Intake {
             max_depth: d.max_depth,
             max_values: d.max_values,
             max_future_s: d.max_future.as_secs(),
+            nats_url: None,
+            nats_consume: true,
+            nats_stream: "FLOWHOST_INTAKE".into(),
+            nats_subjects: "flowhost.intake.>".into(),
+            nats_consumer: "flowhost".into(),
+            nats_refused_subject: "flowhost.refused".into(),
+            nats_refused_stream: "FLOWHOST_REFUSED".into(),
+            nats_batch_messages: 500,
+            nats_linger_ms: 5,
         }
     }
 }
@@ -386,8 +426,40 @@ const OPTIONAL: &[(&str, bool)] = &[
     ("plugins.versions_dir", false),
     ("server.admin_token", false),
     ("server.group_commit", true),
+    ("intake.nats_url", false),
     ("log.filter", false),
 ];
+
+/// `intake.nats_subjects` as a list.
+fn nats_subjects(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A subject: dot-separated tokens, none empty, no spaces; wildcards (`*`, a last `>`) only
+/// where the setting takes them.
+fn check_subject(key: &str, subject: &str, wildcards: bool) -> Result<()> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let bad_token = |t: &&str| {
+        t.is_empty()
+            || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            || (t.contains(['*', '>']) && (!wildcards || t.len() > 1))
+    };
+    let misplaced_tail = tokens
+        .iter()
+        .enumerate()
+        .any(|(n, t)| *t == ">" && n + 1 != tokens.len());
+    if subject.is_empty() || tokens.iter().any(bad_token) || misplaced_tail {
+        bail!(
+            "{key}: '{subject}' is not a NATS subject{} (dot-separated names, no spaces)",
+            if wildcards { "" } else { " without wildcards" }
+        );
+    }
+    Ok(())
+}
 
 /// Every settable leaf (`section.key`) with an example of its type.
 fn leaves() -> Vec<(String, Value)> {
@@ -594,7 +666,95 @@ impl Config {
                 self.stages.intake_wake_gather_ms
             );
         }
+        self.check_nats()?;
         Ok(())
+    }
+
+    /// The NATS settings, checked whether or not a URL is set (a mistake shows at once, not
+    /// the day NATS is turned on).
+    fn check_nats(&self) -> Result<()> {
+        let (i, c) = (&self.intake, &self.changes);
+        if let Some(url) = &i.nats_url
+            && !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        {
+            bail!("intake.nats_url: '{url}' is not a NATS URL like nats://127.0.0.1:4222");
+        }
+        for (key, name) in [
+            ("intake.nats_stream", &i.nats_stream),
+            ("intake.nats_consumer", &i.nats_consumer),
+            ("changes.nats_stream", &c.nats_stream),
+        ] {
+            if name.is_empty()
+                || name.len() > 255
+                || name
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control() || ".*>/\\".contains(ch))
+            {
+                bail!(
+                    "{key}: '{name}' is not a stream or consumer name (no spaces, '.', '*', '>', '/' or '\\')"
+                );
+            }
+        }
+        let subjects = nats_subjects(&i.nats_subjects);
+        if subjects.is_empty() {
+            bail!("intake.nats_subjects: at least one subject, e.g. flowhost.intake.>");
+        }
+        for subject in &subjects {
+            check_subject("intake.nats_subjects", subject, true)?;
+        }
+        check_subject(
+            "intake.nats_refused_subject",
+            &i.nats_refused_subject,
+            false,
+        )?;
+        check_subject("changes.nats_subject", &c.nats_subject, false)?;
+        if !i.nats_refused_stream.is_empty() && i.nats_refused_stream.contains(['.', '*', '>', ' '])
+        {
+            bail!(
+                "intake.nats_refused_stream: '{}' is not a stream name",
+                i.nats_refused_stream
+            );
+        }
+        if !(1..=10_000).contains(&i.nats_batch_messages) {
+            bail!(
+                "intake.nats_batch_messages must be between 1 and 10000 (it is {})",
+                i.nats_batch_messages
+            );
+        }
+        if i.nats_linger_ms > MAX_GATHER_MS {
+            bail!(
+                "intake.nats_linger_ms must be at most {MAX_GATHER_MS} (it is {})",
+                i.nats_linger_ms
+            );
+        }
+        Ok(())
+    }
+
+    /// The NATS edge's settings, when `intake.nats_url` is set.
+    pub fn nats(&self, lease_ttl: std::time::Duration) -> Option<flowhost_nats::NatsConfig> {
+        let (i, c) = (&self.intake, &self.changes);
+        let url = i.nats_url.clone()?;
+        Some(flowhost_nats::NatsConfig {
+            url,
+            intake: i.nats_consume.then(|| flowhost_nats::IntakeConfig {
+                stream: i.nats_stream.clone(),
+                subjects: nats_subjects(&i.nats_subjects),
+                consumer: i.nats_consumer.clone(),
+                refused_subject: i.nats_refused_subject.clone(),
+                refused_stream: i.nats_refused_stream.clone(),
+                batch_messages: i.nats_batch_messages,
+                linger: ms(i.nats_linger_ms),
+                max_line: self.server.max_line_bytes,
+                limits: self.intake_limits(),
+            }),
+            relay: c.nats_relay.then(|| flowhost_nats::RelayConfig {
+                stream: c.nats_stream.clone(),
+                subject: c.nats_subject.clone(),
+            }),
+            lease_ttl,
+        })
     }
 
     /// `server.listen` as an address.

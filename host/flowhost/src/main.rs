@@ -138,7 +138,9 @@ fn main() -> ExitCode {
         }
     };
     let default_filter = if matches!(cli.command, Command::Serve) {
-        "info"
+        // The NATS client logs every reconnection attempt at info; flowhost says once when
+        // the connection goes and comes.
+        "info,async_nats=warn"
     } else {
         "warn"
     };

@@ -36,6 +36,21 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
         Some(metrics.clone()),
         stop.clone(),
     );
+    // NATS: intake from a stream and the change relay, beside HTTP (a broker that is down
+    // is waited for; it never stops the host).
+    let nats = config.nats(env.engine.lease_ttl);
+    let relayed_name = nats
+        .as_ref()
+        .and_then(|n| n.relay.as_ref())
+        .map(|r| flowhost_nats::relay_position_name(&r.stream));
+    if let Some(nats) = nats {
+        let url = flowhost_nats::redacted(&nats.url);
+        let status = flowhost_nats::start(nats, engine.clone(), &tracker, stop.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        state.set_broker(status);
+        tracing::info!(%url, "NATS intake and change relay configured");
+    }
     let mut http = tracker.spawn(flowhost_server::serve(listener, state, stop.clone()));
     let mut stages = {
         let (engine, stop) = (engine.clone(), stop.clone());
@@ -65,6 +80,7 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
     tracker.spawn(prune_changes(
         engine.store().clone(),
         Duration::from_secs(config.changes.keep_hours.saturating_mul(3600)),
+        relayed_name,
         stop.clone(),
     ));
     tracker.close();
@@ -242,8 +258,14 @@ impl Signals {
     }
 }
 
-/// Deletes the changes older than `keep` once a minute, until `stop`.
-async fn prune_changes(store: flowhost_store::Store, keep: Duration, stop: CancellationToken) {
+/// Deletes the changes older than `keep` once a minute, until `stop`; with a relay (its
+/// position's name given), only the changes it relayed.
+async fn prune_changes(
+    store: flowhost_store::Store,
+    keep: Duration,
+    relayed: Option<String>,
+    stop: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -251,7 +273,17 @@ async fn prune_changes(store: flowhost_store::Store, keep: Duration, stop: Cance
             _ = every.tick() => {}
         }
         let before = flowhost_store::now_micros() - keep.as_micros().min(i64::MAX as u128) as i64;
-        match store.prune_changes(before).await {
+        let relayed = match &relayed {
+            None => None,
+            Some(name) => match store.position(name).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("cannot read the relayed position: {e}");
+                    continue;
+                }
+            },
+        };
+        match store.prune_changes(before, relayed).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "pruned changes older than changes.keep_hours"),
             Err(e) => tracing::warn!("cannot prune the change feed: {e}"),

@@ -48,7 +48,7 @@ pub struct Settings {
     #[arg(long, global = true)]
     pub admin_token: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flowhost=debug`
-    /// [log.filter, FLOWHOST_LOG; default info for serve, warn otherwise].
+    /// [log.filter, FLOWHOST_LOG; default info for serve (the NATS client's own lines at warn), warn otherwise].
     #[arg(long, global = true)]
     pub log: Option<String>,
     /// Log format [log.format, FLOWHOST_LOG_FORMAT; default text].

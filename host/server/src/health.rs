@@ -19,13 +19,14 @@ pub(crate) async fn live() -> Json<Value> {
 
 /// Ready to do the job: the database answers with every migration applied, every model the
 /// database knows has a plugin loaded here, and no stage's batches are failing and being
-/// retried. 503 with the reasons otherwise.
+/// retried. 503 with the reasons otherwise. A broker (NATS) that is down or failing does not
+/// make the host unready — HTTP intake and processing go on — and is listed as `degraded`.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "health",
     responses(
-        (status = 200, description = "Ready: the database answers, every model has a plugin, no stage retries", content_type = "application/json", body = Object),
+        (status = 200, description = "Ready: the database answers, every model has a plugin, no stage retries; `degraded` lists what is wrong with NATS, if anything", content_type = "application/json", body = Object),
         (status = 503, description = "Not ready, with the reasons", content_type = "application/json", body = Object),
     )
 )]
@@ -69,12 +70,18 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Va
     for r in state.engine().retrying() {
         reasons.push(format!("model '{}': {}", r.model, r.describe()));
     }
-    if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
+    let degraded = state.broker().map(|b| b.degraded()).unwrap_or_default();
+    let mut body = if reasons.is_empty() {
+        json!({"status": "ready"})
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reasons": reasons})),
-        )
+        json!({"status": "not ready", "reasons": reasons})
+    };
+    if !degraded.is_empty() {
+        body["degraded"] = json!(degraded);
     }
+    let code = match reasons.is_empty() {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(body))
 }

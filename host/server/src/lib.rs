@@ -117,6 +117,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The change feed's last number, watched by one task for every waiting request.
     last_change: std::sync::OnceLock<tokio::sync::watch::Receiver<i64>>,
+    /// The NATS edge's status, when `serve` runs one.
+    broker: std::sync::OnceLock<flowhost_edges::broker::BrokerStatus>,
 }
 
 impl AppState {
@@ -144,6 +146,7 @@ impl AppState {
                 metrics,
                 shutdown,
                 last_change: std::sync::OnceLock::new(),
+                broker: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -182,6 +185,15 @@ impl AppState {
 
     pub fn store(&self) -> &Store {
         self.inner.engine.store()
+    }
+
+    /// Shows a broker edge's status in `/health/ready` and `/metrics` (set once).
+    pub fn set_broker(&self, status: flowhost_edges::broker::BrokerStatus) {
+        let _ = self.inner.broker.set(status);
+    }
+
+    pub fn broker(&self) -> Option<&flowhost_edges::broker::BrokerStatus> {
+        self.inner.broker.get()
     }
 
     pub fn engine(&self) -> &Engine {

@@ -55,6 +55,22 @@ fn describe() {
         "Records received over HTTP by outcome (accepted, duplicate, refused)."
     );
     describe_counter!(
+        "flowhost_nats_records_total",
+        "Records taken from the NATS intake stream by outcome (accepted, duplicate, refused)."
+    );
+    describe_counter!(
+        "flowhost_nats_messages_total",
+        "NATS intake messages handled by this host."
+    );
+    describe_counter!(
+        "flowhost_nats_refusals_published_total",
+        "Refused NATS intake lines published to the refused subject."
+    );
+    describe_counter!(
+        "flowhost_nats_changes_relayed_total",
+        "Changes this host relayed to the NATS changes stream."
+    );
+    describe_counter!(
         "flowhost_batches_total",
         "Batches committed, per stage and model."
     );
@@ -222,6 +238,7 @@ async fn state_section(state: &AppState) -> Result<String, flowhost_store::Store
         );
     }
     retrying_section(state, &mut out);
+    broker_section(state, &mut out);
     family(
         &mut out,
         "flowhost_host_info",
@@ -307,6 +324,45 @@ fn retrying_section(state: &AppState, out: &mut String) {
     }
 }
 
+/// The NATS edge, when this host runs one (held in memory, read by its tasks).
+fn broker_section(state: &AppState, out: &mut String) {
+    let Some(broker) = state.broker() else { return };
+    let b = broker.snapshot();
+    let gauges = [
+        (
+            "flowhost_nats_connected",
+            "1 while the connection to NATS is up.",
+            Some(i64::from(b.connected)),
+        ),
+        (
+            "flowhost_nats_intake_lag_messages",
+            "Messages in the intake stream not yet appended (the shared consumer's pending count).",
+            b.intake_lag.map(|l| l as i64),
+        ),
+        (
+            "flowhost_nats_intake_position",
+            "The last intake stream sequence whose records are durable.",
+            Some(b.intake_position),
+        ),
+        (
+            "flowhost_changes_outbox_lag",
+            "Changes recorded but not yet relayed to the NATS changes stream.",
+            b.outbox_lag,
+        ),
+        (
+            "flowhost_nats_relay_position",
+            "The last change relayed to the NATS changes stream.",
+            Some(b.relay_position),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(out, name, "gauge", help);
+        if let Some(v) = value {
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+}
+
 /// `GET /metrics`.
 #[utoipa::path(
     get,
@@ -342,6 +398,7 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> ApiResult<Response>
             tracing::warn!("metrics: the database does not answer: {e}");
             body.push_str("flowhost_database_up 0\n");
             retrying_section(&state, &mut body);
+            broker_section(&state, &mut body);
         }
     }
     Ok((

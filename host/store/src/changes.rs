@@ -186,10 +186,18 @@ where
         Ok(rows.first().and_then(|(n,)| *n).unwrap_or(0))
     }
 
-    /// Deletes the changes recorded before `before_micros`.
-    pub async fn prune_changes(&self, before_micros: i64) -> Result<u64, StoreError> {
+    /// Deletes the changes recorded before `before_micros`, and when `relayed` is given only
+    /// those up to it (a change not yet relayed is kept however old).
+    pub async fn prune_changes(
+        &self,
+        before_micros: i64,
+        relayed: Option<i64>,
+    ) -> Result<u64, StoreError> {
         let mut qb = Self::query("DELETE FROM changes WHERE changed_micros < ");
         qb.push_bind(before_micros);
+        if let Some(relayed) = relayed {
+            qb.push(" AND seq <= ").push_bind(relayed);
+        }
         self.execute(&self.pool, qb.build(), "prune changes", "*")
             .await
     }

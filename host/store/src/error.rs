@@ -30,6 +30,10 @@ pub enum StoreError {
         model: String,
         detail: String,
     },
+    /// A position was not where its writer read it: another process moved it meanwhile
+    /// (nothing of the transaction was written).
+    #[error("the position '{name}' is no longer {expected}: another process moved it")]
+    PositionMoved { name: String, expected: i64 },
 }
 
 impl StoreError {

@@ -20,14 +20,32 @@ where
     i32: Column<DB>,
 {
     pub async fn acquire_lease(&self, lease: &Lease, ttl_micros: i64) -> Result<bool, StoreError> {
+        self.acquire_row(
+            lease.stage.as_str(),
+            &lease.model,
+            &lease.holder,
+            ttl_micros,
+        )
+        .await
+    }
+
+    /// Takes (or renews) the lease row `(stage, model)` for `holder`: a stage's lease, or a
+    /// duty (see `positions.rs`). One atomic upsert.
+    pub(crate) async fn acquire_row(
+        &self,
+        stage: &str,
+        model: &str,
+        holder: &str,
+        ttl_micros: i64,
+    ) -> Result<bool, StoreError> {
         let now = now_micros();
         let mut qb = Self::query(
             "INSERT INTO leases (stage, model, holder, expires_micros, since_micros) VALUES (",
         );
         qb.separated(", ")
-            .push_bind(lease.stage.as_str().to_string())
-            .push_bind(lease.model.clone())
-            .push_bind(lease.holder.clone())
+            .push_bind(stage.to_string())
+            .push_bind(model.to_string())
+            .push_bind(holder.to_string())
             .push_bind(now + ttl_micros)
             .push_bind(now);
         qb.push(
@@ -39,7 +57,7 @@ where
         )
         .push_bind(now);
         let taken = self
-            .execute(&self.pool, qb.build(), "acquire lease", &lease.model)
+            .execute(&self.pool, qb.build(), "acquire lease", model)
             .await?;
         Ok(taken == 1)
     }
@@ -72,7 +90,7 @@ where
             .push_bind(now + ttl_micros)
             .push(", since_micros = ")
             .push_bind(now);
-        push_lease(&mut qb, lease.stage, &lease.model, from);
+        push_lease(&mut qb, lease.stage.as_str(), &lease.model, from);
         let taken = self
             .execute(&self.pool, qb.build(), "take over lease", &lease.model)
             .await?;
@@ -149,9 +167,20 @@ where
     }
 
     pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.release_row(lease.stage.as_str(), &lease.model, &lease.holder)
+            .await
+    }
+
+    /// Deletes the lease row `(stage, model)` when `holder` holds it.
+    pub(crate) async fn release_row(
+        &self,
+        stage: &str,
+        model: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
         let mut qb = Self::query("DELETE FROM leases");
-        push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
-        self.execute(&self.pool, qb.build(), "release lease", &lease.model)
+        push_lease(&mut qb, stage, model, holder);
+        self.execute(&self.pool, qb.build(), "release lease", model)
             .await?;
         Ok(())
     }
@@ -172,7 +201,7 @@ where
             .push(" THEN ")
             .push_bind(now)
             .push(" ELSE expires_micros END");
-        push_lease(&mut qb, lease.stage, &lease.model, &lease.holder);
+        push_lease(&mut qb, lease.stage.as_str(), &lease.model, &lease.holder);
         if let Some(version) = version {
             // The model's row stays locked until this commit ends, so a plugin version made
             // current meanwhile waits for it, and one made current first is seen here: a
@@ -216,13 +245,13 @@ where
 }
 
 /// ` WHERE` the lease of `stage` and `model` is held by `holder`.
-fn push_lease<DB>(qb: &mut QueryBuilder<DB>, stage: Stage, model: &str, holder: &str)
+fn push_lease<DB>(qb: &mut QueryBuilder<DB>, stage: &str, model: &str, holder: &str)
 where
     DB: Backend,
     String: Column<DB>,
 {
     qb.push(" WHERE stage = ")
-        .push_bind(stage.as_str().to_string())
+        .push_bind(stage.to_string())
         .push(" AND model = ")
         .push_bind(model.to_string())
         .push(" AND holder = ")

@@ -15,6 +15,7 @@ mod error;
 mod leases;
 mod parked;
 mod plugins;
+mod positions;
 mod postgres;
 mod reads;
 mod rows;
@@ -23,6 +24,7 @@ mod sqlite;
 mod types;
 
 pub use error::{CommitError, StoreError};
+pub use positions::Advance;
 pub use rows::{REPROJECT_STAMP, now_micros};
 pub use types::*;
 
@@ -175,11 +177,29 @@ impl Store {
     /// (the rare path: 2·log2(n) transactions per refused record), and the others are
     /// appended in order.
     pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
+        self.append_at(records, None).await
+    }
+
+    /// [`Store::append`], moving a position (see [`Advance`]) in the same transaction: the
+    /// records are durable exactly when the position says they are. When the position is no
+    /// longer at `advance.from`, nothing is appended and the error is
+    /// [`StoreError::PositionMoved`]. On the rare refused path the records are appended in
+    /// halves first and the position moved alone after them (appending them again is
+    /// harmless: they are duplicates).
+    pub async fn append_at(
+        &self,
+        records: &[IntakeRecord],
+        advance: Option<&Advance>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        match backend!(self.append(records, advance)) {
+            Err(e) if e.refused().is_some() => {}
+            done => return done,
+        }
         let mut out = Vec::with_capacity(records.len());
         let mut spans = std::collections::VecDeque::from([(0, records.len())]);
         while let Some((lo, hi)) = spans.pop_front() {
             let span = &records[lo..hi];
-            match backend!(self.append(span)) {
+            match backend!(self.append(span, None)) {
                 Ok(answers) => out.extend(answers),
                 Err(e) => match e.refused() {
                     Some(message) if span.len() == 1 => {
@@ -195,7 +215,30 @@ impl Store {
                 },
             }
         }
+        if advance.is_some() {
+            backend!(self.append(&[], advance))?;
+        }
         Ok(out)
+    }
+
+    /// Where the position `name` is (0 when never moved).
+    pub async fn position(&self, name: &str) -> Result<i64, StoreError> {
+        backend!(self.position(name))
+    }
+
+    /// Moves a position on its own; false when it was not at `advance.from`.
+    pub async fn advance(&self, advance: &Advance) -> Result<bool, StoreError> {
+        backend!(self.advance(advance))
+    }
+
+    /// Takes (or renews) a duty for its holder; false while another holder's is live.
+    pub async fn acquire_duty(&self, duty: &Duty, ttl_micros: i64) -> Result<bool, StoreError> {
+        backend!(self.acquire_duty(duty, ttl_micros))
+    }
+
+    /// Gives a duty up.
+    pub async fn release_duty(&self, duty: &Duty) -> Result<(), StoreError> {
+        backend!(self.release_duty(duty))
     }
 
     /// Takes (or renews) the lease of a stage of a model for `holder`. Returns false when
@@ -343,9 +386,14 @@ impl Store {
         backend!(self.last_change())
     }
 
-    /// Deletes the changes recorded before `before_micros`; how many.
-    pub async fn prune_changes(&self, before_micros: i64) -> Result<u64, StoreError> {
-        backend!(self.prune_changes(before_micros))
+    /// Deletes the changes recorded before `before_micros` (and, when `relayed` is given,
+    /// only those up to that change: one not yet relayed is kept); how many.
+    pub async fn prune_changes(
+        &self,
+        before_micros: i64,
+        relayed: Option<i64>,
+    ) -> Result<u64, StoreError> {
+        backend!(self.prune_changes(before_micros, relayed))
     }
 
     /// Records a plugin version that passed validation (kept for rollback).

@@ -155,13 +155,17 @@ impl Sql<Sqlite> {
         Ok(())
     }
 
-    pub async fn append(&self, records: &[IntakeRecord]) -> Result<Vec<Appended>, StoreError> {
+    pub async fn append(
+        &self,
+        records: &[IntakeRecord],
+        advance: Option<&Advance>,
+    ) -> Result<Vec<Appended>, StoreError> {
         let mut answers = vec![Appended::Duplicate; records.len()];
         let fresh = rows::first_of_each(records);
-        if fresh.is_empty() {
+        if fresh.is_empty() && advance.is_none() {
             return Ok(answers);
         }
-        let model = &records[fresh[0]].model;
+        let model = fresh.first().map_or("*", |&i| records[i].model.as_str());
         let op = "append intake";
         let now = now_micros();
         let mut tx = self.begin(op, model).await?;
@@ -205,6 +209,9 @@ impl Sql<Sqlite> {
                 });
                 self.execute(&mut *tx, qb.build(), op, model).await?;
             }
+        }
+        if let Some(advance) = advance {
+            self.advance_in(&mut tx, advance).await?;
         }
         self.commit(tx, op, model).await?;
         Ok(answers)

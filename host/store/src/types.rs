@@ -70,6 +70,17 @@ pub struct Lease {
     pub holder: String,
 }
 
+/// Work one process at a time does for the whole database, beside the stages: held as a
+/// lease (`stage` = its kind, `model` = its key), listed with them (`GET /v1/hosts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duty {
+    /// What it is: `nats-intake`, `nats-relay`.
+    pub kind: &'static str,
+    /// What of it: the stream's name.
+    pub key: String,
+    pub holder: String,
+}
+
 /// A lease as stored: who holds a stage of a model, since when, until when.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LeaseRow {

@@ -164,6 +164,74 @@ async fn intake_is_idempotent() {
 }
 
 #[tokio::test]
+async fn appends_move_a_position_in_their_transaction_and_only_from_where_it_was_read() {
+    on_both(|s| async move {
+        let name = "nats-intake:T";
+        assert_eq!(s.position(name).await.unwrap(), 0, "never moved");
+        let at = |from, to| Advance {
+            name: name.into(),
+            from,
+            to,
+        };
+        let out = s
+            .append_at(&[record("device", "bms", "P-1", "{}")], Some(&at(0, 7)))
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Appended::Accepted(_)));
+        assert_eq!(s.position(name).await.unwrap(), 7);
+        // A writer that read an older position appends nothing and moves nothing.
+        let stale = s
+            .append_at(&[record("device", "bms", "P-2", "{}")], Some(&at(0, 9)))
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::PositionMoved { expected: 0, .. })),
+            "{stale:?}"
+        );
+        let stale = s
+            .append_at(&[record("device", "bms", "P-2", "{}")], Some(&at(5, 9)))
+            .await;
+        assert!(matches!(stale, Err(StoreError::PositionMoved { .. })));
+        assert_eq!(s.counts().await.unwrap().intake, 1, "P-2 was not appended");
+        // Duplicates only: the position still moves.
+        let dup = s
+            .append_at(&[record("device", "bms", "P-1", "{}")], Some(&at(7, 8)))
+            .await
+            .unwrap();
+        assert_eq!(dup, vec![Appended::Duplicate]);
+        assert_eq!(s.position(name).await.unwrap(), 8);
+        // Nothing to append at all: the position moves alone.
+        s.append_at(&[], Some(&at(8, 10))).await.unwrap();
+        assert!(s.advance(&at(10, 12)).await.unwrap());
+        assert!(!s.advance(&at(10, 14)).await.unwrap(), "read at 10, now 12");
+        assert_eq!(s.position(name).await.unwrap(), 12);
+        assert_eq!(
+            s.position("other").await.unwrap(),
+            0,
+            "positions are by name"
+        );
+
+        // Duties: one holder at a time, listed with the leases, free once released.
+        let duty = |holder: &str| Duty {
+            kind: "nats-intake",
+            key: "T".into(),
+            holder: holder.into(),
+        };
+        assert!(s.acquire_duty(&duty("a"), TTL).await.unwrap());
+        assert!(!s.acquire_duty(&duty("b"), TTL).await.unwrap());
+        assert!(s.acquire_duty(&duty("a"), TTL).await.unwrap(), "renewed");
+        let leases = s.leases().await.unwrap();
+        assert!(
+            leases
+                .iter()
+                .any(|l| l.stage == "nats-intake" && l.model == "T" && l.holder == "a")
+        );
+        s.release_duty(&duty("a")).await.unwrap();
+        assert!(s.acquire_duty(&duty("b"), TTL).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn pending_is_in_intake_order_and_round_trips_payloads() {
     on_both(|s| async move {
         let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2 << 20));
