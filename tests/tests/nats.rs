@@ -286,6 +286,40 @@ fn with_nats_down_the_host_stays_ready_and_catches_up_when_it_is_back() {
         count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1 == 60
     });
 
+    // A message of 250 bad lines around one good one: the good record is stored, the first
+    // 100 refusals are published one by one, and one more says how many followed.
+    let mut poison: Vec<String> = (0..125).map(|i| format!("bad line {i}")).collect();
+    poison.push(line("device", "oem", "P-1", json!({"serial": "sn-p"})));
+    poison.extend((125..250).map(|i| format!("bad line {i}")));
+    names.block_on(async {
+        names
+            .js
+            .publish("flowhost.intake.device", poison.join("\n").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("the stream takes it")
+    });
+    wait_for("the good line of the poison message appended", WAIT, || {
+        count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1 == 61
+    });
+    let refused = names.read_all("FLOWHOST_REFUSED");
+    assert_eq!(refused.len(), 101, "{refused:?}");
+    let last: Value = serde_json::from_str(&refused[100].1).unwrap();
+    assert_eq!(last["line"], Value::Null);
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("150 more lines of this message were refused"),
+        "{last}"
+    );
+    let first: Value = serde_json::from_str(&refused[0].1).unwrap();
+    assert_eq!(
+        (first["line"].as_u64(), first["text"].as_str()),
+        (Some(1), Some("bad line 0"))
+    );
+
     // Down again mid-run: degraded within seconds, HTTP intake still answers.
     broker.kill();
     wait_for("NATS degraded again", WAIT, || {
@@ -311,7 +345,7 @@ fn with_nats_down_the_host_stays_ready_and_catches_up_when_it_is_back() {
     // Intake resumes after the last message it appended (the stream kept what came before).
     publish(&names, 70..75);
     wait_for("intake to resume", WAIT, || {
-        count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1 == 75
+        count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1 == 76
     });
     let log = server.log();
     assert!(

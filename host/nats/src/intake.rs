@@ -32,6 +32,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Refused lines of one message published one by one; past this many, one more refusal
+/// says how many more there were (a message of 100,000 bad lines costs 101 publishes).
+const MAX_REFUSALS_PER_MESSAGE: u64 = 100;
+
 /// How much of a refused line its refusal message repeats.
 const REFUSED_TEXT_BYTES: usize = 4_096;
 
@@ -58,12 +62,13 @@ enum End {
     Failed(String),
 }
 
-/// One line the intake refused.
+/// One line the intake refused (or, without a line number, how many more of a message were).
 struct Refusal {
     stream_seq: u64,
     subject: String,
-    /// The line's number in its message, from 1.
-    line: u64,
+    /// The line's number in its message, from 1; `None` for the count of the refusals of a
+    /// message past [`MAX_REFUSALS_PER_MESSAGE`].
+    line: Option<u64>,
     error: String,
     text: String,
 }
@@ -80,16 +85,21 @@ impl Intake {
             if stop.is_cancelled() {
                 break;
             }
-            if !hold(&self.engine, &duty, self.lease_ttl).await {
-                // Another host consumes the stream: look again within a lease time, and
-                // keep the lag visible here too.
-                self.observe_lag().await;
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(self.lease_ttl / 2) => continue,
+            let end = match hold(&self.engine, &duty, self.lease_ttl).await {
+                Ok(true) => self.session(&duty, &stop).await,
+                Ok(false) => {
+                    // Another host consumes the stream: look again within a lease time, and
+                    // keep the lag visible here too.
+                    self.status.set_problem("intake", None);
+                    self.observe_lag().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(self.lease_ttl / 2) => continue,
+                    }
                 }
-            }
-            match self.session(&duty, &stop).await {
+                Err(why) => End::Failed(why),
+            };
+            match end {
                 End::Stopped => break,
                 End::Yielded => backoff.reset(),
                 End::Failed(why) => {
@@ -226,9 +236,13 @@ impl Intake {
         let mut lag_read = Instant::now() - LAG_EVERY;
         loop {
             if renewed.elapsed() >= renew_every {
-                if !hold(&self.engine, duty, self.lease_ttl).await {
-                    tracing::info!(stream = %c.stream, "the NATS intake duty went to another host");
-                    return End::Yielded;
+                match hold(&self.engine, duty, self.lease_ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(stream = %c.stream, "the NATS intake duty went to another host");
+                        return End::Yielded;
+                    }
+                    Err(why) => return End::Failed(why),
                 }
                 renewed = Instant::now();
             }
@@ -325,6 +339,7 @@ impl Intake {
                 message: i,
                 subject: &message.subject,
                 line: 0,
+                refused: 0,
             };
             while let Some((line, len)) = lines.next_line(&mut rest) {
                 taken.take(line, len, &mut intake, &mut origin, &mut refusals);
@@ -332,6 +347,7 @@ impl Intake {
             if let Some((line, len)) = lines.finish() {
                 taken.take(line, len, &mut intake, &mut origin, &mut refusals);
             }
+            taken.finish(&mut refusals);
             // A part ends on a message boundary, so the position it moves to is exact.
             if intake.batched() >= BATCH || seq == last {
                 self.publish_refusals(&mut refusals).await?;
@@ -361,6 +377,20 @@ impl Intake {
     /// after its refusals are kept.
     async fn publish_refusals(&self, refusals: &mut Vec<Refusal>) -> Result<(), Failure> {
         let c = &self.config;
+        let Some(first) = refusals.first() else {
+            return Ok(());
+        };
+        let messages: BTreeSet<u64> = refusals.iter().map(|r| r.stream_seq).collect();
+        tracing::warn!(
+            stream = %c.stream,
+            "NATS intake refused lines in {} messages; the first: message {} line {}: {}",
+            messages.len(),
+            first.stream_seq,
+            first.line.map_or("-".into(), |l| l.to_string()),
+            first.error
+        );
+        // Sent one after the other without waiting, then each acknowledgement awaited.
+        let mut acks = Vec::new();
         for r in refusals.drain(..) {
             let model = model_of(&r.text, &r.subject);
             let subject = format!("{}.{}", c.refused_subject, token(&model));
@@ -373,33 +403,33 @@ impl Intake {
                 "text": r.text,
             })
             .to_string();
-            tracing::warn!(
-                stream_seq = r.stream_seq,
-                line = r.line,
-                "NATS intake refused a line: {}",
-                r.error
-            );
             metrics::counter!("flowhost_nats_refusals_published_total").increment(1);
-            let published = if c.refused_stream.is_empty() {
+            let failed = |e: String| {
+                Failure::Nats(format!("cannot publish a refused line to {subject}: {e}"))
+            };
+            if c.refused_stream.is_empty() {
                 self.js
                     .client()
-                    .publish(subject, body.into())
+                    .publish(subject.clone(), body.into())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| failed(e.to_string()))?;
             } else {
-                let id = format!("{}:{}:{}", c.stream, r.stream_seq, r.line);
+                let id = match r.line {
+                    Some(line) => format!("{}:{}:{line}", c.stream, r.stream_seq),
+                    None => format!("{}:{}:more", c.stream, r.stream_seq),
+                };
                 let message = PublishMessage::build().payload(body.into()).message_id(id);
-                match self.js.send_publish(subject, message).await {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            };
-            published.map_err(|e| {
-                Failure::Nats(format!(
-                    "cannot publish a refused line to {}.{}: {e}",
-                    c.refused_subject,
-                    token(&model)
-                ))
+                let ack = self
+                    .js
+                    .send_publish(subject.clone(), message)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                acks.push((subject, ack));
+            }
+        }
+        for (subject, ack) in acks {
+            ack.await.map_err(|e| {
+                Failure::Nats(format!("cannot publish a refused line to {subject}: {e}"))
             })?;
         }
         Ok(())
@@ -425,7 +455,7 @@ impl Intake {
                 Some(Refusal {
                     stream_seq: seq,
                     subject: message.subject.to_string(),
-                    line,
+                    line: Some(line),
                     error,
                     text: line_text(&message.payload, line),
                 })
@@ -443,6 +473,8 @@ struct Taken<'m> {
     message: usize,
     subject: &'m str,
     line: u64,
+    /// Lines of this message refused so far.
+    refused: u64,
 }
 
 impl Taken<'_> {
@@ -457,12 +489,31 @@ impl Taken<'_> {
         self.line += 1;
         origin.push((self.seq, self.message, self.line));
         if let LineOutcome::Refused(e) = intake.line(line, len) {
+            self.refused += 1;
+            if self.refused <= MAX_REFUSALS_PER_MESSAGE {
+                refusals.push(Refusal {
+                    stream_seq: self.seq,
+                    subject: self.subject.to_string(),
+                    line: Some(self.line),
+                    error: e.to_string(),
+                    text: cut(line),
+                });
+            }
+        }
+    }
+
+    /// After the message's last line: the count of the refusals not published one by one.
+    fn finish(&self, refusals: &mut Vec<Refusal>) {
+        let more = self.refused.saturating_sub(MAX_REFUSALS_PER_MESSAGE);
+        if more > 0 {
             refusals.push(Refusal {
                 stream_seq: self.seq,
                 subject: self.subject.to_string(),
-                line: self.line,
-                error: e.to_string(),
-                text: cut(line),
+                line: None,
+                error: format!(
+                    "{more} more lines of this message were refused (only the first {MAX_REFUSALS_PER_MESSAGE} are published one by one)"
+                ),
+                text: String::new(),
             });
         }
     }

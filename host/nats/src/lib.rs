@@ -194,19 +194,18 @@ impl Backoff {
     }
 }
 
-/// Takes or renews a duty; a database failure counts as not holding it.
-pub(crate) async fn hold(engine: &Engine, duty: &flowhost_store::Duty, ttl: Duration) -> bool {
-    match engine
+/// Takes or renews a duty: whether this process holds it now, or why the database could
+/// not say.
+pub(crate) async fn hold(
+    engine: &Engine,
+    duty: &flowhost_store::Duty,
+    ttl: Duration,
+) -> Result<bool, String> {
+    engine
         .store()
         .acquire_duty(duty, ttl.as_micros() as i64)
         .await
-    {
-        Ok(held) => held,
-        Err(e) => {
-            tracing::warn!(duty = duty.kind, "cannot take the {} duty: {e}", duty.kind);
-            false
-        }
-    }
+        .map_err(|e| format!("cannot take the {} duty in the database: {e}", duty.kind))
 }
 
 #[cfg(test)]

@@ -43,14 +43,20 @@ impl Relay {
             if stop.is_cancelled() {
                 break;
             }
-            if !hold(&self.engine, &duty, self.lease_ttl).await {
-                self.observe_lag().await;
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(self.lease_ttl / 2) => continue,
+            let end = match hold(&self.engine, &duty, self.lease_ttl).await {
+                Ok(true) => self.session(&duty, &stop).await,
+                Ok(false) => {
+                    // Another host relays: look again within a lease time.
+                    self.status.set_problem("relay", None);
+                    self.observe_lag().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(self.lease_ttl / 2) => continue,
+                    }
                 }
-            }
-            match self.session(&duty, &stop).await {
+                Err(why) => Err(why),
+            };
+            match end {
                 Ok(true) => break,
                 Ok(false) => backoff.reset(),
                 Err(why) => {
@@ -115,7 +121,7 @@ impl Relay {
         let mut renewed = Instant::now();
         loop {
             if renewed.elapsed() >= renew_every {
-                if !hold(&self.engine, duty, self.lease_ttl).await {
+                if !hold(&self.engine, duty, self.lease_ttl).await? {
                     return Ok(false);
                 }
                 renewed = Instant::now();
