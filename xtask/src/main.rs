@@ -229,6 +229,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     build_binaries()?;
     phases.next("building and running the tests (SQLite, PostgreSQL, NATS)");
     ensure_nats(root)?;
+    ensure_browser(root)?;
     run_tests(root, extra)?;
     if seconds > 0 {
         phases.next(&format!("fuzzing each target for {seconds} s"));
@@ -290,6 +291,28 @@ fn ensure_nats(root: &Path) -> Result<()> {
         "nats-server did not answer on 127.0.0.1:4222 within 10 s; see {}",
         store.join("server.log").display()
     )
+}
+
+/// The browser test drives Debian's Chromium with playwright-core: Chromium is installed
+/// with apt-get when missing, the script's package with `npm ci` (the lock file pins it).
+fn ensure_browser(root: &Path) -> Result<()> {
+    if !Path::new("/usr/bin/chromium").exists() {
+        eprintln!("+ apt-get install -y chromium (for the operator page's browser test)");
+        run(Command::new("apt-get").args(["install", "-y", "chromium"]))
+            .or_else(|_| {
+                run(Command::new("apt-get").arg("update"))?;
+                run(Command::new("apt-get").args(["install", "-y", "chromium"]))
+            })
+            .context("cannot install chromium; the browser test needs /usr/bin/chromium")?;
+    }
+    let browser = root.join("tests/browser");
+    if !browser.join("node_modules/playwright-core").exists() {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&browser))
+        .context("cannot install the browser test's package (npm ci in tests/browser)")?;
+    }
+    Ok(())
 }
 
 /// Runs the workspace's tests, echoing their output, and ends with one summary line:

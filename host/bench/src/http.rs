@@ -72,6 +72,46 @@ pub async fn run(db: &str, plugins: &Path, load: Load) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A `flowhost serve` child on a loopback port of its own, logging at warn (its log drained
+/// in the background): the child and its base URL, once it listens.
+pub(crate) async fn spawn_serve(
+    url: &str,
+    plugins: &Path,
+    set: &[String],
+) -> Result<(tokio::process::Child, String)> {
+    let mut child = tokio::process::Command::new(crate::flowhost_binary()?)
+        .args(["--db", url, "--plugins"])
+        .arg(plugins)
+        .args(set.iter().flat_map(|s| ["--set", s.as_str()]))
+        .args(["--listen", "127.0.0.1:0", "--log", "warn", "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start flowhost serve")?;
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut said = Vec::new();
+    let base = loop {
+        let Some(line) = stderr.next_line().await? else {
+            bail!(
+                "flowhost serve exited before listening: {}",
+                said.join("\n")
+            );
+        };
+        said.push(line.clone());
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split([',', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    // Keep draining the child's log so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    Ok((child, base))
+}
+
 fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("flowhost-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -94,31 +134,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
         })
         .collect();
 
-    let mut child = tokio::process::Command::new(crate::flowhost_binary()?)
-        .args(["--db", url, "--plugins"])
-        .arg(plugins)
-        .args(set.iter().flat_map(|s| ["--set", s.as_str()]))
-        .args(["--listen", "127.0.0.1:0", "--log", "warn", "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start flowhost serve")?;
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let base = loop {
-        let Some(line) = stderr.next_line().await? else {
-            bail!("flowhost serve exited before listening");
-        };
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split([',', ' '])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    // Keep draining the child's log so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let (mut child, base) = spawn_serve(url, plugins, set).await?;
 
     let client = reqwest::Client::new();
     let cpu_at_start = child.id().and_then(cpu_seconds_of).unwrap_or(0.0);
@@ -306,7 +322,7 @@ fn print_table(v: &Value) {
 }
 
 /// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
-fn cpu_seconds_of(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds_of(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name (which may hold spaces) end with ')'.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -8,6 +8,7 @@ mod hosts;
 mod http;
 mod latency;
 mod modes;
+mod nats;
 mod swap;
 
 use anyhow::{Context, Result, bail};
@@ -136,6 +137,30 @@ pub enum BenchCommand {
         /// About how many records.
         #[arg(long, default_value_t = 50_000)]
         records: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The host fed from NATS JetStream (a `flowhost serve` child; streams of its own,
+    /// deleted after): records/s from a backlog in the stream to canonical views (and to
+    /// every change relayed), then the time from publishing a record at a steady rate to
+    /// receiving its change from the changes stream.
+    Nats {
+        /// The NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// About how many records in the backlog.
+        #[arg(long, default_value_t = 50_000)]
+        records: u64,
+        /// Lines per message.
+        #[arg(long, default_value_t = 50)]
+        per_message: usize,
+        /// Records per second in the steady run.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// How long the steady run publishes.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -281,6 +306,25 @@ fn run(
                 set: serve_set,
                 compare,
                 batched,
+            },
+        )),
+        BenchCommand::Nats {
+            nats,
+            records,
+            per_message,
+            rate,
+            seconds,
+            json,
+        } => block_on(nats::run(
+            db,
+            plugins,
+            nats::NatsLoad {
+                url: nats,
+                records,
+                per_message,
+                rate,
+                seconds,
+                json,
             },
         )),
         BenchCommand::Hosts {

@@ -12,6 +12,7 @@ mod intake;
 mod metrics;
 mod openapi;
 mod ops;
+mod ui;
 mod views;
 
 pub use error::ApiError;
@@ -267,6 +268,9 @@ pub fn router(state: AppState) -> Router {
         format!(r#"{{"error":"the OpenAPI document could not be written: {e}"}}"#)
     }));
     routes
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route(
             "/openapi.json",
             get(move || {
