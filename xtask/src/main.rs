@@ -31,6 +31,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("fixture-broken-describe", "broken-describe"),
     ("fixture-other-world", "other-world"),
     ("fixture-device-v2", "device-v2"),
+    ("fixture-device-flaky", "device-flaky"),
     ("fixture-sleepy-describe", "sleepy-describe"),
 ];
 

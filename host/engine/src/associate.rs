@@ -133,7 +133,26 @@ impl Engine {
         for attempt in 1..=MAX_DECISIONS {
             let outcome = self.decide(plugin, pending, &input).await?;
             match self.inner.store.commit_association(lease, &outcome).await {
-                Ok(summary) => return Ok(Committed::Done(summary.healed)),
+                Ok(summary) => {
+                    // In intake order: a new version is judged on its first records.
+                    let mut decided: Vec<(i64, bool)> = outcome
+                        .keyed
+                        .iter()
+                        .map(|k| (k.seq, false))
+                        .chain(outcome.parked.iter().map(|p| {
+                            let failed =
+                                matches!(p.reason, ParkReason::PluginFailed | ParkReason::Rejected);
+                            (p.seq, failed)
+                        }))
+                        .collect();
+                    decided.sort_unstable();
+                    self.inner.watcher.record(
+                        &lease.model,
+                        plugin.version(),
+                        decided.into_iter().map(|(_, failed)| failed),
+                    );
+                    return Ok(Committed::Done(summary.healed));
+                }
                 Err(CommitError::VersionChanged { model, current }) => {
                     return Ok(Committed::Stop(
                         self.version_changed(&model, &current).await,

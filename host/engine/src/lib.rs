@@ -14,11 +14,13 @@ mod isolate;
 mod project;
 mod retry;
 mod run;
+mod watch;
 
 pub use batch::BatchDone;
 pub use breaker::{BreakerConfig, BreakerStatus};
 pub use retry::{MAX_BACKOFF, RetryStatus};
 pub use run::{OthersAtWork, RunReport, StageReport};
+pub use watch::Verdict;
 
 use flowhost_core::batch::BatchConfig;
 use flowhost_runtime::{Plugin, PluginSet};
@@ -49,6 +51,9 @@ pub struct EngineConfig {
     /// Records appended by this process wake association at once, which then waits this
     /// long for more appends before it looks (`None`: it finds them at its next idle poll).
     pub intake_wake: Option<Duration>,
+    /// A model's new plugin version is judged on its first this many records against the
+    /// version before (see [`Verdict`]); 0: not watched.
+    pub watch_records: usize,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
             idle_poll: Duration::from_millis(100),
             breaker: BreakerConfig::default(),
             intake_wake: Some(Duration::from_millis(20)),
+            watch_records: 500,
         }
     }
 }
@@ -158,11 +164,14 @@ struct Inner {
     wake_project: tokio::sync::Notify,
     /// Fired after each projection batch that committed views (the change feed's readers).
     projected: tokio::sync::Notify,
+    /// New plugin versions' first records, judged against the version before.
+    watcher: watch::Watcher,
 }
 
 impl Engine {
     pub fn new(store: Store, plugins: PluginSet, config: EngineConfig) -> Self {
         let (version_changes, version_changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = watch::Watcher::new(config.watch_records);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -176,6 +185,7 @@ impl Engine {
                 wake_associate: tokio::sync::Notify::new(),
                 wake_project: tokio::sync::Notify::new(),
                 projected: tokio::sync::Notify::new(),
+                watcher,
             }),
         }
     }
@@ -190,6 +200,12 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Plugin versions judged clearly worse than the version before on their first records
+    /// (once; later calls get `None`). Whoever owns the plugins rolls them back.
+    pub fn take_verdicts(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Verdict>> {
+        self.inner.watcher.take_verdicts()
     }
 
     /// The models whose current plugin version a commit found changed by another process

@@ -117,6 +117,11 @@ pub struct Plugins {
     pub max_view_bytes: usize,
     /// The largest plugin file the folder takes.
     pub max_file_mb: u64,
+    /// Roll a model back on its own when a new version does clearly worse than the one
+    /// before on its first `watch_records` records (`serve` only).
+    pub auto_rollback: bool,
+    /// How many records of a new version are judged.
+    pub watch_records: usize,
     /// Limits of single models over the ones above.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelLimit>,
@@ -139,6 +144,8 @@ impl Default for Plugins {
             max_key_bytes: runtime.output.max_key_bytes,
             max_view_bytes: runtime.output.max_view_bytes,
             max_file_mb: flowhost_registry::RegistryConfig::DEFAULT_MAX_FILE_BYTES >> 20,
+            auto_rollback: true,
+            watch_records: engine.watch_records,
             models: BTreeMap::new(),
         }
     }
@@ -666,6 +673,13 @@ impl Config {
                 self.stages.intake_wake_gather_ms
             );
         }
+        if self.plugins.auto_rollback && !(10..=1_000_000).contains(&self.plugins.watch_records) {
+            bail!(
+                "plugins.watch_records must be between 10 and 1000000 (it is {}); to turn the \
+                 watching off, set plugins.auto_rollback = false",
+                self.plugins.watch_records
+            );
+        }
         self.check_nats()?;
         Ok(())
     }
@@ -827,6 +841,10 @@ impl Config {
                 .intake_wakes_association
                 .then(|| ms(self.stages.intake_wake_gather_ms)),
             isolation_budget: ms(self.plugins.isolation_budget_ms),
+            watch_records: match self.plugins.auto_rollback {
+                true => self.plugins.watch_records,
+                false => 0,
+            },
             ..flowhost_engine::EngineConfig::default()
         }
     }

@@ -77,6 +77,13 @@ pub async fn run(env: &app::Env, config: &Config) -> Result<ExitCode> {
         env.engine.lease_ttl,
         stop.clone(),
     ));
+    if let Some(verdicts) = engine.take_verdicts() {
+        tracker.spawn(roll_back_worse_versions(
+            registry.clone(),
+            verdicts,
+            stop.clone(),
+        ));
+    }
     tracker.spawn(prune_changes(
         engine.store().clone(),
         Duration::from_secs(config.changes.keep_hours.saturating_mul(3600)),
@@ -255,6 +262,47 @@ impl Signals {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Rolls a model back when the engine judged its new version clearly worse than the one
+/// before (see `plugins.auto_rollback`), saying why in the log and counting it.
+async fn roll_back_worse_versions(
+    registry: flowhost_registry::Registry,
+    mut verdicts: tokio::sync::mpsc::UnboundedReceiver<flowhost_engine::Verdict>,
+    stop: CancellationToken,
+) {
+    loop {
+        let verdict = tokio::select! {
+            _ = stop.cancelled() => break,
+            v = verdicts.recv() => match v {
+                Some(v) => v,
+                None => break,
+            },
+        };
+        let why = verdict.describe();
+        let short = |v: &str| v[..v.len().min(12)].to_string();
+        match registry
+            .rollback(&verdict.model, Some(&verdict.previous))
+            .await
+        {
+            Ok(version) => {
+                tracing::warn!(
+                    model = %verdict.model,
+                    from = %short(&verdict.version),
+                    to = %short(&version),
+                    "rolled back on its own: version {} did clearly worse than the one before: {why}",
+                    short(&verdict.version)
+                );
+                metrics::counter!("flowhost_plugin_auto_rollbacks_total", "model" => verdict.model.clone())
+                    .increment(1);
+            }
+            Err(e) => tracing::warn!(
+                model = %verdict.model,
+                "version {} did clearly worse than the one before ({why}), but rolling back failed: {e}",
+                short(&verdict.version)
+            ),
+        }
     }
 }
 

@@ -55,6 +55,10 @@ fn describe() {
         "Records received over HTTP by outcome (accepted, duplicate, refused)."
     );
     describe_counter!(
+        "flowhost_plugin_auto_rollbacks_total",
+        "Versions this host rolled back on its own (plugins.auto_rollback), per model."
+    );
+    describe_counter!(
         "flowhost_nats_records_total",
         "Records taken from the NATS intake stream by outcome (accepted, duplicate, refused)."
     );
