@@ -134,8 +134,12 @@ pub async fn run(db: &str, plugins: &Path, load: NatsLoad) -> Result<ExitCode> {
             load.per_message
         );
         println!(
-            "  JetStream → canonical  {} records/s ({} s, cores busy {}); every change relayed after {} s",
-            t["records_per_s"], t["canonical_seconds"], t["cores_busy"], t["relayed_seconds"]
+            "  JetStream → canonical  {} records/s ({} s, cores busy {}); all appended after {} s, every change relayed after {} s",
+            t["records_per_s"],
+            t["canonical_seconds"],
+            t["cores_busy"],
+            t["appended_seconds"],
+            t["relayed_seconds"]
         );
         println!(
             "  steady {} records/s for {} s: publish → change received p50 {} ms, p99 {} ms, max {} ms ({} of {} records)",
@@ -205,8 +209,12 @@ async fn backlog(
     let position = format!("nats-intake:{}", names.intake);
     let relayed = format!("nats-relay:{}", names.changes);
     let e = |e: flowhost_store::StoreError| anyhow::anyhow!("{e}");
+    let mut appended = None;
     let canonical = loop {
         let at = store.position(&position).await.map_err(e)?;
+        if at == last as i64 && appended.is_none() {
+            appended = Some(started.elapsed());
+        }
         let c = store.counts().await.map_err(e)?;
         let waiting: i64 = c.queued.iter().chain(&c.dirty).map(|(_, n)| n).sum();
         if at == last as i64 && waiting == 0 {
@@ -237,6 +245,7 @@ async fn backlog(
     Ok(json!({
         "records": records,
         "messages": messages,
+        "appended_seconds": appended.map(|a| round2(a.as_secs_f64())),
         "canonical_seconds": round2(canonical.as_secs_f64()),
         "records_per_s": (records as f64 / canonical.as_secs_f64()).round() as u64,
         "relayed_seconds": round2(relay.as_secs_f64()),
