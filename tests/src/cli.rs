@@ -10,7 +10,29 @@ pub struct Host {
     pub plugins: PathBuf,
 }
 
+/// A plugins folder of the test's own holding copies of the three example plugins, which
+/// the test may change (swap a version in, remove one).
+pub fn own_plugins() -> tempfile::TempDir {
+    let folder = tempfile::tempdir().expect("plugins folder");
+    for model in ["device", "sensor", "reading"] {
+        std::fs::copy(
+            crate::plugin(model),
+            folder.path().join(format!("{model}.wasm")),
+        )
+        .expect("copy a plugin");
+    }
+    folder
+}
+
 impl Host {
+    /// The CLI on `db` with the plugins in `folder`.
+    pub fn with_plugins(db: &str, folder: &std::path::Path) -> Host {
+        Host {
+            db: db.to_string(),
+            plugins: folder.to_path_buf(),
+        }
+    }
+
     /// The CLI on `db` with the example plugins.
     pub fn new(db: &str) -> Host {
         Host {

@@ -107,7 +107,12 @@ impl NatsNames {
     /// Publishes each body to `<prefix>.intake.<model>`, awaiting every acknowledgement;
     /// returns the last stream sequence.
     pub fn publish(&self, model: &str, bodies: &[String]) -> u64 {
-        let subject = format!("{}.intake.{model}", self.prefix);
+        self.publish_to(&format!("{}.intake.{model}", self.prefix), bodies)
+    }
+
+    /// Publishes each body to `subject`, awaiting every acknowledgement (256 at a time);
+    /// returns the last stream sequence.
+    pub fn publish_to(&self, subject: &str, bodies: &[String]) -> u64 {
         self.block_on(async {
             let mut acks = Vec::with_capacity(bodies.len());
             let mut last = 0;
@@ -115,7 +120,7 @@ impl NatsNames {
                 for body in chunk {
                     let ack = self
                         .js
-                        .publish(subject.clone(), body.clone().into())
+                        .publish(subject.to_string(), body.clone().into())
                         .await
                         .expect("publish");
                     acks.push(ack);

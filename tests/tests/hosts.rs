@@ -291,7 +291,7 @@ fn projection_batches(log: &str) -> usize {
 
 #[test]
 fn three_hosts_killed_mid_association_and_mid_projection_end_as_one_host_would() {
-    use flowhost_tests::{count_by, plugin, snapshot};
+    use flowhost_tests::{count_by, own_plugins, snapshot};
     const WAIT: Duration = Duration::from_secs(300);
     let Some(db) = Scratch::postgres() else {
         return;
@@ -312,14 +312,8 @@ fn three_hosts_killed_mid_association_and_mid_projection_end_as_one_host_would()
 
     // Three hosts, one PostgreSQL, one plugins folder; small batches and a short lease so
     // that kills land in the middle of the work and hand-overs are quick.
-    let folder = tempfile::tempdir().expect("plugins folder");
-    for model in ["device", "sensor", "reading"] {
-        std::fs::copy(plugin(model), folder.path().join(format!("{model}.wasm"))).expect("copy");
-    }
-    let host = Host {
-        db: db.url.clone(),
-        plugins: folder.path().to_path_buf(),
-    };
+    let folder = own_plugins();
+    let host = Host::with_plugins(&db.url, folder.path());
     let args = [
         "--set",
         "stages.lease_ttl_ms=2000",

@@ -263,23 +263,17 @@ fn with_nats_down_the_host_stays_ready_and_catches_up_when_it_is_back() {
         r.status == 200 && r.json().get("degraded").is_none()
     });
     let publish = |names: &NatsNames, ids: std::ops::Range<usize>| {
-        names.block_on(async {
-            for i in ids {
-                let body = line(
+        let bodies: Vec<String> = ids
+            .map(|i| {
+                line(
                     "device",
                     "oem",
                     &format!("X-{i}"),
                     json!({"serial": format!("sn-{i}")}),
-                );
-                names
-                    .js
-                    .publish("flowhost.intake.device", body.into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("the stream takes it");
-            }
-        })
+                )
+            })
+            .collect();
+        names.publish_to("flowhost.intake.device", &bodies)
     };
     publish(&names, 50..60);
     wait_for("the stream's records appended", WAIT, || {
@@ -291,15 +285,7 @@ fn with_nats_down_the_host_stays_ready_and_catches_up_when_it_is_back() {
     let mut poison: Vec<String> = (0..125).map(|i| format!("bad line {i}")).collect();
     poison.push(line("device", "oem", "P-1", json!({"serial": "sn-p"})));
     poison.extend((125..250).map(|i| format!("bad line {i}")));
-    names.block_on(async {
-        names
-            .js
-            .publish("flowhost.intake.device", poison.join("\n").into())
-            .await
-            .expect("publish")
-            .await
-            .expect("the stream takes it")
-    });
+    names.publish_to("flowhost.intake.device", &[poison.join("\n")]);
     wait_for("the good line of the poison message appended", WAIT, || {
         count_by(&db.url, "SELECT 'n', COUNT(*) FROM intake")[0].1 == 61
     });

@@ -8,8 +8,8 @@
 //! elsewhere.
 
 use flowhost_tests::{
-    Host, Http, Scratch, Server, block_until_ok, flowhost, plugin, replace_atomically, root,
-    target_dir, text, version_of, wait_for,
+    Host, Http, Scratch, Server, block_until_ok, flowhost, own_plugins, plugin, replace_atomically,
+    root, target_dir, text, version_of, wait_for,
 };
 use std::time::Duration;
 
@@ -46,14 +46,8 @@ fn the_operator_page_shows_the_models_filters_parked_records_and_acts_with_the_t
     }
     // The demo data, processed before the host starts.
     let db = Scratch::sqlite();
-    let folder = tempfile::tempdir().expect("plugins folder");
-    for model in ["device", "sensor", "reading"] {
-        std::fs::copy(plugin(model), folder.path().join(format!("{model}.wasm"))).expect("copy");
-    }
-    let host = Host {
-        db: db.url.clone(),
-        plugins: folder.path().to_path_buf(),
-    };
+    let folder = own_plugins();
+    let host = Host::with_plugins(&db.url, folder.path());
     let workload = {
         let out = flowhost(&["generate", "--records", "3000"]);
         block_until_ok(&out);

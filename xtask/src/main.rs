@@ -256,13 +256,9 @@ fn ensure_nats(root: &Path) -> Result<()> {
     let binary = match found("nats-server") {
         Some(b) => b,
         None => {
-            eprintln!("+ apt-get install -y nats-server (no NATS answers on 127.0.0.1:4222)");
-            run(Command::new("apt-get").args(["install", "-y", "nats-server"]))
-                .or_else(|_| {
-                    run(Command::new("apt-get").arg("update"))?;
-                    run(Command::new("apt-get").args(["install", "-y", "nats-server"]))
-                })
-                .context("cannot install nats-server; the tests need NATS with JetStream on 127.0.0.1:4222")?;
+            apt_install("nats-server", "no NATS answers on 127.0.0.1:4222").context(
+                "cannot install nats-server; the tests need NATS with JetStream on 127.0.0.1:4222",
+            )?;
             found("nats-server").context("nats-server is not where apt-get puts it")?
         }
     };
@@ -294,16 +290,20 @@ fn ensure_nats(root: &Path) -> Result<()> {
     )
 }
 
+/// Installs a Debian package (updating the package lists first when it is not found).
+fn apt_install(package: &str, why: &str) -> Result<()> {
+    eprintln!("+ apt-get install -y {package} ({why})");
+    run(Command::new("apt-get").args(["install", "-y", package])).or_else(|_| {
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args(["install", "-y", package]))
+    })
+}
+
 /// The browser test drives Debian's Chromium with playwright-core: Chromium is installed
 /// with apt-get when missing, the script's package with `npm ci` (the lock file pins it).
 fn ensure_browser(root: &Path) -> Result<()> {
     if !Path::new("/usr/bin/chromium").exists() {
-        eprintln!("+ apt-get install -y chromium (for the operator page's browser test)");
-        run(Command::new("apt-get").args(["install", "-y", "chromium"]))
-            .or_else(|_| {
-                run(Command::new("apt-get").arg("update"))?;
-                run(Command::new("apt-get").args(["install", "-y", "chromium"]))
-            })
+        apt_install("chromium", "for the operator page's browser test")
             .context("cannot install chromium; the browser test needs /usr/bin/chromium")?;
     }
     let browser = root.join("tests/browser");

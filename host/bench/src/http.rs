@@ -118,21 +118,28 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Result<Value> {
+/// The generated workload of about `records` records as NDJSON bodies of `per_body` lines
+/// each (the last one shorter), and how many lines in all.
+pub(crate) fn workload_bodies(records: u64, per_body: usize) -> Result<(Vec<Vec<u8>>, usize)> {
     let mut workload = Vec::new();
-    workload::generate(load.records, &mut workload)?;
+    workload::generate(records, &mut workload)?;
     let lines: Vec<&[u8]> = workload
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let bodies: Vec<Vec<u8>> = lines
-        .chunks(load.per_request.max(1))
+    let bodies = lines
+        .chunks(per_body.max(1))
         .map(|chunk| {
             let mut body = chunk.join(&b'\n');
             body.push(b'\n');
             body
         })
         .collect();
+    Ok((bodies, lines.len()))
+}
+
+async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Result<Value> {
+    let (bodies, lines) = workload_bodies(load.records, load.per_request)?;
 
     let (mut child, base) = spawn_serve(url, plugins, set).await?;
 
@@ -250,7 +257,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
             .map(|d| (d.as_secs_f64() * 1e4).round() / 10.0)
             .unwrap_or(0.0)
     };
-    let lines_sent = lines.len() as u64;
+    let lines_sent = lines as u64;
     let out = json!({
         "backend": if url.starts_with("postgres") { "postgres" } else { "sqlite" },
         "clients": load.clients,

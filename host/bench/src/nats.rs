@@ -14,7 +14,6 @@ use crate::http::{cpu_seconds_of, spawn_serve};
 use crate::modes::FreshDb;
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
-use flowhost::workload;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -186,16 +185,7 @@ async fn backlog(
     load: &NatsLoad,
     names: &Names,
 ) -> Result<Value> {
-    let mut workload = Vec::new();
-    workload::generate(load.records, &mut workload)?;
-    let lines: Vec<&[u8]> = workload
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let bodies: Vec<Vec<u8>> = lines
-        .chunks(load.per_message.max(1))
-        .map(|chunk| chunk.join(&b'\n'))
-        .collect();
+    let (bodies, _) = crate::http::workload_bodies(load.records, load.per_message)?;
     let messages = bodies.len();
     names.create(js).await?;
     let last = publish(js, &format!("{}.intake.demo", names.prefix), bodies).await?;

@@ -287,6 +287,8 @@ async fn roll_back_worse_versions(
             .await
         {
             Ok(version) => {
+                metrics::counter!("flowhost_plugin_auto_rollbacks_total", "model" => verdict.model.clone())
+                    .increment(1);
                 tracing::warn!(
                     model = %verdict.model,
                     from = %short(&verdict.version),
@@ -294,8 +296,6 @@ async fn roll_back_worse_versions(
                     "rolled back on its own: version {} did clearly worse than the one before: {why}",
                     short(&verdict.version)
                 );
-                metrics::counter!("flowhost_plugin_auto_rollbacks_total", "model" => verdict.model.clone())
-                    .increment(1);
             }
             Err(e) => tracing::warn!(
                 model = %verdict.model,

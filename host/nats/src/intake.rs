@@ -17,7 +17,7 @@
 //! again and are passed over (at or below the position). A holder whose duty lapsed cannot
 //! commit over its successor: the position moves only from where its writer read it.
 
-use crate::{Backoff, IntakeConfig, hold, token};
+use crate::{DutyWork, End, IntakeConfig, hold, token};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::ConsumerErrorKind;
@@ -54,14 +54,6 @@ pub(crate) struct Intake {
     pub lease_ttl: Duration,
 }
 
-/// Why a session ended.
-enum End {
-    Stopped,
-    /// The duty is held elsewhere (or the position moved under us).
-    Yielded,
-    Failed(String),
-}
-
 /// One line the intake refused (or, without a line number, how many more of a message were).
 struct Refusal {
     stream_seq: u64,
@@ -73,62 +65,39 @@ struct Refusal {
     text: String,
 }
 
-impl Intake {
-    pub(crate) async fn run(self, stop: CancellationToken) {
-        let duty = Duty {
-            kind: "nats-intake",
-            key: self.config.stream.clone(),
-            holder: self.engine.holder().to_string(),
-        };
-        let mut backoff = Backoff::new();
-        loop {
-            if stop.is_cancelled() {
-                break;
-            }
-            let end = match hold(&self.engine, &duty, self.lease_ttl).await {
-                Ok(true) => self.session(&duty, &stop).await,
-                Ok(false) => {
-                    // Another host consumes the stream: look again within a lease time, and
-                    // keep the lag visible here too.
-                    self.status.set_problem("intake", None);
-                    self.observe_lag().await;
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(self.lease_ttl / 2) => continue,
-                    }
-                }
-                Err(why) => End::Failed(why),
-            };
-            match end {
-                End::Stopped => break,
-                End::Yielded => backoff.reset(),
-                End::Failed(why) => {
-                    tracing::warn!(
-                        stream = %self.config.stream,
-                        "NATS intake stopped: {why}; trying again in {:?}",
-                        backoff.next()
-                    );
-                    self.status.set_problem(
-                        "intake",
-                        Some(format!(
-                            "{why} (stream {}; trying again in {} s)",
-                            self.config.stream,
-                            backoff.next().as_secs()
-                        )),
-                    );
-                    if !backoff.wait(&stop).await {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Err(e) = self.engine.store().release_duty(&duty).await {
-            tracing::debug!("cannot give the NATS intake duty up: {e}");
-        }
+impl DutyWork for Intake {
+    const KIND: &'static str = "nats-intake";
+    const PART: &'static str = "intake";
+    const WHAT: &'static str = "NATS intake";
+
+    fn engine(&self) -> &Engine {
+        &self.engine
     }
 
-    /// Reads the consumer's pending count into the status (any host can).
+    fn status(&self) -> &BrokerStatus {
+        &self.status
+    }
+
+    fn stream(&self) -> &str {
+        &self.config.stream
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
     async fn observe_lag(&self) {
+        self.read_lag().await;
+    }
+
+    async fn session(&self, duty: &Duty, stop: &CancellationToken) -> End {
+        self.consume(duty, stop).await
+    }
+}
+
+impl Intake {
+    /// Reads the consumer's pending count into the status (any host can).
+    async fn read_lag(&self) {
         let consumer: Result<PullConsumer, _> = self
             .js
             .get_consumer_from_stream(&self.config.consumer, &self.config.stream)
@@ -149,7 +118,7 @@ impl Intake {
         }
     }
 
-    async fn session(&self, duty: &Duty, stop: &CancellationToken) -> End {
+    async fn consume(&self, duty: &Duty, stop: &CancellationToken) -> End {
         let c = &self.config;
         let store = self.engine.store();
         let name = crate::intake_position_name(&c.stream);
@@ -255,7 +224,7 @@ impl Intake {
                 Err(_) => {
                     if lag_read.elapsed() >= LAG_EVERY {
                         lag_read = Instant::now();
-                        self.observe_lag().await;
+                        self.read_lag().await;
                     }
                     continue;
                 }
@@ -294,7 +263,7 @@ impl Intake {
             self.status.update(|s| s.intake_position = position);
             if lag_read.elapsed() >= LAG_EVERY {
                 lag_read = Instant::now();
-                self.observe_lag().await;
+                self.read_lag().await;
             }
         }
     }

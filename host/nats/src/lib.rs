@@ -124,7 +124,7 @@ pub async fn start(
             status: status.clone(),
             lease_ttl: config.lease_ttl,
         };
-        tracker.spawn(task.run(stop.clone()));
+        tracker.spawn(run_duty(task, stop.clone()));
     }
     if let Some(relay) = config.relay.clone() {
         let task = relay::Relay {
@@ -134,7 +134,7 @@ pub async fn start(
             status: status.clone(),
             lease_ttl: config.lease_ttl,
         };
-        tracker.spawn(task.run(stop));
+        tracker.spawn(run_duty(task, stop));
     }
     Ok(status)
 }
@@ -191,6 +191,89 @@ impl Backoff {
 
     pub(crate) fn next(&self) -> Duration {
         self.next
+    }
+}
+
+/// Why a duty's session ended.
+pub(crate) enum End {
+    Stopped,
+    /// The duty is held elsewhere now (or the position moved under us): start again.
+    Yielded,
+    Failed(String),
+}
+
+/// Work one host at a time does for the database under a duty (the intake of a stream, the
+/// relay to a stream), in sessions: [`run_duty`] takes the duty, runs a session while it
+/// holds it, and after a failure says why and waits before the next.
+pub(crate) trait DutyWork: Send + Sync {
+    /// The duty's kind (`nats-intake`), its part in the status (`intake`), and in the log.
+    const KIND: &'static str;
+    const PART: &'static str;
+    const WHAT: &'static str;
+    fn engine(&self) -> &Engine;
+    fn status(&self) -> &BrokerStatus;
+    fn stream(&self) -> &str;
+    fn lease_ttl(&self) -> Duration;
+    /// Reads this work's lag into the status (any host can, holding the duty or not).
+    fn observe_lag(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Works while the duty is held.
+    fn session(
+        &self,
+        duty: &flowhost_store::Duty,
+        stop: &CancellationToken,
+    ) -> impl std::future::Future<Output = End> + Send;
+}
+
+/// Runs `work` under its duty until `stop`, then gives the duty up.
+pub(crate) async fn run_duty<W: DutyWork>(work: W, stop: CancellationToken) {
+    let duty = flowhost_store::Duty {
+        kind: W::KIND,
+        key: work.stream().to_string(),
+        holder: work.engine().holder().to_string(),
+    };
+    let mut backoff = Backoff::new();
+    while !stop.is_cancelled() {
+        let end = match hold(work.engine(), &duty, work.lease_ttl()).await {
+            Ok(true) => work.session(&duty, &stop).await,
+            Ok(false) => {
+                // Another host does it: look again within a lease time, and keep the lag
+                // visible here too.
+                work.status().set_problem(W::PART, None);
+                work.observe_lag().await;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(work.lease_ttl() / 2) => continue,
+                }
+            }
+            Err(why) => End::Failed(why),
+        };
+        match end {
+            End::Stopped => break,
+            End::Yielded => backoff.reset(),
+            End::Failed(why) => {
+                tracing::warn!(
+                    stream = %work.stream(),
+                    "{} stopped: {why}; trying again in {:?}",
+                    W::WHAT,
+                    backoff.next()
+                );
+                work.status().set_problem(
+                    W::PART,
+                    Some(format!(
+                        "{why} (stream {}; trying again in {} s)",
+                        work.stream(),
+                        backoff.next().as_secs()
+                    )),
+                );
+                work.observe_lag().await;
+                if !backoff.wait(&stop).await {
+                    break;
+                }
+            }
+        }
+    }
+    if let Err(e) = work.engine().store().release_duty(&duty).await {
+        tracing::debug!("cannot give the {} duty up: {e}", W::KIND);
     }
 }
 

@@ -7,7 +7,7 @@
 //! them, and moves the position to the last one taken without a gap. A crash between the
 //! publish and the move publishes those changes again; the stream drops them.
 
-use crate::{Backoff, RelayConfig, hold, token};
+use crate::{DutyWork, End, RelayConfig, hold, token};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use flowhost_edges::broker::BrokerStatus;
@@ -31,62 +31,43 @@ pub(crate) struct Relay {
     pub lease_ttl: Duration,
 }
 
-impl Relay {
-    pub(crate) async fn run(self, stop: CancellationToken) {
-        let duty = Duty {
-            kind: "nats-relay",
-            key: self.config.stream.clone(),
-            holder: self.engine.holder().to_string(),
-        };
-        let mut backoff = Backoff::new();
-        loop {
-            if stop.is_cancelled() {
-                break;
-            }
-            let end = match hold(&self.engine, &duty, self.lease_ttl).await {
-                Ok(true) => self.session(&duty, &stop).await,
-                Ok(false) => {
-                    // Another host relays: look again within a lease time.
-                    self.status.set_problem("relay", None);
-                    self.observe_lag().await;
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(self.lease_ttl / 2) => continue,
-                    }
-                }
-                Err(why) => Err(why),
-            };
-            match end {
-                Ok(true) => break,
-                Ok(false) => backoff.reset(),
-                Err(why) => {
-                    tracing::warn!(
-                        stream = %self.config.stream,
-                        "the change relay to NATS stopped: {why}; trying again in {:?}",
-                        backoff.next()
-                    );
-                    self.status.set_problem(
-                        "relay",
-                        Some(format!(
-                            "{why} (stream {}; trying again in {} s)",
-                            self.config.stream,
-                            backoff.next().as_secs()
-                        )),
-                    );
-                    self.observe_lag().await;
-                    if !backoff.wait(&stop).await {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Err(e) = self.engine.store().release_duty(&duty).await {
-            tracing::debug!("cannot give the NATS relay duty up: {e}");
-        }
+impl DutyWork for Relay {
+    const KIND: &'static str = "nats-relay";
+    const PART: &'static str = "relay";
+    const WHAT: &'static str = "the change relay to NATS";
+
+    fn engine(&self) -> &Engine {
+        &self.engine
     }
 
-    /// Reads the relayed position and the feed's end into the status (any host can).
+    fn status(&self) -> &BrokerStatus {
+        &self.status
+    }
+
+    fn stream(&self) -> &str {
+        &self.config.stream
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
     async fn observe_lag(&self) {
+        self.read_lag().await;
+    }
+
+    async fn session(&self, duty: &Duty, stop: &CancellationToken) -> End {
+        match self.relay(duty, stop).await {
+            Ok(true) => End::Stopped,
+            Ok(false) => End::Yielded,
+            Err(why) => End::Failed(why),
+        }
+    }
+}
+
+impl Relay {
+    /// Reads the relayed position and the feed's end into the status (any host can).
+    async fn read_lag(&self) {
         let store = self.engine.store();
         let name = crate::relay_position_name(&self.config.stream);
         if let (Ok(position), Ok(last)) = (store.position(&name).await, store.last_change().await) {
@@ -99,7 +80,7 @@ impl Relay {
 
     /// Relays until stopped (`Ok(true)`), until the duty or the position is lost
     /// (`Ok(false)`), or until something fails.
-    async fn session(&self, duty: &Duty, stop: &CancellationToken) -> Result<bool, String> {
+    async fn relay(&self, duty: &Duty, stop: &CancellationToken) -> Result<bool, String> {
         let c = &self.config;
         let store = self.engine.store();
         let name = crate::relay_position_name(&c.stream);
