@@ -165,8 +165,9 @@ pub async fn run(env: &app::Env, records: u64) -> Result<ExitCode> {
         short(&file)
     );
     println!(
-        "  flowhost serve    # the service: HTTP API on 127.0.0.1:8080, plugins folder watched"
+        "  flowhost serve    # the service: HTTP API on 127.0.0.1:8080, plugins folder watched;"
     );
+    println!("                    # open http://127.0.0.1:8080/ for the operator page");
     println!(
         "  curl -s localhost:8080/v1/models; curl -s 'localhost:8080/v1/models/device/canonical?limit=3'"
     );

@@ -274,7 +274,6 @@ impl Intake {
     async fn append(&self, batch: &[Message], position: &mut i64) -> Result<(), Failure> {
         let c = &self.config;
         let store = self.engine.store();
-        let name = crate::intake_position_name(&c.stream);
         let known: BTreeSet<String> = store.models().await?.into_iter().map(|m| m.name).collect();
         let mut intake =
             LineIntake::new(store, known, c.max_line, usize::MAX).with_limits(c.limits);
@@ -282,22 +281,21 @@ impl Intake {
         // For each line taken by `intake` (numbered from 1): its message and line in it.
         let mut origin: Vec<(u64, usize, u64)> = Vec::new();
         let mut appended = 0u64;
-        let last = batch
+        let seqs: Vec<Option<u64>> = batch
             .iter()
-            .rev()
-            .find_map(|m| m.info().ok().map(|i| i.stream_sequence))
-            .unwrap_or(0);
-        for (i, message) in batch.iter().enumerate() {
-            let seq = match message.info() {
-                Ok(info) => info.stream_sequence,
+            .map(|m| match m.info() {
+                Ok(info) => Some(info.stream_sequence),
                 Err(e) => {
                     tracing::warn!("a NATS message without its stream sequence, passed over: {e}");
-                    continue;
+                    None
                 }
-            };
-            if seq as i64 <= *position {
-                continue; // durable already: delivered again after a lost acknowledgement
-            }
+            })
+            .collect();
+        let take = to_take(&seqs, *position);
+        let mut highest = *position;
+        for (i, message) in batch.iter().enumerate() {
+            let Some(seq) = take[i] else { continue };
+            highest = seq as i64;
             let payload: &[u8] = &message.payload;
             let mut rest = payload
                 .strip_prefix("\u{feff}".as_bytes())
@@ -318,15 +316,32 @@ impl Intake {
             }
             taken.finish(&mut refusals);
             // A part ends on a message boundary, so the position it moves to is exact.
-            if intake.batched() >= BATCH || seq == last {
-                self.publish_refusals(&mut refusals).await?;
-                appended += intake.batched() as u64;
-                let refused = intake
-                    .flush_at(Some(&advance(&name, *position, seq)))
+            if intake.batched() >= BATCH {
+                appended += self
+                    .append_part(
+                        &mut intake,
+                        &mut refusals,
+                        &origin,
+                        batch,
+                        position,
+                        highest,
+                    )
                     .await?;
-                *position = seq as i64;
-                self.refused_by_store(refused, &origin, batch).await;
             }
+        }
+        // The rest, whatever the last message was (one delivered again is passed over, and
+        // what came before it must still be appended before the batch is acknowledged).
+        if highest > *position {
+            appended += self
+                .append_part(
+                    &mut intake,
+                    &mut refusals,
+                    &origin,
+                    batch,
+                    position,
+                    highest,
+                )
+                .await?;
         }
         let s = intake.summary;
         metrics::counter!("flowhost_nats_records_total", "outcome" => "accepted")
@@ -340,6 +355,31 @@ impl Intake {
             self.engine.wake(Stage::Associate);
         }
         Ok(())
+    }
+
+    /// Appends what `intake` holds with the position moved from `position` to `to` (its
+    /// refusals published first); how many records it held.
+    async fn append_part(
+        &self,
+        intake: &mut LineIntake<'_>,
+        refusals: &mut Vec<Refusal>,
+        origin: &[(u64, usize, u64)],
+        batch: &[Message],
+        position: &mut i64,
+        to: i64,
+    ) -> Result<u64, Failure> {
+        self.publish_refusals(refusals).await?;
+        let held = intake.batched() as u64;
+        let name = crate::intake_position_name(&self.config.stream);
+        let advance = Advance {
+            name,
+            from: *position,
+            to,
+        };
+        let refused = intake.flush_at(Some(&advance)).await?;
+        *position = to;
+        self.refused_by_store(refused, origin, batch).await;
+        Ok(held)
     }
 
     /// Publishes refusals (and empties the list), each awaited: a batch is appended only
@@ -488,6 +528,23 @@ impl Taken<'_> {
     }
 }
 
+/// Which messages of a batch to take (their stream sequences), given the position: a
+/// message at or below the highest sequence taken so far was taken before (the consumer
+/// delivers in stream order; only a lost acknowledgement brings one again), and one without
+/// a sequence is not a stream message.
+fn to_take(seqs: &[Option<u64>], position: i64) -> Vec<Option<u64>> {
+    let mut highest = position;
+    seqs.iter()
+        .map(|seq| match *seq {
+            Some(s) if s as i64 > highest => {
+                highest = s as i64;
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Why a batch was not appended.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
@@ -500,14 +557,6 @@ enum Failure {
 /// The first [`REFUSED_TEXT_BYTES`] of a line, as text.
 fn cut(line: &[u8]) -> String {
     String::from_utf8_lossy(&line[..line.len().min(REFUSED_TEXT_BYTES)]).into_owned()
-}
-
-fn advance(name: &str, from: i64, to: u64) -> Advance {
-    Advance {
-        name: name.to_string(),
-        from,
-        to: to as i64,
-    }
 }
 
 /// The `line`-th line of a message (from 1), cut to [`REFUSED_TEXT_BYTES`].
@@ -529,6 +578,29 @@ fn model_of(text: &str, subject: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_delivered_again_are_passed_over_wherever_they_come_in_a_batch() {
+        let take = |seqs: &[Option<u64>], p| super::to_take(seqs, p);
+        assert_eq!(
+            take(&[Some(5), Some(6), Some(7)], 4),
+            [Some(5), Some(6), Some(7)]
+        );
+        assert_eq!(
+            take(&[Some(3), Some(5)], 4),
+            [None, Some(5)],
+            "at or below the position"
+        );
+        // A message delivered again at the end: what came before is still taken.
+        assert_eq!(
+            take(&[Some(5), Some(6), Some(2)], 4),
+            [Some(5), Some(6), None]
+        );
+        assert_eq!(
+            take(&[Some(5), Some(5), None, Some(7)], 4),
+            [Some(5), None, None, Some(7)]
+        );
+    }
+
     #[test]
     fn refused_lines_are_found_and_named_by_their_model() {
         assert_eq!(super::line_text(b"a\nbb\nccc", 2), "bb");
