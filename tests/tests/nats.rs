@@ -4,7 +4,8 @@
 //!
 //! - A host killed (SIGKILL) in the middle of consuming the stream and started again ends
 //!   with the same views, lineage, values and parked records as `ingest` + `process` of the
-//!   same lines in the same order: nothing lost, nothing twice. Refused lines are published
+//!   same lines in the same order: nothing lost, nothing twice. On PostgreSQL a second host
+//!   shares the stream and takes it over from the one killed. Refused lines are published
 //!   with their stream sequence and line; every reference's last message on the changes
 //!   stream equals its exported canonical view.
 //! - With NATS down the host stays ready (NATS listed as degraded), takes HTTP intake and
@@ -104,17 +105,46 @@ fn a_host_killed_mid_stream_ends_as_ingest_of_the_same_lines_and_relays_every_ch
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let name = format!("nats-intake:{}", names.intake_stream);
 
-        // Killed once a third of the messages are appended.
-        let mut server = Server::start(&host, &args);
-        let _ = server.url();
+        // Killed once a third of the messages are appended. On PostgreSQL a second host
+        // runs beside it from the start: the one holding the intake duty is killed, and the
+        // other takes the stream over.
+        let mut servers = vec![Server::start(&host, &args)];
+        if db.backend == "postgres" {
+            servers.push(Server::start(&host, &args));
+        }
+        for s in &mut servers {
+            let _ = s.url();
+        }
         wait_for("a third of the stream appended", WAIT, || {
             position(&db.url, &name) >= last as i64 / 3
         });
+        let holder = count_by(
+            &db.url,
+            "SELECT holder, COUNT(*) FROM leases WHERE stage = 'nats-intake' GROUP BY holder",
+        );
+        let pid: i32 = holder[0].0.split('/').nth(1).unwrap().parse().unwrap();
+        let at = servers
+            .iter()
+            .position(|s| s.pid() == pid)
+            .expect("a host of ours holds it");
+        let killed = servers.remove(at);
         // SAFETY: kill(2) with SIGKILL on our own child.
-        unsafe { libc::kill(server.pid(), libc::SIGKILL) };
+        unsafe { libc::kill(killed.pid(), libc::SIGKILL) };
         let killed_at = position(&db.url, &name);
-        let _ = server.wait();
+        let _ = killed.wait();
         assert!(killed_at < last as i64, "{}: killed too late", db.backend);
+        if let Some(other) = servers.first() {
+            wait_for("the other host to take the stream over", WAIT, || {
+                let holders = count_by(
+                    &db.url,
+                    "SELECT holder, COUNT(*) FROM leases WHERE stage = 'nats-intake' GROUP BY holder",
+                );
+                holders
+                    .iter()
+                    .any(|(h, _)| h.split('/').nth(1) == Some(other.pid().to_string().as_str()))
+                    && position(&db.url, &name) > killed_at
+            });
+        }
 
         let mut server = Server::start(&host, &args);
         let http = Http::new(&server.url());
@@ -200,6 +230,9 @@ fn a_host_killed_mid_stream_ends_as_ingest_of_the_same_lines_and_relays_every_ch
         });
         let hosts = http.get("/v1/hosts").body;
         assert!(hosts.contains("nats-intake"), "{hosts}");
+        for other in servers {
+            assert!(other.stop().success());
+        }
         eprintln!(
             "{}: {last} messages, killed with {killed_at} appended; {intake} records, {} refused lines, {compared} references' last changes compared",
             db.backend,
