@@ -47,17 +47,22 @@ try {
   assert.match(csp, /script-src 'self'/);
   await page.waitForSelector("body[data-loaded=true]", { timeout: 20000 });
 
-  // The counts on the page are GET /v1/models's.
-  const models = await api("/v1/models");
-  summary.models = models.models.length;
-  for (const m of models.models) {
-    for (const count of ["references", "keyed", "pending", "dirty"]) {
-      const shown = await page.textContent(`tr[data-model="${m.model}"] td[data-count="${count}"]`);
-      assert.equal(Number(shown), m.counts[count], `${m.model} ${count}`);
+  // The counts on the page are GET /v1/models's (compared until they agree: the page
+  // refreshes every 2 s, and the host may still be re-projecting).
+  let models;
+  await until("the page's counts to equal GET /v1/models", async () => {
+    models = await api("/v1/models");
+    for (const m of models.models) {
+      for (const count of ["references", "keyed", "pending", "dirty"]) {
+        const shown = await page.textContent(`tr[data-model="${m.model}"] td[data-count="${count}"]`);
+        assert.equal(Number(shown), m.counts[count], `${m.model} ${count}`);
+      }
+      const version = await page.getAttribute(`tr[data-model="${m.model}"] td[data-field="version"] code`, "title");
+      assert.equal(version, m.plugin_version, `${m.model} version`);
     }
-    const version = await page.getAttribute(`tr[data-model="${m.model}"] td[data-field="version"] code`, "title");
-    assert.equal(version, m.plugin_version, `${m.model} version`);
-  }
+    return true;
+  });
+  summary.models = models.models.length;
   assert.equal(await page.textContent("#ready"), "ready");
 
   // Parked records filter by reason.
