@@ -32,8 +32,10 @@ pub struct Decimal {
 }
 
 impl Decimal {
-    /// Parses JSON number text (`-12.50e3`). `None` when it is not a JSON number or its
-    /// exponent is beyond ±[`MAX_EXPONENT`].
+    /// Parses JSON number text (`-12.50e3`). `None` when it is not a JSON number or the
+    /// exponent of its canonical form (its significant digits as an integer: `10e5` is
+    /// `1e6`, `0.5` is `5e-1`) is beyond ±[`MAX_EXPONENT`] — the exponent the canonical text
+    /// is written with, so that text always parses back to the same value.
     pub fn parse(text: &str) -> Option<Decimal> {
         let (negative, rest) = match text.strip_prefix('-') {
             Some(rest) => (true, rest),
@@ -66,6 +68,7 @@ impl Decimal {
                     return None;
                 }
                 let body = body.trim_start_matches('0');
+                // Ten digits at most: past any limit below, and far inside an i64.
                 if body.len() > 10 {
                     return None;
                 }
@@ -74,9 +77,6 @@ impl Decimal {
                 } else {
                     body.parse().ok()?
                 };
-                if magnitude > MAX_EXPONENT {
-                    return None;
-                }
                 sign * magnitude
             }
         };
@@ -92,6 +92,9 @@ impl Decimal {
                 digits: String::new(),
                 exponent: 0,
             });
+        }
+        if exp.abs() > MAX_EXPONENT {
+            return None;
         }
         Some(Decimal {
             negative,
@@ -444,10 +447,30 @@ mod tests {
             assert!(Decimal::parse(bad).is_none(), "{bad}");
         }
         assert!(Decimal::parse("1e999999999").is_some());
+        assert!(Decimal::parse("1e1000000000").is_some());
+        assert!(Decimal::parse("-1e-1000000000").is_some());
+        // The canonical exponent counts: `10e1000000000` is `1e1000000001`, beyond; and
+        // `0.001e1000000002` is `1e999999999`, within.
+        assert!(Decimal::parse("10E1000000000").is_none());
+        assert!(Decimal::parse("0.5e-1000000000").is_none());
+        assert_eq!(
+            Decimal::parse("0.001e1000000002").map(|d| d.to_string()),
+            Some("1e999999999".into())
+        );
         assert!(
             Decimal::parse("1e0000000000000000005").is_some(),
             "leading zeros"
         );
+    }
+
+    #[test]
+    fn canonical_text_is_a_fixed_point_at_the_exponent_limit() {
+        // Found by the fuzzer: `10E…` normalised past the limit was written in canonical form
+        // and read back as a number that cannot be compared exactly.
+        let text = r#"{"b":1e5,"c":-11,"W":10E000001000000000,";":10E00000000,"d":10E00600000000}"#;
+        let once = canonical_string(&parse_strict(text).unwrap());
+        let twice = canonical_string(&parse_strict(&once).unwrap());
+        assert_eq!(once, twice);
     }
 
     #[test]
