@@ -137,3 +137,83 @@ fn bad_requests_for_a_new_plugin_are_refused_by_name() {
     let manifest = std::fs::read_to_string(dir.path().join("pump/Cargo.toml")).unwrap();
     assert!(!manifest.contains("[workspace]"), "{manifest}");
 }
+
+/// Runs a program in a generated project; it must succeed.
+fn run_in(project: &Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(project)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {}:\n{}{}",
+        project.display(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout) + &text(&out.stderr)
+}
+
+#[test]
+fn a_new_python_plugin_tests_builds_and_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let out = flowhost(&[
+        "plugins", "new", "pump", "--lang", "python", "--parent", "site", "--dir", dir_arg,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let project = dir.path().join("pump");
+    for file in ["app.py", "test_model.py", "sample.ndjson", "README.md"] {
+        assert!(project.join(file).is_file(), "{file}");
+    }
+    // The native test, in plain Python.
+    let tested = run_in(&project, "python3", &["-m", "unittest", "-v"]);
+    assert!(tested.contains("OK"), "{tested}");
+    // The build command the project prints, as printed (componentize-py is installed by
+    // `cargo xtask build-plugins`).
+    let build = said
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("componentize-py "))
+        .unwrap_or_else(|| panic!("no build command in: {said}"));
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let mut args = vec![
+        "-c",
+        "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
+    ];
+    args.extend(&words[1..]);
+    run_in(&project, "python3", &args);
+    let wasm = project.join("pump.wasm");
+    let wasm = wasm.to_str().unwrap();
+    let check = flowhost(&["plugins", "check", wasm]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let sample = project.join("sample.ndjson");
+    let tried = flowhost(&["plugins", "test", wasm, sample.to_str().unwrap(), "--json"]);
+    assert!(tried.status.success(), "{}", text(&tried.stderr));
+    let shown = text(&tried.stdout);
+    assert!(shown.contains("NO_KEYS"), "{shown}");
+    assert!(shown.contains("serial:SN-1"), "{shown}");
+
+    // A value object under it: its own test passes too.
+    let out = flowhost(&[
+        "plugins",
+        "new",
+        "pump_reading",
+        "--lang",
+        "python",
+        "--kind",
+        "value-object",
+        "--parent",
+        "pump",
+        "--dir",
+        dir_arg,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    run_in(
+        &dir.path().join("pump_reading"),
+        "python3",
+        &["-m", "unittest"],
+    );
+}

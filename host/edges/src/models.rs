@@ -73,3 +73,65 @@ pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), Sto
         .collect();
     Ok((models, refused))
 }
+
+/// A model's shadow run as every edge shows it (`GET /v1/plugins/{model}/shadow`,
+/// `flowhost plugins diff --json`): the candidate, whether it still runs, the counts, and
+/// the first `limit` differences (records first), or `None` when the model never had one.
+pub async fn shadow_json(
+    store: &Store,
+    model: &str,
+    limit: usize,
+) -> Result<Option<Value>, StoreError> {
+    let Some((run, diffs)) = store.shadow(model, limit).await? else {
+        return Ok(None);
+    };
+    let current = store
+        .plugin_states()
+        .await?
+        .into_iter()
+        .find(|s| s.model == model)
+        .map(|s| s.version);
+    let diffs: Vec<Value> = diffs.iter().map(diff_json).collect();
+    Ok(Some(json!({
+        "model": run.model,
+        "candidate": run.version,
+        "file": run.file,
+        "live": current,
+        "running": run.ended.is_none(),
+        "ended": run.ended,
+        "started": when(run.started_micros),
+        "updated": when(run.updated_micros),
+        "batches": run.batches,
+        "records": run.records,
+        "skipped": run.skipped,
+        "record_diffs": run.record_diffs,
+        "views": run.views,
+        "view_diffs": run.view_diffs,
+        "kept": flowhost_store::SHADOW_DIFFS_KEPT,
+        "diffs": diffs,
+    })))
+}
+
+/// One difference of a shadow run as JSON: kind, summary, both sides, and the record
+/// (`seq`, `system`, `id`) or the reference it is about.
+pub fn diff_json(d: &flowhost_store::ShadowDiff) -> Value {
+    let parse = |text: &str| {
+        serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.into()))
+    };
+    let mut item = json!({
+        "kind": d.kind,
+        "summary": d.summary,
+        "live_version": d.live_version,
+        "live": parse(&d.live),
+        "candidate": parse(&d.candidate),
+    });
+    if let Some(seq) = d.seq {
+        item["seq"] = json!(seq);
+        item["system"] = json!(d.system);
+        item["id"] = json!(d.external_id);
+    }
+    if let Some(reference) = &d.reference {
+        item["reference"] = json!(reference);
+    }
+    item
+}

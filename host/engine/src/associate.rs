@@ -118,6 +118,11 @@ impl Engine {
                 Committed::Stop(stop) => return Ok(stop),
             }
         }
+        // The whole batch is committed: a candidate version, if any, is called on it off
+        // this path (the offer never waits).
+        if let Some(shadows) = &self.inner.shadows {
+            shadows.offer(plugin, records, &results);
+        }
         Ok(done)
     }
 

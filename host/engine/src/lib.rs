@@ -12,14 +12,18 @@ mod breaker;
 mod holder;
 mod isolate;
 mod project;
+mod reassociate;
 mod retry;
 mod run;
+mod shadow;
 mod watch;
 
 pub use batch::BatchDone;
 pub use breaker::{BreakerConfig, BreakerStatus};
+pub use reassociate::{Merge, Reassociated, Split};
 pub use retry::{MAX_BACKOFF, RetryStatus};
 pub use run::{OthersAtWork, RunReport, StageReport};
+pub use shadow::{Comparison, SHADOW_QUEUE, compare};
 pub use watch::Verdict;
 
 use flowhost_core::batch::BatchConfig;
@@ -166,6 +170,8 @@ struct Inner {
     projected: tokio::sync::Notify,
     /// New plugin versions' first records, judged against the version before.
     watcher: watch::Watcher,
+    /// Candidate versions called beside the live ones (`serve` only).
+    shadows: Option<shadow::Shadows>,
 }
 
 impl Engine {
@@ -186,8 +192,19 @@ impl Engine {
                 wake_project: tokio::sync::Notify::new(),
                 projected: tokio::sync::Notify::new(),
                 watcher,
+                shadows: None,
             }),
         }
+    }
+
+    /// Calls the candidate versions in `shadows` beside the live ones, on every live
+    /// association batch this engine commits (see the `shadow` module). Before the engine
+    /// is cloned.
+    pub fn with_shadows(mut self, shadows: PluginSet) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("shadows are set before the engine is shared")
+            .shadows = Some(shadow::Shadows::new(shadows));
+        self
     }
 
     pub fn store(&self) -> &Store {

@@ -430,6 +430,13 @@ impl Engine {
         let mut running: HashSet<String> = HashSet::new();
         let mut report = RunReport::default();
         let poll = self.inner.config.idle_poll;
+        let engine = self.clone();
+        let shadow_cancel = cancel.clone();
+        let shadow_task = tokio::spawn(async move {
+            if let Some(shadows) = &engine.inner.shadows {
+                shadows.run(engine.inner.store.clone(), shadow_cancel).await;
+            }
+        });
         loop {
             for model in self.inner.plugins.models() {
                 if !running.insert(model.clone()) {
@@ -500,6 +507,7 @@ impl Engine {
                 }
             }
         }
+        let _ = shadow_task.await;
         let models: Vec<String> = running.into_iter().collect();
         self.release_all(&models).await;
         report.elapsed = started.elapsed();

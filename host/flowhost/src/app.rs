@@ -73,7 +73,8 @@ pub async fn open_registry(env: &Env, store: &Store) -> Result<Registry> {
 pub async fn engine(env: &Env, config: EngineConfig) -> Result<(Engine, Registry)> {
     let store = env.open_store().await?;
     let registry = open_registry(env, &store).await?;
-    let engine = Engine::new(store, registry.plugins().clone(), config);
+    let engine = Engine::new(store, registry.plugins().clone(), config)
+        .with_shadows(registry.shadows().clone());
     // A commit that finds a model's version changed by another process asks for the plugin
     // set to be brought up to date: the registry syncs with the database.
     if let Some(mut changes) = engine.take_version_changes() {

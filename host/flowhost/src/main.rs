@@ -3,8 +3,10 @@
 mod demo;
 mod export;
 mod plugins_cmd;
+mod reassociate_cmd;
 mod scaffold;
 mod serve;
+mod shadow_cmd;
 
 use flowhost::settings::{Settings, init_tracing};
 use flowhost::{app, config, ingest, workload};
@@ -60,6 +62,19 @@ enum Command {
         /// one plugin call and one transaction per batch).
         #[arg(long)]
         batch_size: Option<usize>,
+    },
+    /// Decide a model's records again under its current plugin version (after a key-rule
+    /// change: earlier records keep the associations their version made until then).
+    /// References are kept where the grouping did not change; the merges and splits are
+    /// printed first. Needs the model's association: stop the hosts serving it first.
+    Reassociate {
+        model: String,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// The report as one JSON object (every merge and split).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a deterministic, realistic workload (NDJSON) to standard output.
     Generate {
@@ -273,6 +288,11 @@ async fn run_async(command: Command, env: &app::Env, config: &config::Config) ->
             engine.store().close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reassociate {
+            model,
+            dry_run,
+            json,
+        } => reassociate_cmd::run(env, &model, dry_run, json).await,
         Command::Export { view, model } => {
             let store = env.open_store().await?;
             if let Some(message) = flowhost_edges::models::unknown_model(&store, &model)

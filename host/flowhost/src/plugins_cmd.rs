@@ -45,6 +45,32 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Try a candidate version on live traffic: check the component and place it as
+    /// `<plugins>/shadow/<model>.wasm`. A running `serve` calls it on every batch the live
+    /// version decides, writing nothing to the live tables, and records what would differ.
+    Shadow {
+        /// The candidate `.wasm` component.
+        file: PathBuf,
+    },
+    /// What a model's candidate would change: records whose keys, parents or decision
+    /// differ, and references whose views differ, each named by system and id.
+    Diff {
+        model: String,
+        /// Run the candidate and the live version over the model's last N records now,
+        /// instead of reading the shadow run's findings (writes nothing).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        replay: Option<u64>,
+        /// Differences to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// The report as one JSON object (as `GET /v1/plugins/{model}/shadow`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the shadow run's candidate current: it replaces the model's file in the
+    /// plugins folder (one rename) and is swapped in as usual, then watched on its first
+    /// records like any new version.
+    Promote { model: String },
     /// Make an earlier version of a model current, at once (a running host picks it up
     /// within a fraction of a second; a restart keeps it until a new file arrives).
     Rollback {
@@ -59,7 +85,14 @@ pub enum PluginsCommand {
 impl PluginsCommand {
     /// Whether the command works on the database (and runs on the async runtime).
     pub fn needs_database(&self) -> bool {
-        matches!(self, Self::List { .. } | Self::Rollback { .. })
+        matches!(
+            self,
+            Self::List { .. }
+                | Self::Rollback { .. }
+                | Self::Shadow { .. }
+                | Self::Diff { .. }
+                | Self::Promote { .. }
+        )
     }
 }
 
@@ -83,7 +116,11 @@ pub fn run(cmd: PluginsCommand) -> Result<ExitCode> {
             },
         ),
         PluginsCommand::New(new) => crate::scaffold::run(new),
-        PluginsCommand::List { .. } | PluginsCommand::Rollback { .. } => {
+        PluginsCommand::List { .. }
+        | PluginsCommand::Rollback { .. }
+        | PluginsCommand::Shadow { .. }
+        | PluginsCommand::Diff { .. }
+        | PluginsCommand::Promote { .. } => {
             unreachable!("run with the database")
         }
     }
@@ -140,6 +177,26 @@ pub async fn run_with_database(cmd: PluginsCommand, env: &flowhost::app::Env) ->
                     ExitCode::FAILURE
                 }
             }
+        }
+        PluginsCommand::Shadow { file } => crate::shadow_cmd::place(env, &file).await?,
+        PluginsCommand::Diff {
+            model,
+            replay,
+            limit,
+            json,
+        } => {
+            crate::shadow_cmd::diff(
+                env,
+                &store,
+                &model,
+                replay.map(|n| n as usize),
+                limit as usize,
+                json,
+            )
+            .await?
+        }
+        PluginsCommand::Promote { model } => {
+            crate::shadow_cmd::promote(env, &store, &model).await?
         }
         PluginsCommand::Check { .. } | PluginsCommand::Test { .. } | PluginsCommand::New(_) => {
             unreachable!("no database")

@@ -1,6 +1,7 @@
-//! `flowhost plugins new`: a ready plugin project (Rust) — the model with a commented key
-//! rule, parents and policies, a native test on a small NDJSON sample through the SDK's
-//! test harness, and a README with the commands to build, test, try and deploy it.
+//! `flowhost plugins new`: a ready plugin project (Rust or Python) — the model with a
+//! commented key rule, parents and policies, a native test on a small NDJSON sample through
+//! the SDK's test harness (Rust) or the guest library's (plain Python), and a README with
+//! the commands to build, test, try and deploy it.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ pub enum NewKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
     Rust,
+    /// Built with componentize-py (PyPI) against `sdk/python`; projection is the host's.
+    Python,
 }
 
 /// What `plugins new` is asked for.
@@ -72,7 +75,6 @@ fn type_name(name: &str) -> String {
 }
 
 pub fn run(new: NewPlugin) -> Result<ExitCode> {
-    let Lang::Rust = new.lang;
     check_name("the model", &new.name)?;
     for p in &new.parents {
         check_name("the parent", p)?;
@@ -97,6 +99,14 @@ pub fn run(new: NewPlugin) -> Result<ExitCode> {
         )
     })?;
     let sdk_manifest = std::fs::read_to_string(sdk.join("Cargo.toml")).unwrap_or_default();
+    let python_library = sdk.join("python/flowhost.py");
+    if new.lang == Lang::Python && !python_library.is_file() {
+        bail!(
+            "{} is not flowhost's SDK (no python/flowhost.py in it): pass --sdk PATH to a \
+             flowhost checkout's sdk/ folder",
+            sdk.display()
+        );
+    }
     if !sdk_manifest.contains("name = \"flowhost-sdk\"") {
         bail!(
             "{} is not flowhost's SDK (no flowhost-sdk package in its Cargo.toml): pass --sdk \
@@ -116,6 +126,9 @@ pub fn run(new: NewPlugin) -> Result<ExitCode> {
             "{} exists and is not empty: choose another name or --dir",
             project.display()
         );
+    }
+    if new.lang == Lang::Python {
+        return python::write(&new, &parents, &sdk, &project);
     }
     let parent_dir = new.dir.canonicalize()?;
     let workspace = enclosing_workspace(&parent_dir);
@@ -332,27 +345,7 @@ impl Model for {ty} {{
 flowhost_sdk::export_model!({ty});
 "#
     );
-    let parent_field = |system: &str| -> String {
-        parents
-            .first()
-            .map(|p| format!(",\"{p}_id\":\"{}-1\"", &system[..1].to_uppercase()))
-            .unwrap_or_default()
-    };
-    let sample = match kind {
-        NewKind::Entity => format!(
-            "{{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\",\"adapter\":\"bms-v1\"}},\"id\":\"A-1\",\"occurred_at\":\"2026-03-01T10:00:00Z\",\"payload\":{{\"serial\":\"sn-1\",\"name\":\"First\"{}}}}}\n\
-             {{\"model\":\"{name}\",\"source\":{{\"system\":\"oem\"}},\"id\":\"X-9\",\"occurred_at\":\"2026-03-01T11:00:00Z\",\"payload\":{{\"serial\":\"SN-1 \",\"name\":\"Second\",\"firmware\":\"1.2\"}}}}\n\
-             {{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"A-2\",\"occurred_at\":\"2026-03-01T12:00:00Z\",\"payload\":{{\"name\":\"No serial yet\"}}}}\n",
-            parent_field("bms")
-        ),
-        NewKind::ValueObject => format!(
-            "{{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"V-1\",\"occurred_at\":\"2026-03-01T10:00:00Z\",\"payload\":{{\"value\":1{}}}}}\n\
-             {{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"V-2\",\"occurred_at\":\"2026-03-01T10:05:00Z\",\"payload\":{{\"value\":2{}}}}}\n\
-             {{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"V-3\",\"occurred_at\":\"2026-03-01T10:10:00Z\",\"payload\":{{\"value\":3}}}}\n",
-            parent_field("bms"),
-            parent_field("bms")
-        ),
-    };
+    let sample = sample(name, kind, parents);
     let test = match kind {
         NewKind::Entity => format!(
             r#"//! The model natively, on `sample.ndjson`, through the SDK's test harness.
@@ -439,6 +432,34 @@ it in (a file that fails validation never replaces a working version).
         (".gitignore".into(), "/target\n".into()),
     ]
 }
+
+/// A few records of the model in flowhost's intake format: two systems naming one thing
+/// and one record without a key (an entity), or three values, the last without a parent.
+fn sample(name: &str, kind: NewKind, parents: &[String]) -> String {
+    let parent_field = |system: &str| -> String {
+        parents
+            .first()
+            .map(|p| format!(",\"{p}_id\":\"{}-1\"", &system[..1].to_uppercase()))
+            .unwrap_or_default()
+    };
+    match kind {
+        NewKind::Entity => format!(
+            "{{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\",\"adapter\":\"bms-v1\"}},\"id\":\"A-1\",\"occurred_at\":\"2026-03-01T10:00:00Z\",\"payload\":{{\"serial\":\"sn-1\",\"name\":\"First\"{}}}}}\n\
+             {{\"model\":\"{name}\",\"source\":{{\"system\":\"oem\"}},\"id\":\"X-9\",\"occurred_at\":\"2026-03-01T11:00:00Z\",\"payload\":{{\"serial\":\"SN-1 \",\"name\":\"Second\",\"firmware\":\"1.2\"}}}}\n\
+             {{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"A-2\",\"occurred_at\":\"2026-03-01T12:00:00Z\",\"payload\":{{\"name\":\"No serial yet\"}}}}\n",
+            parent_field("bms")
+        ),
+        NewKind::ValueObject => format!(
+            "{{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"V-1\",\"occurred_at\":\"2026-03-01T10:00:00Z\",\"payload\":{{\"value\":1{}}}}}\n\
+             {{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"V-2\",\"occurred_at\":\"2026-03-01T10:05:00Z\",\"payload\":{{\"value\":2{}}}}}\n\
+             {{\"model\":\"{name}\",\"source\":{{\"system\":\"bms\"}},\"id\":\"V-3\",\"occurred_at\":\"2026-03-01T10:10:00Z\",\"payload\":{{\"value\":3}}}}\n",
+            parent_field("bms"),
+            parent_field("bms")
+        ),
+    }
+}
+
+mod python;
 
 #[cfg(test)]
 mod tests {

@@ -18,9 +18,11 @@
 
 mod archive;
 mod rollback;
+mod shadow;
 mod watch;
 
 pub use rollback::{RollbackError, rollback};
+pub use shadow::SHADOW_DIR;
 
 use flowhost_core::Description;
 use flowhost_runtime::PluginSet;
@@ -169,12 +171,16 @@ struct FileState {
 struct State {
     files: BTreeMap<PathBuf, FileState>,
     models: BTreeMap<String, ModelStatus>,
+    /// Valid files of the shadow folder (a refused one is in `files`, with its error).
+    shadow_files: BTreeMap<PathBuf, FileState>,
 }
 
 struct Inner {
     runtime: Runtime,
     store: Store,
     plugins: PluginSet,
+    /// Candidate versions in shadow runs (`<dir>/shadow/*.wasm`).
+    shadows: PluginSet,
     config: RegistryConfig,
     state: Mutex<State>,
     /// One change at a time (watcher, sync, rollback).
@@ -213,6 +219,7 @@ impl Registry {
                 runtime,
                 store,
                 plugins: PluginSet::new(),
+                shadows: PluginSet::new(),
                 config,
                 state: Mutex::new(State::default()),
                 changing: tokio::sync::Mutex::new(()),
@@ -433,27 +440,21 @@ impl Registry {
         }
     }
 
-    /// Looks at every `*.wasm` of the folder and handles the ones that are new, changed or
-    /// gone since last seen.
+    /// Looks at every `*.wasm` of the folder and of its shadow folder, and handles the ones
+    /// that are new, changed or gone since last seen (the folder's first, so a candidate
+    /// finds its live version).
     pub async fn rescan(&self) -> Result<(), RegistryError> {
         let dir = &self.inner.config.dir;
-        let mut present = Vec::new();
-        if dir.exists() {
-            let entries = std::fs::read_dir(dir).map_err(|e| RegistryError::Folder {
-                dir: dir.display().to_string(),
-                message: e.to_string(),
-            })?;
-            // Whatever is named like a plugin is looked at: a FIFO, a device, a directory or a
-            // dangling link is refused with its reason rather than passed over in silence.
-            present = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_plugin_file(p))
-                .collect();
-        }
-        present.sort();
+        let mut present = plugin_files_in(dir)?;
+        present.extend(plugin_files_in(&self.shadow_dir())?);
         let known: Vec<PathBuf> = {
             let state = self.inner.state.lock().expect("registry state");
-            state.files.keys().cloned().collect()
+            state
+                .files
+                .keys()
+                .chain(state.shadow_files.keys())
+                .cloned()
+                .collect()
         };
         for path in known.iter().filter(|p| !present.contains(p)) {
             self.file_changed(path).await;
@@ -467,54 +468,14 @@ impl Registry {
     /// Handles one file of the folder that may have changed: new, rewritten, or removed.
     pub(crate) async fn file_changed(&self, path: &Path) {
         let _one = self.inner.changing.lock().await;
-        let file = path.display().to_string();
-        let max = self.inner.config.max_file_bytes;
-        let owned = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || read_plugin_file(&owned, max))
-            .await
-            .unwrap_or_else(|e| FileRead::Refused(format!("the read failed: {e}")));
-        let (bytes, before) = match read {
-            FileRead::Bytes { bytes, stamp } => (bytes, stamp),
-            FileRead::Gone => {
-                self.file_removed(path).await;
-                return;
-            }
-            FileRead::Refused(message) => {
-                let error = FileError {
-                    file,
-                    step: Step::Read,
-                    message,
-                    at: SystemTime::now(),
-                };
-                self.refuse(path, None, error).await;
-                return;
-            }
+        let shadow = self.is_shadow_file(path);
+        let Some((file, hash, checked, known)) = self.read_checked(path, shadow).await else {
+            return;
         };
-        let hash = flowhost_runtime::content_hash(&bytes);
-        let known = {
-            let state = self.inner.state.lock().expect("registry state");
-            state.files.get(path).cloned()
-        };
-        if let Some(k) = &known
-            && k.hash.as_deref() == Some(hash.as_str())
-        {
-            return; // same bytes as last time (a touch, or events of one write)
+        if shadow {
+            self.shadow_checked(path, hash, checked).await;
+            return;
         }
-        let checked = match self.check(file.clone(), bytes).await {
-            Ok(checked) => checked,
-            Err(error) => {
-                if stamp(path) != Some(before) {
-                    // Still being written: its next event brings it back here.
-                    tracing::debug!(
-                        file,
-                        "plugin file changed while it was checked; waiting for the writer"
-                    );
-                    return;
-                }
-                self.refuse(path, Some(hash), error).await;
-                return;
-            }
-        };
         let model = checked.plugin.description().model.clone();
         // Another file of the folder already defines this model: the first one keeps it.
         let owner = {
@@ -574,6 +535,69 @@ impl Registry {
         };
         if let Err(e) = self.inner.store.record_file(&row).await {
             tracing::warn!("cannot record plugin file {}: {e}", row.file);
+        }
+    }
+
+    /// Reads and validates a file of the folder (or of its shadow folder). `None` when
+    /// there is nothing more to do: the file is gone (handled), refused (recorded), the same
+    /// bytes as last time, or still being written.
+    async fn read_checked(
+        &self,
+        path: &Path,
+        shadow: bool,
+    ) -> Option<(String, String, Checked, Option<FileState>)> {
+        let file = path.display().to_string();
+        let max = self.inner.config.max_file_bytes;
+        let owned = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || read_plugin_file(&owned, max))
+            .await
+            .unwrap_or_else(|e| FileRead::Refused(format!("the read failed: {e}")));
+        let (bytes, before) = match read {
+            FileRead::Bytes { bytes, stamp } => (bytes, stamp),
+            FileRead::Gone => {
+                if shadow {
+                    self.shadow_removed(path).await;
+                } else {
+                    self.file_removed(path).await;
+                }
+                return None;
+            }
+            FileRead::Refused(message) => {
+                let error = FileError {
+                    file,
+                    step: Step::Read,
+                    message,
+                    at: SystemTime::now(),
+                };
+                self.refuse(path, None, error).await;
+                return None;
+            }
+        };
+        let hash = flowhost_runtime::content_hash(&bytes);
+        let known = {
+            let state = self.inner.state.lock().expect("registry state");
+            let shadow_known = shadow.then(|| state.shadow_files.get(path)).flatten();
+            shadow_known.or_else(|| state.files.get(path)).cloned()
+        };
+        if let Some(k) = &known
+            && k.hash.as_deref() == Some(hash.as_str())
+        {
+            return None; // same bytes as last time (a touch, or events of one write)
+        }
+        match self.check(file.clone(), bytes).await {
+            Ok(checked) => Some((file, hash, checked, known)),
+            Err(error) => {
+                if stamp(path) != Some(before) {
+                    // Still being written: its next event brings it back here.
+                    tracing::debug!(
+                        file,
+                        "plugin file changed while it was checked; waiting for the writer"
+                    );
+                    return None;
+                }
+                self.refuse(path, Some(hash), error).await;
+                None
+            }
         }
     }
 
@@ -868,6 +892,25 @@ fn read_plugin_file(path: &Path, max: u64) -> FileRead {
 
 /// Whether a path is a plugin file of the folder (`*.wasm`, not hidden: editors' and
 /// copiers' temporary files are skipped).
+/// The plugin files directly in `dir` (none when it does not exist), sorted. Whatever is
+/// named like a plugin is listed: a FIFO, a device, a directory or a dangling link is
+/// refused later with its reason rather than passed over in silence.
+fn plugin_files_in(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| RegistryError::Folder {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut present: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_plugin_file(p))
+        .collect();
+    present.sort();
+    Ok(present)
+}
+
 pub fn is_plugin_file(path: &Path) -> bool {
     path.extension().is_some_and(|x| x == "wasm")
         && path

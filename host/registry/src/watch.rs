@@ -26,8 +26,9 @@ impl Registry {
         cancel: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, RegistryError> {
         let dir = self.config().dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| RegistryError::Watch {
-            dir: dir.display().to_string(),
+        let shadow_dir = self.shadow_dir();
+        std::fs::create_dir_all(&shadow_dir).map_err(|e| RegistryError::Watch {
+            dir: shadow_dir.display().to_string(),
             message: e.to_string(),
         })?;
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -44,12 +45,14 @@ impl Registry {
                 dir: dir.display().to_string(),
                 message: e.to_string(),
             })?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| RegistryError::Watch {
-                dir: dir.display().to_string(),
-                message: e.to_string(),
-            })?;
+        for watched in [&dir, &shadow_dir] {
+            watcher
+                .watch(watched, RecursiveMode::NonRecursive)
+                .map_err(|e| RegistryError::Watch {
+                    dir: watched.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
         // Changes between start-up and now.
         self.rescan().await?;
         tracing::info!(dir = %dir.display(), "watching the plugins folder");
@@ -68,7 +71,7 @@ impl Registry {
                     _ = cancel.cancelled() => break,
                     seen = rx.recv() => match seen {
                         Some(Seen::Paths(paths)) => {
-                            for path in paths.into_iter().filter(|p| is_plugin_file(p) && p.parent() == Some(dir.as_path())) {
+                            for path in paths.into_iter().filter(|p| is_plugin_file(p) && (p.parent() == Some(dir.as_path()) || p.parent() == Some(shadow_dir.as_path()))) {
                                 due.insert(path, Instant::now() + debounce);
                             }
                         }

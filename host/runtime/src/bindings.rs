@@ -86,6 +86,14 @@ impl flowhost::plugin::host::Host for HostState {
             Level::Error => tracing::error!(target: "flowhost::plugin", model, "{message}"),
         }
     }
+
+    fn default_projection(
+        &mut self,
+        groups: Vec<wit::GroupResult>,
+        policies: Vec<wit::PathPolicy>,
+    ) -> Vec<wit::Projection> {
+        crate::convert::default_projection(groups, policies)
+    }
 }
 
 impl flowhost::plugin::types::Host for HostState {}

@@ -12,28 +12,28 @@ pub fn description(d: wit::Description) -> core::Description {
         },
         version: d.version,
         parents: d.parents,
-        policies: d
-            .policies
-            .into_iter()
-            .map(|p| core::PathPolicy {
-                path: p.path,
-                policy: match p.policy {
-                    wit::Policy::Last => core::Policy::Last,
-                    wit::Policy::First => core::Policy::First,
-                    wit::Policy::Max => core::Policy::Max,
-                    wit::Policy::Min => core::Policy::Min,
-                    wit::Policy::Coalesce(order) => core::Policy::Coalesce(order),
-                },
-            })
-            .collect(),
+        policies: d.policies.into_iter().map(path_policy).collect(),
+    }
+}
+
+fn path_policy(p: wit::PathPolicy) -> core::PathPolicy {
+    core::PathPolicy {
+        path: p.path,
+        policy: match p.policy {
+            wit::Policy::Last => core::Policy::Last,
+            wit::Policy::First => core::Policy::First,
+            wit::Policy::Max => core::Policy::Max,
+            wit::Policy::Min => core::Policy::Min,
+            wit::Policy::Coalesce(order) => core::Policy::Coalesce(order),
+        },
     }
 }
 
 /// Borrows a record as the component's input type (lowering copies it into the guest).
-pub fn input_record(r: &core::Record) -> wit::InputRecord<'_> {
-    wit::InputRecord {
+pub fn input_record(r: &core::Record) -> wit::InputRecordParam<'_> {
+    wit::InputRecordParam {
         seq: r.seq as u64,
-        source: wit::Source {
+        source: wit::SourceParam {
             system: &r.source.system,
             adapter: &r.source.adapter,
         },
@@ -86,4 +86,82 @@ pub fn projection(p: wit::Projection) -> core::Projection {
             })
             .collect(),
     }
+}
+
+/// The `host.default-projection` import: the SDK's default projection of each group, run
+/// natively for a guest whose language has no port of it.
+pub fn default_projection(
+    groups: Vec<wit::GroupResult>,
+    policies: Vec<wit::PathPolicy>,
+) -> Vec<wit::Projection> {
+    use flowhost_sdk as sdk;
+    let policies: Vec<sdk::PathPolicy> = policies
+        .into_iter()
+        .map(path_policy)
+        .map(|p| sdk::PathPolicy {
+            path: p.path,
+            policy: match p.policy {
+                core::Policy::Last => sdk::Policy::Last,
+                core::Policy::First => sdk::Policy::First,
+                core::Policy::Max => sdk::Policy::Max,
+                core::Policy::Min => sdk::Policy::Min,
+                core::Policy::Coalesce(order) => sdk::Policy::Coalesce(order),
+            },
+        })
+        .collect();
+    let link = |l: wit::ParentLinkResult| sdk::ParentLink {
+        model: l.model,
+        reference: l.reference,
+    };
+    groups
+        .into_iter()
+        .map(|g| {
+            let records = g
+                .records
+                .into_iter()
+                .filter_map(|k| {
+                    let r = k.record;
+                    // The host keys only records whose payload is a JSON object.
+                    let Ok(serde_json::Value::Object(payload)) = serde_json::from_str(&r.payload)
+                    else {
+                        return None;
+                    };
+                    Some(sdk::KeyedRecord {
+                        record: sdk::Record {
+                            seq: r.seq,
+                            source: sdk::Source {
+                                system: r.source.system,
+                                adapter: r.source.adapter,
+                            },
+                            external_id: r.external_id,
+                            occurred_at: r.occurred_at,
+                            occurred_micros: r.occurred_micros,
+                            payload,
+                        },
+                        parents: k.parents.into_iter().map(link).collect(),
+                    })
+                })
+                .collect();
+            let group = sdk::Group {
+                reference: g.reference,
+                records,
+            };
+            let p = sdk::projection::project(&group, &policies);
+            let text = |map| serde_json::Value::Object(map).to_string();
+            wit::Projection {
+                reference: group.reference,
+                canonical: text(p.canonical),
+                lineage: text(p.lineage),
+                root: text(p.root),
+                parents: p
+                    .parents
+                    .into_iter()
+                    .map(|l| wit::ParentLinkResult {
+                        model: l.model,
+                        reference: l.reference,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }

@@ -525,7 +525,7 @@ impl Plugin {
                 g.records
                     .iter()
                     .zip(links)
-                    .map(|(k, parents)| bindings::wit::KeyedRecord {
+                    .map(|(k, parents)| bindings::wit::KeyedRecordParam {
                         record: convert::input_record(&k.record),
                         parents,
                     })
@@ -535,7 +535,7 @@ impl Plugin {
         let input: Vec<_> = groups
             .iter()
             .zip(&keyed)
-            .map(|(g, records)| bindings::wit::Group {
+            .map(|(g, records)| bindings::wit::GroupParam {
                 reference: &g.reference,
                 records,
             })

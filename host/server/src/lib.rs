@@ -240,6 +240,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(views::view_page))
         .routes(routes!(ops::parked))
         .routes(routes!(ops::plugins))
+        .routes(routes!(ops::shadow))
         .routes(routes!(ops::hosts))
         .routes(routes!(changes::changes))
         .routes(routes!(health::live))

@@ -225,6 +225,43 @@ pub(crate) async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Val
     })))
 }
 
+/// `GET /v1/plugins/{model}/shadow?limit=N`: the model's shadow run (a candidate version
+/// called beside the live one): counts, and the first differences, each record named by its
+/// system and id.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{model}/shadow",
+    tag = "read",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("limit" = Option<usize>, Query, description = "Differences to return, 1–10,000 (default 1,000; at most 1,000 are kept per run)"),
+    ),
+    responses(
+        (status = 200, description = "The shadow run: candidate, live version, counts and differences", content_type = "application/json", body = Object),
+        (status = 400, description = "A bad parameter, named in the error", content_type = "application/json", body = ApiErrorBody),
+        (status = 404, description = "Unknown model, or no shadow run of it", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
+pub(crate) async fn shadow(
+    State(state): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let model = path(p)?;
+    let params = query(q)?;
+    only_params(&params, &["limit"])?;
+    let limit = page_limit(&params)?;
+    let store = state.store();
+    known_model(store, &model).await?;
+    match flowhost_edges::models::shadow_json(store, &model, limit).await? {
+        Some(run) => Ok(Json(run)),
+        None => Err(ApiError::not_found(format!(
+            "no shadow run of '{model}': place a candidate as <plugins>/{}/{model}.wasm (or run `flowhost plugins shadow FILE`)",
+            flowhost_registry::SHADOW_DIR
+        ))),
+    }
+}
+
 /// `POST /v1/plugins/{model}/rollback?to=PREFIX` (admin): makes the previous (or the given)
 /// version of a model current, here at once and for every host on the database.
 #[utoipa::path(

@@ -18,7 +18,9 @@ mod plugins;
 mod positions;
 mod postgres;
 mod reads;
+mod reassociate;
 mod rows;
+mod shadow;
 mod sql;
 mod sqlite;
 mod types;
@@ -26,6 +28,7 @@ mod types;
 pub use error::{CommitError, StoreError};
 pub use positions::Advance;
 pub use rows::{REPROJECT_STAMP, now_micros};
+pub use shadow::SHADOW_DIFFS_KEPT;
 pub use types::*;
 
 use flowhost_core::ParentKey;
@@ -441,6 +444,89 @@ impl Store {
     /// Forgets a file that left the plugins folder.
     pub async fn forget_file(&self, file: &str) -> Result<(), StoreError> {
         backend!(self.forget_file(file))
+    }
+
+    /// Every decided record of a model (keyed or parked), in intake order, with the
+    /// reference it is keyed to.
+    pub async fn decided_records(
+        &self,
+        model: &str,
+    ) -> Result<Vec<(flowhost_core::Record, Option<String>)>, StoreError> {
+        backend!(self.decided_records(model))
+    }
+
+    /// The parent links of every keyed record of `child` that has parents.
+    pub async fn parent_links(
+        &self,
+        child: &str,
+    ) -> Result<Vec<(i64, Vec<flowhost_core::ParentLink>)>, StoreError> {
+        backend!(self.parent_links(child))
+    }
+
+    /// Commits a model's association decided again (see [`Reassociate`]) in one
+    /// transaction that checks the lease and the plugin version.
+    pub async fn commit_reassociation(
+        &self,
+        lease: &Lease,
+        r: &Reassociate,
+    ) -> Result<CommitSummary, CommitError> {
+        backend!(self.commit_reassociation(lease, r))
+    }
+
+    /// Starts (or starts over) the shadow run of a model with a candidate version: counts
+    /// at zero, the earlier run's differences gone.
+    pub async fn start_shadow(&self, run: &ShadowRun) -> Result<(), StoreError> {
+        backend!(self.start_shadow(run))
+    }
+
+    /// Ends a model's running shadow run of `version`, saying why; false when none was.
+    pub async fn end_shadow(
+        &self,
+        model: &str,
+        version: &str,
+        why: &str,
+    ) -> Result<bool, StoreError> {
+        backend!(self.end_shadow(model, version, why))
+    }
+
+    /// Adds a compared batch to a running shadow run (counts, and differences up to
+    /// [`SHADOW_DIFFS_KEPT`]); false when that run is no longer going.
+    pub async fn add_shadow(
+        &self,
+        model: &str,
+        version: &str,
+        counts: &ShadowCounts,
+        diffs: &[ShadowDiff],
+    ) -> Result<bool, StoreError> {
+        backend!(self.add_shadow(model, version, counts, diffs))
+    }
+
+    /// A model's latest shadow run and its first `limit` differences.
+    pub async fn shadow(
+        &self,
+        model: &str,
+        limit: usize,
+    ) -> Result<Option<(ShadowRun, Vec<ShadowDiff>)>, StoreError> {
+        backend!(self.shadow(model, limit))
+    }
+
+    /// The groups of some references of a model (every keyed record, intake order), read
+    /// without claiming them.
+    pub async fn groups(
+        &self,
+        model: &str,
+        references: &[String],
+    ) -> Result<Vec<flowhost_core::Group>, StoreError> {
+        backend!(self.groups(model, references))
+    }
+
+    /// The last `n` records taken in for a model, oldest first.
+    pub async fn latest_records(
+        &self,
+        model: &str,
+        n: usize,
+    ) -> Result<Vec<flowhost_core::Record>, StoreError> {
+        backend!(self.latest_records(model, n))
     }
 
     /// The last outcome of every file of the plugins folder.

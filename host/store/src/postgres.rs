@@ -3,7 +3,7 @@
 //! and leases taken with an atomic upsert that only succeeds for the holder or after expiry.
 
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
-use crate::sql::{Backend, Sql};
+use crate::sql::{Backend, Sql, Tx};
 use crate::*;
 use sqlx::postgres::{PgPoolOptions, PgQueryResult};
 use sqlx::{Postgres, QueryBuilder};
@@ -248,6 +248,23 @@ impl Sql<Postgres> {
         let statement = sqlx::query("SELECT pg_advisory_xact_lock(7201320)");
         self.execute(&mut *tx, statement, op, model).await?;
 
+        let healed = self.write_association(&mut tx, o).await?;
+        self.commit(tx, op, model).await?;
+        self.grew((o.keyed.len() + o.parked.len() + o.claims.len()) as u64);
+        Ok(CommitSummary { healed })
+    }
+
+    /// The writes of an association outcome inside an open transaction whose lease (and
+    /// version) is checked and which holds the association lock: claims (all or nothing),
+    /// keyed and parked rows, the queue positions consumed, healing, dirty marks. Returns
+    /// how many parked records it healed.
+    pub(crate) async fn write_association(
+        &self,
+        tx: &mut Tx<Postgres>,
+        o: &AssociationOutcome,
+    ) -> Result<u64, CommitError> {
+        let op = "commit association";
+        let model = o.model.as_str();
         if !o.claims.is_empty() {
             let statement = sqlx::query(
                 "INSERT INTO keys (model, key, reference) \
@@ -257,7 +274,7 @@ impl Sql<Postgres> {
             .bind(model)
             .bind(strings(&o.claims, |c| c.0.clone()))
             .bind(strings(&o.claims, |c| c.1.clone()));
-            let claimed: Vec<(String,)> = self.fetch_as(&mut *tx, statement, op, model).await?;
+            let claimed: Vec<(String,)> = self.fetch_as(&mut **tx, statement, op, model).await?;
             if claimed.len() != o.claims.len() {
                 let claimed: std::collections::HashSet<String> =
                     claimed.into_iter().map(|(key,)| key).collect();
@@ -296,7 +313,7 @@ impl Sql<Postgres> {
                     .collect::<Vec<Option<String>>>(),
             )
             .bind(strings(&o.keyed, |k| rows::parents_json(&k.parents)));
-            self.execute(&mut *tx, statement, op, model).await?;
+            self.execute(&mut **tx, statement, op, model).await?;
         }
 
         if !o.parked.is_empty() {
@@ -335,15 +352,15 @@ impl Sql<Postgres> {
                     .map(|p| p.first_micros)
                     .collect::<Vec<i64>>(),
             );
-            self.execute(&mut *tx, statement, op, model).await?;
+            self.execute(&mut **tx, statement, op, model).await?;
         }
 
         if !o.done.is_empty() {
             let statement = sqlx::query("DELETE FROM queue WHERE pos = ANY($1)").bind(&o.done);
-            self.execute(&mut *tx, statement, op, model).await?;
+            self.execute(&mut **tx, statement, op, model).await?;
         }
 
-        let healed = self.heal(&mut tx, model, &o.claims, &o.parked).await?;
+        let healed = self.heal(tx, model, &o.claims, &o.parked).await?;
 
         if !o.dirty.is_empty() {
             let statement = sqlx::query(
@@ -354,11 +371,29 @@ impl Sql<Postgres> {
             .bind(model)
             .bind(o.stamp)
             .bind(&o.dirty);
-            self.execute(&mut *tx, statement, op, model).await?;
+            self.execute(&mut **tx, statement, op, model).await?;
         }
 
+        Ok(healed)
+    }
+
+    /// Commits a re-association in one transaction: checks the lease and version, resets the
+    /// model's association state, and writes the new decisions as an association batch does.
+    pub async fn commit_reassociation(
+        &self,
+        lease: &Lease,
+        r: &Reassociate,
+    ) -> Result<CommitSummary, CommitError> {
+        let op = "reassociate";
+        let model = r.outcome.model.as_str();
+        let mut tx = self.begin(op, model).await?;
+        self.check_lease(&mut tx, lease, non_empty(&r.outcome.plugin_version))
+            .await?;
+        let statement = sqlx::query("SELECT pg_advisory_xact_lock(7201320)");
+        self.execute(&mut *tx, statement, op, model).await?;
+        self.reset_for_reassociation(&mut tx, r).await?;
+        let healed = self.write_association(&mut tx, &r.outcome).await?;
         self.commit(tx, op, model).await?;
-        self.grew((o.keyed.len() + o.parked.len() + o.claims.len()) as u64);
         Ok(CommitSummary { healed })
     }
 

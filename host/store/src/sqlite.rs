@@ -4,7 +4,7 @@
 //! lock upgrade.
 
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
-use crate::sql::{Backend, Sql};
+use crate::sql::{Backend, Sql, Tx};
 use crate::*;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
@@ -275,6 +275,21 @@ impl Sql<Sqlite> {
         self.check_lease(&mut tx, lease, non_empty(&o.plugin_version))
             .await?;
 
+        let healed = self.write_association(&mut tx, o).await?;
+        self.commit(tx, op, model).await?;
+        Ok(CommitSummary { healed })
+    }
+
+    /// The writes of an association outcome inside an open transaction whose lease (and
+    /// version) is checked: claims (all or nothing), keyed and parked rows, the queue
+    /// positions consumed, healing, dirty marks. Returns how many parked records it healed.
+    pub(crate) async fn write_association(
+        &self,
+        tx: &mut Tx<Sqlite>,
+        o: &AssociationOutcome,
+    ) -> Result<u64, CommitError> {
+        let op = "commit association";
+        let model = o.model.as_str();
         // Claims: all or nothing. A key another worker claimed first fails the batch.
         for chunk in o.claims.chunks(MAX_PARAMS / 3) {
             let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO keys (model, key, reference) ");
@@ -284,7 +299,7 @@ impl Sql<Sqlite> {
                     .push_bind(reference.clone());
             });
             qb.push(" ON CONFLICT (model, key) DO NOTHING RETURNING key");
-            let claimed: Vec<(String,)> = self.fetch_as(&mut *tx, qb.build(), op, model).await?;
+            let claimed: Vec<(String,)> = self.fetch_as(&mut **tx, qb.build(), op, model).await?;
             if claimed.len() != chunk.len() {
                 let claimed: std::collections::HashSet<String> =
                     claimed.into_iter().map(|(key,)| key).collect();
@@ -312,7 +327,7 @@ impl Sql<Sqlite> {
                     .push_bind(o.now_micros);
             });
             qb.push(" ON CONFLICT (seq) DO NOTHING");
-            self.execute(&mut *tx, qb.build(), op, model).await?;
+            self.execute(&mut **tx, qb.build(), op, model).await?;
         }
 
         for chunk in o.parked.chunks(MAX_PARAMS / 9) {
@@ -337,7 +352,7 @@ impl Sql<Sqlite> {
                  awaited_key = excluded.awaited_key, attempts = excluded.attempts, \
                  last_micros = excluded.last_micros",
             );
-            self.execute(&mut *tx, qb.build(), op, model).await?;
+            self.execute(&mut **tx, qb.build(), op, model).await?;
         }
 
         for chunk in o.done.chunks(MAX_PARAMS) {
@@ -347,10 +362,10 @@ impl Sql<Sqlite> {
                 list.push_bind(*pos);
             }
             qb.push(")");
-            self.execute(&mut *tx, qb.build(), op, model).await?;
+            self.execute(&mut **tx, qb.build(), op, model).await?;
         }
 
-        let healed = self.heal(&mut tx, model, &o.claims, &o.parked).await?;
+        let healed = self.heal(tx, model, &o.claims, &o.parked).await?;
 
         for chunk in o.dirty.chunks(MAX_PARAMS / 3) {
             let mut qb =
@@ -361,9 +376,26 @@ impl Sql<Sqlite> {
                     .push_bind(o.stamp);
             });
             qb.push(" ON CONFLICT (reference) DO UPDATE SET stamp = excluded.stamp, error = NULL");
-            self.execute(&mut *tx, qb.build(), op, model).await?;
+            self.execute(&mut **tx, qb.build(), op, model).await?;
         }
 
+        Ok(healed)
+    }
+
+    /// Commits a re-association in one transaction: checks the lease and version, resets the
+    /// model's association state, and writes the new decisions as an association batch does.
+    pub async fn commit_reassociation(
+        &self,
+        lease: &Lease,
+        r: &Reassociate,
+    ) -> Result<CommitSummary, CommitError> {
+        let op = "reassociate";
+        let model = r.outcome.model.as_str();
+        let mut tx = self.begin(op, model).await?;
+        self.check_lease(&mut tx, lease, non_empty(&r.outcome.plugin_version))
+            .await?;
+        self.reset_for_reassociation(&mut tx, r).await?;
+        let healed = self.write_association(&mut tx, &r.outcome).await?;
         self.commit(tx, op, model).await?;
         Ok(CommitSummary { healed })
     }

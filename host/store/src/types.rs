@@ -398,3 +398,74 @@ pub struct Health {
     /// Migrations this build has that the database has not applied (`version description`).
     pub missing_migrations: Vec<String>,
 }
+
+/// A shadow run: a candidate version of a model called beside the live one (see
+/// `Store::start_shadow`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct ShadowRun {
+    pub model: String,
+    /// The candidate's version (content hash).
+    pub version: String,
+    /// The candidate's file.
+    pub file: String,
+    pub started_micros: i64,
+    pub updated_micros: i64,
+    /// Live batches compared, and their records.
+    pub batches: i64,
+    pub records: i64,
+    /// Records of live batches not compared (the shadow queue was full, or the candidate
+    /// could not be called on them in time).
+    pub skipped: i64,
+    /// Records whose keys, parents or decision differ.
+    pub record_diffs: i64,
+    /// References whose views were compared, and those whose canonical or root view differs.
+    pub views: i64,
+    pub view_diffs: i64,
+    /// Why the run ended (promoted, the file left the shadow folder); `None` while it runs.
+    pub ended: Option<String>,
+}
+
+/// What one compared batch adds to a shadow run's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShadowCounts {
+    pub batches: i64,
+    pub records: i64,
+    pub skipped: i64,
+    pub record_diffs: i64,
+    pub views: i64,
+    pub view_diffs: i64,
+}
+
+/// One difference a shadow run found: a record (`kind` = `record`, with its sequence,
+/// system and external id) or a reference's views (`kind` = `view`, with the reference).
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct ShadowDiff {
+    pub live_version: String,
+    pub kind: String,
+    pub seq: Option<i64>,
+    pub system: Option<String>,
+    pub external_id: Option<String>,
+    pub reference: Option<String>,
+    /// One line a person reads: what would change.
+    pub summary: String,
+    /// What the live version gave and what the candidate gives (JSON).
+    pub live: String,
+    pub candidate: String,
+}
+
+/// A model's association decided again from scratch under its current version, committed
+/// in one transaction (see `Store::commit_reassociation`).
+#[derive(Debug, Clone, Default)]
+pub struct Reassociate {
+    /// The new decisions of every record decided again: claims (with the references they
+    /// keep or get), keyed and parked rows, the references to project. `done` stays empty:
+    /// these records are not in the queue.
+    pub outcome: AssociationOutcome,
+    /// The records decided again (their parked rows are replaced).
+    pub redecided: Vec<i64>,
+    /// Keyed records of other models that name a reference of this model whose records
+    /// changed: they go back to the queue, so their parent links follow.
+    pub children: Vec<i64>,
+    /// References of the model that no longer exist: their views and marks are deleted.
+    pub retired: Vec<String>,
+}
