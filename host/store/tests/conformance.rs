@@ -1060,3 +1060,67 @@ async fn plugin_versions_switch_mark_stale_views_and_retry_failures() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn shadow_runs_count_keep_a_bounded_number_of_differences_and_end() {
+    use flowhost_store::{SHADOW_DIFFS_KEPT, ShadowCounts, ShadowDiff, ShadowRun};
+    on_both(|s| async move {
+        let model = format!("m{}", uuid_like().replace('-', ""));
+        assert!(s.shadow(&model, 10).await.unwrap().is_none());
+        let run = ShadowRun {
+            model: model.clone(),
+            version: "v2".into(),
+            file: "shadow/m.wasm".into(),
+            ..Default::default()
+        };
+        s.start_shadow(&run).await.unwrap();
+        let diff = |i: i64| ShadowDiff {
+            live_version: "v1".into(),
+            kind: "record".into(),
+            seq: Some(i),
+            system: Some("bms".into()),
+            external_id: Some(format!("D-{i}")),
+            summary: format!("record bms/D-{i}: differs"),
+            live: "{}".into(),
+            candidate: "{\"x\":1}".into(),
+            ..Default::default()
+        };
+        let counts = |n: i64| ShadowCounts {
+            batches: 1,
+            records: n,
+            record_diffs: n,
+            ..Default::default()
+        };
+        // More differences than are kept: the counts go on, the rows stop at the bound.
+        let many: Vec<ShadowDiff> = (0..SHADOW_DIFFS_KEPT + 200).map(diff).collect();
+        assert!(s.add_shadow(&model, "v2", &counts(many.len() as i64), &many).await.unwrap());
+        assert!(s.add_shadow(&model, "v2", &counts(3), &many[..3]).await.unwrap());
+        // Another version's batch is not this run's.
+        assert!(!s.add_shadow(&model, "v9", &counts(1), &many[..1]).await.unwrap());
+        let (read, diffs) = s.shadow(&model, 100_000).await.unwrap().unwrap();
+        assert_eq!(read.records, SHADOW_DIFFS_KEPT + 203);
+        assert_eq!(read.batches, 2);
+        assert_eq!(diffs.len() as i64, SHADOW_DIFFS_KEPT);
+        assert_eq!(diffs[0].external_id.as_deref(), Some("D-0"));
+        assert!(read.ended.is_none());
+
+        // Ended: readable, and takes no more batches.
+        assert!(s.end_shadow(&model, "v2", "promoted").await.unwrap());
+        assert!(!s.end_shadow(&model, "v2", "again").await.unwrap());
+        assert!(!s.add_shadow(&model, "v2", &counts(1), &[]).await.unwrap());
+        let (read, _) = s.shadow(&model, 1).await.unwrap().unwrap();
+        assert_eq!(read.ended.as_deref(), Some("promoted"));
+
+        // A new candidate starts over.
+        s.start_shadow(&ShadowRun {
+            version: "v3".into(),
+            ..run.clone()
+        })
+        .await
+        .unwrap();
+        let (read, diffs) = s.shadow(&model, 10).await.unwrap().unwrap();
+        assert_eq!((read.version.as_str(), read.records), ("v3", 0));
+        assert!(read.ended.is_none() && diffs.is_empty());
+    })
+    .await;
+}
