@@ -92,7 +92,8 @@ class Rejection(Exception):
 
 class Record:
     """One intake record: who sent it, when, and its payload as Python values (objects as
-    dicts, numbers exactly: integers as `int`, the rest as `decimal.Decimal`)."""
+    dicts, numbers exactly: integers as `int` (past 4,000 digits `decimal.Decimal`), the rest
+    as `decimal.Decimal`)."""
 
     __slots__ = ("seq", "system", "adapter", "external_id", "occurred_at", "payload")
 
@@ -189,8 +190,14 @@ class Model:
         return []
 
 
+def _int(text):
+    # Python refuses to read integers of more than 4,300 digits; intake takes longer ones,
+    # so those stay exact as Decimal.
+    return int(text) if len(text) <= 4000 else Decimal(text)
+
+
 def _parse(text):
-    return json.loads(text, parse_float=Decimal)
+    return json.loads(text, parse_float=Decimal, parse_int=_int)
 
 
 def _decide(model, record):
@@ -256,7 +263,7 @@ def records(ndjson, model):
     for line in ndjson.splitlines():
         if not line.strip():
             continue
-        item = json.loads(line, parse_float=Decimal)
+        item = _parse(line)
         if item.get("model") != model:
             continue
         source = item.get("source", {})

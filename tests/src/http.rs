@@ -108,3 +108,17 @@ impl Http {
         self.send(r)
     }
 }
+
+impl Http {
+    /// The version `GET /v1/models` says is current for `model` (empty when none).
+    pub fn current_version(&self, model: &str) -> String {
+        self.get("/v1/models").json()["models"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["model"] == model)
+            .and_then(|m| m["plugin_version"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+}

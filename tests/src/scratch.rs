@@ -180,3 +180,13 @@ where
             .expect("statement");
     }
 }
+
+/// Whether the database has no work left: nothing queued, no reference marked for
+/// projection (but those whose projection failed).
+pub fn settled(url: &str) -> bool {
+    count_by(
+        url,
+        "SELECT 'n', (SELECT COUNT(*) FROM queue) + (SELECT COUNT(*) FROM dirty WHERE error IS NULL)",
+    )[0]
+    .1 == 0
+}

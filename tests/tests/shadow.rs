@@ -5,8 +5,8 @@
 //! promotion makes it current through the usual swap.
 
 use flowhost_tests::{
-    Host, Http, Scratch, Server, count_by, line, own_plugins, plugin, plugins_dir, text,
-    version_of, wait_for,
+    Host, Http, Scratch, Server, count_by, line, own_plugins, plugin, plugins_dir, settled,
+    text, version_of, wait_for,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -22,17 +22,6 @@ fn device(i: usize, serial: &str) -> String {
         &format!("D-{i}"),
         json!({ "serial": serial }),
     )
-}
-
-fn current(http: &Http, model: &str) -> String {
-    http.get("/v1/models").json()["models"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["model"] == model)
-        .and_then(|m| m["plugin_version"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The ids of the records whose decision (not only keys) differs.
@@ -67,13 +56,7 @@ fn a_candidate_beside_the_live_version_reports_what_it_would_change_and_is_promo
     let host = Host::with_plugins(&db.url, folder.path());
     let mut server = Server::start(&host, &[]);
     let http = Http::new(&server.url());
-    let settled = || {
-        count_by(
-            &db.url,
-            "SELECT 'n', (SELECT COUNT(*) FROM queue) + (SELECT COUNT(*) FROM dirty WHERE error IS NULL)",
-        )[0]
-        .1 == 0
-    };
+    let settled = || settled(&db.url);
     let v1 = version_of(&plugin("device"));
     let v2_file = plugins_dir().join("fixtures/device-v2.wasm");
     let v2 = version_of(&v2_file);
@@ -175,6 +158,14 @@ fn a_candidate_beside_the_live_version_reports_what_it_would_change_and_is_promo
         0
     );
 
+    // `plugins list` (and GET /v1/plugins) show the run beside the live version.
+    let out = host.run(&["plugins", "list"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("shadow      candidate") && listed.contains("40 records compared, 40 differ"),
+        "{listed}"
+    );
+
     // The readable report and the JSON one.
     let out = host.run(&["plugins", "diff", "device", "--limit", "50"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -209,7 +200,7 @@ fn a_candidate_beside_the_live_version_reports_what_it_would_change_and_is_promo
     assert!(!folder.path().join("shadow/device.wasm").exists());
     assert_eq!(version_of(&folder.path().join("device.wasm")), v2);
     wait_for("version 2 to be current", WAIT, || {
-        current(&http, "device") == v2
+        http.current_version("device") == v2
     });
     let ended = http.get("/v1/plugins/device/shadow").json();
     assert_eq!(ended["running"], false, "{ended}");
@@ -246,6 +237,6 @@ fn a_candidate_that_fails_its_probe_is_refused_and_named() {
     });
     assert_eq!(http.get("/v1/plugins/device/shadow").status, 404);
     // The live version serves on.
-    assert_eq!(current(&http, "device"), version_of(&plugin("device")));
+    assert_eq!(http.current_version("device"), version_of(&plugin("device")));
     assert!(server.stop().success());
 }

@@ -5,7 +5,7 @@
 
 use flowhost_tests::{
     Host, Http, Scratch, Server, count_by, line, own_plugins, plugin, plugins_dir,
-    replace_atomically, version_of, wait_for,
+    replace_atomically, settled, version_of, wait_for,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -25,17 +25,6 @@ fn devices(range: std::ops::Range<usize>) -> String {
         .collect()
 }
 
-fn current(http: &Http, model: &str) -> String {
-    http.get("/v1/models").json()["models"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["model"] == model)
-        .and_then(|m| m["plugin_version"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn a_version_failing_on_every_third_record_is_rolled_back_on_its_own() {
     let db = Scratch::sqlite();
@@ -43,13 +32,7 @@ fn a_version_failing_on_every_third_record_is_rolled_back_on_its_own() {
     let host = Host::with_plugins(&db.url, folder.path());
     let mut server = Server::start(&host, &["--set", "plugins.watch_records=60"]);
     let http = Http::new(&server.url());
-    let settled = || {
-        count_by(
-            &db.url,
-            "SELECT 'n', (SELECT COUNT(*) FROM queue) + (SELECT COUNT(*) FROM dirty WHERE error IS NULL)",
-        )[0]
-        .1 == 0
-    };
+    let settled = || settled(&db.url);
 
     // Version 1 decides 90 records without a failure: the baseline.
     let v1 = version_of(&plugin("device"));
@@ -61,14 +44,14 @@ fn a_version_failing_on_every_third_record_is_rolled_back_on_its_own() {
     let flaky = version_of(&flaky_file);
     replace_atomically(&flaky_file, &folder.path().join("device.wasm"));
     wait_for("the flaky version to be current", WAIT, || {
-        current(&http, "device") == flaky
+        http.current_version("device") == flaky
     });
     assert_eq!(http.records(&devices(90..180)).status, 200);
 
     // Judged on its first 60 records and rolled back to version 1.
     // (The version changes in the database just before the host logs why.)
     wait_for("the host to roll back on its own", WAIT, || {
-        current(&http, "device") == v1 && server.log().contains("rolled back on its own")
+        http.current_version("device") == v1 && server.log().contains("rolled back on its own")
     });
     let log = server.log();
     assert!(
@@ -97,6 +80,6 @@ fn a_version_failing_on_every_third_record_is_rolled_back_on_its_own() {
             && count_by(&db.url, "SELECT 'n', COUNT(*) FROM keyed")[0].1 == 180
     });
     // The rolled-back file stays in the folder without becoming current again.
-    assert_eq!(current(&http, "device"), v1);
+    assert_eq!(http.current_version("device"), v1);
     assert!(server.stop().success());
 }

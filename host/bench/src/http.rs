@@ -237,6 +237,27 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
         .map(|(_, n)| n.as_i64().unwrap_or(0))
         .sum();
     let stored = idle["intake"].as_i64().unwrap_or(-1);
+    // Shadow runs (a candidate in `<plugins>/shadow/`): how far each got by the time the
+    // live views caught up (it runs behind them, off the live path).
+    let plugins: Value = serde_json::from_str(
+        &client
+            .get(format!("{base}/v1/plugins"))
+            .send()
+            .await?
+            .text()
+            .await?,
+    )?;
+    let shadows: Vec<Value> = plugins["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["shadow"].is_object())
+        .map(|p| {
+            let s = &p["shadow"];
+            json!({"model": p["model"], "records": s["records"], "skipped": s["skipped"],
+                "record_diffs": s["record_diffs"], "view_diffs": s["view_diffs"]})
+        })
+        .collect();
 
     // The cores the service kept busy from the first request until the views caught up.
     let cores = child
@@ -280,6 +301,7 @@ async fn measure(url: &str, plugins: &Path, load: &Load, set: &[String]) -> Resu
         "every_acknowledged_record_stored_once": stored == accepted as i64,
         "every_stored_record_keyed_or_parked": keyed + parked == stored,
         "serve_exit": status.code(),
+        "shadow_runs": shadows,
     });
     if stored != accepted as i64 || keyed + parked != stored || !status.success() {
         bail!("the load check failed: {out}");
@@ -326,6 +348,15 @@ fn print_table(v: &Value) {
         "  check       stored {} (= accepted), keyed {} + parked {} = stored; serve exited {}",
         v["stored"], v["keyed"], v["parked"], v["serve_exit"]
     );
+    for r in v["shadow_runs"].as_array().into_iter().flatten() {
+        println!(
+            "  shadow      {}: {} records compared, {} skipped, {} differ, by the time the views caught up",
+            r["model"].as_str().unwrap_or("?"),
+            r["records"],
+            r["skipped"],
+            r["record_diffs"]
+        );
+    }
 }
 
 /// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.

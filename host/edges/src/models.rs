@@ -40,6 +40,16 @@ pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), Sto
     // One progress query per model: a handful of models, read by an operator, not a hot path.
     for s in &states {
         let progress = store.reprojection(&s.model, &s.version).await?;
+        // The model's shadow run while it runs (its findings: `plugins diff`).
+        let shadow = store
+            .shadow(&s.model, 0)
+            .await?
+            .map(|(r, _)| r)
+            .filter(|r| r.ended.is_none())
+            .map(|r| {
+                json!({"candidate": r.version, "file": r.file, "records": r.records,
+                    "skipped": r.skipped, "record_diffs": r.record_diffs, "view_diffs": r.view_diffs})
+            });
         let file = versions
             .iter()
             .find(|v| v.model == s.model && v.version == s.version)
@@ -64,6 +74,7 @@ pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), Sto
             "views": {"current": progress.current, "total": progress.total, "failed": progress.failed},
             "last_error": last_error,
             "previous": previous,
+            "shadow": shadow,
         }));
     }
     let refused = files

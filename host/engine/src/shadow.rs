@@ -90,12 +90,17 @@ impl Shadows {
             live_results: live_results.to_vec(),
         };
         if self.queue.try_send(batch).is_err() {
-            *self
-                .skipped
-                .lock()
-                .expect("shadow skipped")
+            let mut skipped = self.skipped.lock().expect("shadow skipped");
+            let n = skipped
                 .entry((model.clone(), candidate.version().to_string()))
-                .or_default() += records.len() as i64;
+                .or_default();
+            if *n == 0 {
+                tracing::warn!(
+                    model = %model,
+                    "shadow run falls behind the live stage: live batches are skipped (counted in the run) until it catches up"
+                );
+            }
+            *n += records.len() as i64;
         }
     }
 
@@ -273,11 +278,12 @@ pub async fn compare(
     };
     let (live_answers, cand_answers) = (pick(live_answers), pick(cand_answers));
 
-    let description = live.description();
-    let (model, kind) = (description.model.as_str(), description.kind);
+    let model = live.description().model.as_str();
+    // Each version decides as the kind it describes.
+    let (kind, cand_kind) = (live.description().kind, candidate.description().kind);
     let mut own = BTreeSet::new();
     let mut parents = BTreeSet::new();
-    for answers in [&live_answers, &cand_answers] {
+    for (answers, kind) in [(&live_answers, kind), (&cand_answers, cand_kind)] {
         let (ok_records, ok_assocs) = ok_part(&records, answers);
         let (o, p) = association::lookups(kind, &ok_records, &ok_assocs);
         own.extend(o);
@@ -298,7 +304,7 @@ pub async fn compare(
     );
     let cand_sides = decide_side(
         model,
-        kind,
+        cand_kind,
         &records,
         &cand_answers,
         &owners,

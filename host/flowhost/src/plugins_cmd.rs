@@ -267,6 +267,18 @@ async fn list(
                 e.get("at").map(s).unwrap_or_default()
             )?;
         }
+        if let Some(sh) = m["shadow"].as_object() {
+            writeln!(
+                out,
+                "  shadow      candidate {} ({}): {} records compared, {} differ, {} views differ (`flowhost plugins diff {}`)",
+                short(&sh.get("candidate").map(s).unwrap_or_default()),
+                sh.get("file").map(s).unwrap_or_default(),
+                sh.get("records").map(n).unwrap_or(0),
+                sh.get("record_diffs").map(n).unwrap_or(0),
+                sh.get("view_diffs").map(n).unwrap_or(0),
+                s(&m["model"])
+            )?;
+        }
         for (i, v) in m["previous"].as_array().into_iter().flatten().enumerate() {
             let label = if i == 0 { "previous" } else { "" };
             writeln!(

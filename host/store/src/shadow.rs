@@ -8,6 +8,18 @@ use crate::{ShadowCounts, ShadowDiff, ShadowRun, StoreError, now_micros};
 use flowhost_core::{Group, Record};
 use sqlx::{ColumnIndex, Executor, IntoArguments};
 
+/// `model = … AND version = … AND ended IS NULL`: the run of this candidate, while it runs.
+fn push_running<DB: Backend>(qb: &mut sqlx::QueryBuilder<DB>, model: &str, version: &str)
+where
+    String: Column<DB>,
+{
+    qb.push("model = ")
+        .push_bind(model.to_string())
+        .push(" AND version = ")
+        .push_bind(version.to_string())
+        .push(" AND ended IS NULL");
+}
+
 /// The most differences kept per run; the counts go on past it.
 pub const SHADOW_DIFFS_KEPT: i64 = 1_000;
 
@@ -65,11 +77,8 @@ where
         qb.push_bind(why.to_string())
             .push(", updated_micros = ")
             .push_bind(now_micros())
-            .push(" WHERE model = ")
-            .push_bind(model.to_string())
-            .push(" AND version = ")
-            .push_bind(version.to_string())
-            .push(" AND ended IS NULL");
+            .push(" WHERE ");
+        push_running(&mut qb, model, version);
         let n = self
             .execute(&self.pool, qb.build(), "end a shadow run", model)
             .await?;
@@ -102,11 +111,8 @@ where
             .push_bind(counts.view_diffs)
             .push(", updated_micros = ")
             .push_bind(now_micros())
-            .push(" WHERE model = ")
-            .push_bind(model.to_string())
-            .push(" AND version = ")
-            .push_bind(version.to_string())
-            .push(" AND ended IS NULL");
+            .push(" WHERE ");
+        push_running(&mut qb, model, version);
         if self.execute(&mut *tx, qb.build(), op, model).await? != 1 {
             return Ok(false);
         }
