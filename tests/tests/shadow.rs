@@ -5,8 +5,8 @@
 //! promotion makes it current through the usual swap.
 
 use flowhost_tests::{
-    Host, Http, Scratch, Server, count_by, line, own_plugins, plugin, plugins_dir, settled,
-    text, version_of, wait_for,
+    Host, Http, Scratch, Server, count_by, line, own_plugins, plugin, plugins_dir, settled, text,
+    version_of, wait_for,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -162,7 +162,8 @@ fn a_candidate_beside_the_live_version_reports_what_it_would_change_and_is_promo
     let out = host.run(&["plugins", "list"]);
     let listed = text(&out.stdout);
     assert!(
-        listed.contains("shadow      candidate") && listed.contains("40 records compared, 40 differ"),
+        listed.contains("shadow      candidate")
+            && listed.contains("40 records compared, 40 differ"),
         "{listed}"
     );
 
@@ -237,6 +238,9 @@ fn a_candidate_that_fails_its_probe_is_refused_and_named() {
     });
     assert_eq!(http.get("/v1/plugins/device/shadow").status, 404);
     // The live version serves on.
-    assert_eq!(http.current_version("device"), version_of(&plugin("device")));
+    assert_eq!(
+        http.current_version("device"),
+        version_of(&plugin("device"))
+    );
     assert!(server.stop().success());
 }

@@ -1093,10 +1093,22 @@ async fn shadow_runs_count_keep_a_bounded_number_of_differences_and_end() {
         };
         // More differences than are kept: the counts go on, the rows stop at the bound.
         let many: Vec<ShadowDiff> = (0..SHADOW_DIFFS_KEPT + 200).map(diff).collect();
-        assert!(s.add_shadow(&model, "v2", &counts(many.len() as i64), &many).await.unwrap());
-        assert!(s.add_shadow(&model, "v2", &counts(3), &many[..3]).await.unwrap());
+        assert!(
+            s.add_shadow(&model, "v2", &counts(many.len() as i64), &many)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.add_shadow(&model, "v2", &counts(3), &many[..3])
+                .await
+                .unwrap()
+        );
         // Another version's batch is not this run's.
-        assert!(!s.add_shadow(&model, "v9", &counts(1), &many[..1]).await.unwrap());
+        assert!(
+            !s.add_shadow(&model, "v9", &counts(1), &many[..1])
+                .await
+                .unwrap()
+        );
         let (read, diffs) = s.shadow(&model, 100_000).await.unwrap().unwrap();
         assert_eq!(read.records, SHADOW_DIFFS_KEPT + 203);
         assert_eq!(read.batches, 2);
