@@ -3,12 +3,14 @@
 //! under version 1 are decided again. The result equals a fresh run of the whole input
 //! under version 2 (views, values, parked records), on both backends; a dry run changes
 //! nothing; references whose grouping did not change keep their ids; a running host's
-//! hold on the model is named.
+//! hold on the model is named, and that host does it over HTTP between its own batches.
 
 use flowhost_tests::{
-    Host, Scratch, Server, line, own_plugins, plugins_dir, replace_atomically, snapshot, text,
+    Host, Http, Scratch, Server, line, own_plugins, plugins_dir, replace_atomically, settled,
+    snapshot, text, wait_for,
 };
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// The generated workload, and devices whose serials only version 2 takes as one (with
 /// sensors on them, and a record version 2 rejects).
@@ -145,4 +147,71 @@ fn reassociating_after_a_key_rule_change_equals_a_fresh_run_under_the_new_versio
         assert_eq!(again["moved"], 0, "{again}");
         assert_eq!(again["merges"].as_array().unwrap().len(), 0, "{again}");
     }
+}
+
+#[test]
+fn a_serving_host_reassociates_over_http_between_its_batches() {
+    const TOKEN: &str = "reassociate-token";
+    let v2 = plugins_dir().join("fixtures/device-v2.wasm");
+    let input = input();
+    let fresh_db = Scratch::sqlite();
+    let fresh_folder = own_plugins();
+    std::fs::copy(&v2, fresh_folder.path().join("device.wasm")).unwrap();
+    let fresh = Host::with_plugins(&fresh_db.url, fresh_folder.path());
+    assert!(fresh.ingest_bytes(&input).status.success());
+    fresh.process();
+
+    let db = Scratch::sqlite();
+    let folder = own_plugins();
+    let host = Host::with_plugins(&db.url, folder.path());
+    assert!(host.ingest_bytes(&input).status.success());
+    host.process();
+    replace_atomically(&v2, &folder.path().join("device.wasm"));
+    let mut server = Server::start(&host, &["--admin-token", TOKEN]);
+    let http = Http::new(&server.url());
+    wait_for("version 2 serving", Duration::from_secs(120), || {
+        http.current_version("device") == flowhost_tests::version_of(&v2) && settled(&db.url)
+    });
+    let route = "/v1/models/device/reassociate";
+
+    assert_eq!(http.post(route, None, "").status, 401);
+    let bad = http.post(&format!("{route}?dry_run=maybe"), Some(TOKEN), "");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(
+        http.post("/v1/models/nothing/reassociate", Some(TOKEN), "")
+            .status,
+        404
+    );
+    let plan = http.post(&format!("{route}?dry_run=true"), Some(TOKEN), "");
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    let plan = plan.json();
+    assert_eq!(plan["applied"], false);
+    assert!(plan["merges"].as_array().unwrap().len() >= 15, "{plan}");
+
+    // Records that come after it are decided against the new keys, like in a fresh run.
+    let later: String = (0..20)
+        .map(|i| {
+            line(
+                "device",
+                "late",
+                &format!("L-{i}"),
+                json!({ "serial": format!("SN {}", 9000 + i % 15) }),
+            )
+        })
+        .collect();
+    let done = http.post(route, Some(TOKEN), "");
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["applied"], true);
+    assert_eq!(http.records(&later).status, 200);
+    assert!(fresh.ingest(&later).status.success());
+    fresh.process();
+    wait_for("the host to settle", Duration::from_secs(120), || {
+        settled(&db.url)
+    });
+    assert!(server.stop().success());
+    assert_eq!(
+        snapshot(&host),
+        snapshot(&fresh),
+        "re-association over HTTP equals a fresh run under version 2"
+    );
 }

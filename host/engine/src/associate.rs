@@ -26,6 +26,12 @@ impl Engine {
         if !self.breaker_allows(Stage::Associate, &plugin) {
             return Ok(BatchDone::default());
         }
+        // A re-association of the model is under way in this process: it holds this until
+        // its commit; the batch waits for the next turn.
+        let lock = self.association_lock(model);
+        let Ok(_batch) = lock.try_lock() else {
+            return Ok(BatchDone::default());
+        };
         let Some(lease) = self.lease(Stage::Associate, model).await? else {
             return Ok(BatchDone::held_elsewhere());
         };

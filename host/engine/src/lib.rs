@@ -172,6 +172,9 @@ struct Inner {
     watcher: watch::Watcher,
     /// Candidate versions called beside the live ones (`serve` only).
     shadows: Option<shadow::Shadows>,
+    /// Per model: held by each association batch, and by a re-association for its whole
+    /// length, so that the two never interleave in this process.
+    associating: dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Engine {
@@ -193,6 +196,7 @@ impl Engine {
                 projected: tokio::sync::Notify::new(),
                 watcher,
                 shadows: None,
+                associating: dashmap::DashMap::new(),
             }),
         }
     }
@@ -340,6 +344,15 @@ impl Engine {
     /// (even before it is first polled). Other processes' commits are not seen here.
     pub fn projected(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.projected.notified()
+    }
+
+    /// The model's association lock of this process (see `Inner::associating`).
+    pub(crate) fn association_lock(&self, model: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .associating
+            .entry(model.to_string())
+            .or_default()
+            .clone()
     }
 
     /// This worker's lease holder id (`host/pid/random`).

@@ -82,9 +82,13 @@ pub struct Split {
 
 impl Engine {
     /// Decides a model's records again under its current version; commits when `apply`,
-    /// else only reports what would change. Needs the model's association lease: fails
-    /// with [`EngineError::Busy`] naming the holder while another process has it.
+    /// else only reports what would change. Needs the model's association lease: a
+    /// serving process that holds it runs it between two of its batches (its association
+    /// of the model waits meanwhile); elsewhere it fails with [`EngineError::Busy`] naming
+    /// the holder.
     pub async fn reassociate(&self, model: &str, apply: bool) -> Result<Reassociated, EngineError> {
+        let lock = self.association_lock(model);
+        let _alone = lock.lock().await;
         let Some(plugin) = self.inner.plugins.get(model) else {
             return Err(EngineError::Worker {
                 model: model.to_string(),
@@ -99,7 +103,7 @@ impl Engine {
                 .await?
                 .unwrap_or_else(|| "another process".into());
             return Err(EngineError::Busy(format!(
-                "the association of '{model}' is held by {holder}; stop the hosts serving it (or wait until its lease lapses) and run it again"
+                "the association of '{model}' is held by {holder}: run it there (`POST /v1/models/{model}/reassociate` on that host), or stop it and run this again"
             )));
         };
         let out = self

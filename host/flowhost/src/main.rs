@@ -66,7 +66,8 @@ enum Command {
     /// Decide a model's records again under its current plugin version (after a key-rule
     /// change: earlier records keep the associations their version made until then).
     /// References are kept where the grouping did not change; the merges and splits are
-    /// printed first. Needs the model's association: stop the hosts serving it first.
+    /// printed first. Needs the model's association: while a host serves the model, ask it
+    /// (`POST /v1/models/MODEL/reassociate`) or stop it first.
     Reassociate {
         model: String,
         /// Only print what would change.

@@ -232,6 +232,7 @@ pub fn router(state: AppState) -> Router {
     let admin = OpenApiRouter::new()
         .routes(routes!(ops::requeue))
         .routes(routes!(ops::rollback))
+        .routes(routes!(ops::reassociate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(intake::post_records))

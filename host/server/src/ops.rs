@@ -320,3 +320,53 @@ pub(crate) async fn rollback(
         }
     }
 }
+
+/// `POST /v1/models/{model}/reassociate?dry_run=true` (admin): decides the model's records
+/// again under its current version, here, between two of this host's association batches
+/// (the host that holds the model's association; another answers 409 naming it).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/reassociate",
+    tag = "admin",
+    params(
+        ("model" = String, Path, description = "The model"),
+        ("dry_run" = Option<bool>, Query, description = "`true`: only report what would change"),
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "What changed (or would): records, references before and after, merges, splits, retired references, children re-queued", content_type = "application/json", body = Object),
+        (status = 400, description = "A bad parameter, named in the error", content_type = "application/json", body = ApiErrorBody),
+        (status = 401, description = "`server.admin_token` is set and the request does not carry it", content_type = "application/json", body = ApiErrorBody),
+        (status = 404, description = "Unknown model", content_type = "application/json", body = ApiErrorBody),
+        (status = 409, description = "Another host holds the model's association (named)", content_type = "application/json", body = ApiErrorBody),
+    )
+)]
+pub(crate) async fn reassociate(
+    State(state): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let model = path(p)?;
+    let params = query(q)?;
+    only_params(&params, &["dry_run"])?;
+    let dry_run = match params.get("dry_run").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "dry_run must be true or false, got '{other}'"
+            )));
+        }
+    };
+    known_model(state.store(), &model).await?;
+    match state.engine().reassociate(&model, !dry_run).await {
+        Ok(report) => Ok(Json(serde_json::to_value(report).unwrap_or_default())),
+        Err(flowhost_engine::EngineError::Busy(message)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, message))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
