@@ -65,6 +65,12 @@ try {
   summary.models = models.models.length;
   assert.equal(await page.textContent("#ready"), "ready");
 
+  // The shadow run beside device, under its plugin.
+  await until("the shadow run to show", async () => {
+    const shown = await page.$('[data-shadow="device"]');
+    return shown !== null && /records compared/.test(await shown.textContent());
+  });
+
   // Parked records filter by reason.
   const parked = await api("/v1/parked?limit=1000");
   const reasons = [...new Set(parked.map((p) => p.reason))];

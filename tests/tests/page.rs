@@ -85,6 +85,13 @@ fn the_operator_page_shows_the_models_filters_parked_records_and_acts_with_the_t
             .any(|m| m["model"] == "device" && m["plugin_version"] == v2.as_str())
     });
 
+    // Version 1 tried beside it in a shadow run, which the page shows under the plugin.
+    std::fs::create_dir_all(folder.path().join("shadow")).unwrap();
+    replace_atomically(&plugin("device"), &folder.path().join("shadow/device.wasm"));
+    wait_for("the shadow run to start", Duration::from_secs(120), || {
+        http.get("/v1/plugins/device/shadow").status == 200
+    });
+
     let shots = target_dir().join("screenshots");
     let out = std::process::Command::new("node")
         .arg(root().join("tests/browser/page.mjs"))

@@ -189,6 +189,15 @@ function renderPlugins(plugins) {
         el("code", { title: p.version }, short(p.version)),
         el("span", { class: "muted" }, ` ${p.state} · from ${p.source} since ${when(p.since)} · views ${views.current ?? 0}/${views.total ?? 0} of this version`),
         p.last_error ? el("div", { class: "muted" }, `last refused file ${p.last_error.file}: ${p.last_error.error}`) : "",
+        p.shadow
+          ? el(
+              "div",
+              { class: "muted", "data-shadow": p.model },
+              "shadow run: candidate ",
+              el("code", { title: p.shadow.candidate }, short(p.shadow.candidate)),
+              ` · ${p.shadow.records} records compared, ${p.shadow.skipped} skipped · ${p.shadow.record_diffs} records and ${p.shadow.view_diffs} views differ (flowhost plugins diff ${p.model})`,
+            )
+          : "",
         earlier.length ? el("ul", { class: "plain muted" }, el("li", {}, "earlier versions:"), ...earlier) : "",
       ),
     );
