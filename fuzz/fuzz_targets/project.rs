@@ -5,7 +5,7 @@
 #![no_main]
 
 use flowhost_sdk::projection::{Projector, project};
-use flowhost_sdk::{Group, KeyedRecord, Map, PathPolicy, Policy, Record, Source, Value};
+use flowhost_sdk::{Group, KeyedRecord, Map, PathPolicy, Payload, Policy, Record, Source, Value};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,9 +15,15 @@ fuzz_target!(|data: &[u8]| {
     // Up to four payloads, one per line.
     let mut records = Vec::new();
     for (i, line) in text.lines().take(4).enumerate() {
-        let Ok(Value::Object(payload)) = flowhost_json::parse_strict(line) else {
+        let Ok(Value::Object(map)) = flowhost_json::parse_strict(line) else {
             continue;
         };
+        // The plugin's lazily read payload over the same text reads as the whole parse.
+        let payload = Payload::parse(line.to_string()).expect("an object intake takes");
+        for (key, value) in &map {
+            assert_eq!(payload.get(key), Some(value), "member {key}");
+        }
+        assert_eq!(*payload, map);
         records.push(KeyedRecord {
             record: Record {
                 seq: i as u64 + 1,

@@ -3,7 +3,8 @@
 
 use crate::bindings::flowhost::plugin::types as wit;
 use crate::{
-    Group, Keyed, KeyedRecord, Kind, Model, ParentLink, Policy, Record, Rejection, Source,
+    Group, Keyed, KeyedRecord, Kind, Model, ParentLink, Payload, Policy, Record, Rejection,
+    Source,
 };
 use serde_json::{Map, Value};
 
@@ -38,21 +39,9 @@ pub fn describe<M: Model>() -> wit::Description {
 /// Parses a record that crossed the boundary; a payload that is not a JSON object is a
 /// rejection, never a trap.
 pub fn record(r: wit::InputRecord) -> Result<Record, Rejection> {
-    let payload = match serde_json::from_str::<Value>(&r.payload) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
-            return Err(Rejection::new(
-                "BAD_PAYLOAD",
-                "payload is not a JSON object",
-            ));
-        }
-        Err(e) => {
-            return Err(Rejection::new(
-                "BAD_PAYLOAD",
-                format!("payload is not valid JSON: {e}"),
-            ));
-        }
-    };
+    // Only checked and located here: members are parsed when the model reads them.
+    let payload =
+        Payload::parse(r.payload).map_err(|e| Rejection::new("BAD_PAYLOAD", e.to_string()))?;
     Ok(Record {
         seq: r.seq,
         source: Source {

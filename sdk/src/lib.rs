@@ -22,6 +22,7 @@
 //! flowhost_sdk::export_model!(Device);
 //! ```
 
+mod payload;
 pub mod projection;
 pub mod testing;
 mod types;
@@ -36,6 +37,7 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 pub mod glue;
 
 pub use serde_json::{self, Map, Value, json};
+pub use payload::{Payload, PayloadError};
 pub use types::*;
 
 /// The bindings generated from `wit/flowhost.wit` (the `plugin` world).

@@ -19,7 +19,12 @@ use crate::{Group, KeyedRecord, ParentLink, PathPolicy, Policy, Projection};
 use flowhost_json::Decimal;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// The projection's own maps: keyed by paths, values and source labels that are hashed
+/// many times per record. foldhash is several times faster than the standard SipHash, and
+/// still seeded per map.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
 /// Projects one group with the given policies.
 pub fn project(group: &Group, policies: &[PathPolicy]) -> Projection {
@@ -86,6 +91,14 @@ fn value_order(a: &Value, b: &Value) -> Ordering {
 
 /// Flattens a payload into (path, scalar value, reached through an array) in document order.
 pub fn flatten(payload: &Map<String, Value>) -> Vec<(String, Value, bool)> {
+    flatten_members(payload.iter().map(|(key, value)| (key.as_str(), value)))
+}
+
+/// [`flatten`] over an object's members, however they are held (a map, or a lazily parsed
+/// [`crate::Payload`], whose top-level map is then never built).
+fn flatten_members<'a>(
+    members: impl Iterator<Item = (&'a str, &'a Value)>,
+) -> Vec<(String, Value, bool)> {
     fn walk(path: &str, value: &Value, in_array: bool, out: &mut Vec<(String, Value, bool)>) {
         match value {
             Value::Null => {}
@@ -110,7 +123,7 @@ pub fn flatten(payload: &Map<String, Value>) -> Vec<(String, Value, bool)> {
         }
     }
     let mut out = Vec::new();
-    for (key, value) in payload {
+    for (key, value) in members {
         walk(key, value, false, &mut out);
     }
     out
@@ -178,7 +191,7 @@ impl<'p> Projector<'p> {
     pub fn new(policies: &'p [PathPolicy]) -> Self {
         Self {
             policies,
-            paths: HashMap::new(),
+            paths: HashMap::default(),
             latest: None,
         }
     }
@@ -203,7 +216,7 @@ impl<'p> Projector<'p> {
 
         // Group this record's values by path, keeping document order.
         let mut by_path: Vec<(String, Vec<Value>, bool)> = Vec::new();
-        for (path, value, in_array) in flatten(&record.payload) {
+        for (path, value, in_array) in flatten_members(record.payload.iter()) {
             match by_path.iter_mut().find(|(p, _, _)| *p == path) {
                 Some((_, values, arr)) => {
                     values.push(value);
@@ -218,7 +231,7 @@ impl<'p> Projector<'p> {
             let policy = self.policy(&path);
             let state = self.paths.entry(path).or_insert_with(|| PathState {
                 first: (seq, pos),
-                values: HashMap::new(),
+                values: HashMap::default(),
                 root: None,
             });
             state.first = state.first.min((seq, pos));
@@ -231,7 +244,7 @@ impl<'p> Projector<'p> {
                     .or_insert_with(|| ValueState {
                         first: seen,
                         kept: value.clone(),
-                        sources: HashMap::new(),
+                        sources: HashMap::default(),
                     });
                 if seen < entry.first {
                     entry.first = seen;

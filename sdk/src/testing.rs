@@ -57,7 +57,8 @@ pub fn records(ndjson: &str, model: &str) -> Vec<Record> {
             payload: v["payload"]
                 .as_object()
                 .cloned()
-                .unwrap_or_else(|| bad("payload is not an object")),
+                .unwrap_or_else(|| bad("payload is not an object"))
+                .into(),
         });
     }
     out

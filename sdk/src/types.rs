@@ -1,5 +1,6 @@
 //! The SDK's own types: what a plugin author reads and returns.
 
+use crate::payload::Payload;
 use serde_json::{Map, Value};
 
 /// What kind of model a plugin defines.
@@ -99,8 +100,10 @@ pub struct Record {
     pub occurred_at: String,
     /// `occurred_at` in microseconds since the Unix epoch.
     pub occurred_micros: i64,
-    /// The payload object.
-    pub payload: Map<String, Value>,
+    /// The payload object, parsed member by member as it is read: [`Record::get`] parses
+    /// only the top-level member a path starts with; the payload dereferences to the whole
+    /// `Map` when a plugin needs all of it.
+    pub payload: Payload,
 }
 
 impl Record {
@@ -108,6 +111,7 @@ impl Record {
     pub fn get(&self, path: &str) -> Option<&Value> {
         let mut parts = path.split('.');
         let mut current = self.payload.get(parts.next()?)?;
+        // Nested members were parsed with their top-level member.
         for part in parts {
             current = current.as_object()?.get(part)?;
         }

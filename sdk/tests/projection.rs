@@ -21,7 +21,7 @@ fn rec(seq: u64, system: &str, id: &str, micros: i64, payload: Value) -> KeyedRe
             external_id: id.into(),
             occurred_at: String::new(),
             occurred_micros: micros,
-            payload,
+            payload: payload.into(),
         },
         parents: Vec::new(),
     }

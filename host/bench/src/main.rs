@@ -199,6 +199,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    flowhost::settings::bound_malloc_arenas();
     let args = <BenchArgs as clap::Parser>::parse();
     let config = match args.settings.load() {
         Ok(c) => c,
@@ -207,6 +208,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    modes::configure(modes::FromSettings {
+        store: config.store_options(),
+        forward: args.settings.set.clone(),
+    });
     flowhost::settings::init_tracing(
         config.log.filter.as_deref().unwrap_or("warn"),
         config.log.format,

@@ -82,6 +82,26 @@ pub struct ModesArgs {
     pub rows: Option<String>,
 }
 
+/// What the modes take from the settings: the store's options (a child process opens its
+/// fresh database with them) and the `--set` flags handed on to child processes, so that
+/// `flowhost-bench --set database.sqlite_cache_mb=… --memory` measures that setting.
+#[derive(Debug, Clone, Default)]
+pub struct FromSettings {
+    pub store: flowhost_store::StoreOptions,
+    pub forward: Vec<(String, String)>,
+}
+
+static SETTINGS: std::sync::OnceLock<FromSettings> = std::sync::OnceLock::new();
+
+/// Sets what the modes take from the settings (once, at start).
+pub fn configure(settings: FromSettings) {
+    let _ = SETTINGS.set(settings);
+}
+
+fn settings() -> FromSettings {
+    SETTINGS.get().cloned().unwrap_or_default()
+}
+
 /// Runs `flowhost-bench` (without a subcommand).
 pub fn run(args: ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
     if let Some(mode) = args.only {
@@ -109,6 +129,12 @@ fn spawn(db: &str, plugins: &Path, extra: &[String]) -> Result<Value> {
         .arg(db)
         .arg("--plugins")
         .arg(plugins)
+        .args(
+            settings()
+                .forward
+                .iter()
+                .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")]),
+        )
         .args(extra)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -490,7 +516,10 @@ async fn pipeline(
     if let Some(n) = project_workers {
         config.project_workers = n.max(1);
     }
-    let env = app::Env::new(url, plugins);
+    let env = app::Env {
+        store: settings().store,
+        ..app::Env::new(url, plugins)
+    };
     let (engine, _registry) = app::engine(&env, config).await?;
     let store = engine.store().clone();
     let known: BTreeSet<String> = engine.plugins().models().into_iter().collect();
@@ -579,7 +608,9 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
         .collect();
     let (mut keys_left, mut keyed_left, mut parked_left, views) =
         (quota[0], quota[1], quota[2], quota[3]);
-    let store = Store::open(url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::open_with(url, &settings().store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let err = |e: flowhost_store::StoreError| anyhow::anyhow!("{e}");
     let before = store.statements();
     let started = Instant::now();

@@ -67,6 +67,16 @@ pub struct Database {
     /// SQLite: `full` flushes every commit to disk before it returns (an acknowledged
     /// record survives a power failure); `normal` survives a crash of the process only.
     pub sqlite_synchronous: Synchronous,
+    /// SQLite: the page cache of the whole pool, in MiB, shared out evenly between its
+    /// connections. It bounds the host's memory whatever the size of the database.
+    pub sqlite_cache_mb: u32,
+    /// SQLite: prepared statements kept per connection. Batch statements differ by their
+    /// number of rows, and one of thousands of rows holds megabytes: the bound keeps memory
+    /// flat as batch sizes vary.
+    pub sqlite_statement_cache: usize,
+    /// SQLite: copy the write-ahead log back into the database in the background, instead
+    /// of in whichever commit finds it full (which every queued writer then waits for).
+    pub sqlite_background_checkpoint: bool,
 }
 
 /// How SQLite commits reach the disk.
@@ -85,6 +95,10 @@ impl Default for Database {
             pool_size: 8,
             busy_timeout_ms: 30_000,
             sqlite_synchronous: Synchronous::Full,
+            sqlite_cache_mb: flowhost_store::StoreOptions::default().sqlite_cache_mb,
+            sqlite_statement_cache: flowhost_store::StoreOptions::default().sqlite_statement_cache,
+            sqlite_background_checkpoint: flowhost_store::StoreOptions::default()
+                .sqlite_background_checkpoint,
         }
     }
 }
@@ -658,6 +672,18 @@ impl Config {
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
+        if !(1..=10_000).contains(&self.database.sqlite_statement_cache) {
+            bail!(
+                "database.sqlite_statement_cache must be between 1 and 10000 (it is {})",
+                self.database.sqlite_statement_cache
+            );
+        }
+        if !(1..=65_536).contains(&self.database.sqlite_cache_mb) {
+            bail!(
+                "database.sqlite_cache_mb must be between 1 and 65536 (it is {})",
+                self.database.sqlite_cache_mb
+            );
+        }
         if !(1..=64).contains(&self.stages.project_workers) {
             bail!(
                 "stages.project_workers must be between 1 and 64 (it is {})",
@@ -792,6 +818,9 @@ impl Config {
             max_connections: self.database.pool_size.max(1),
             busy_timeout: std::time::Duration::from_millis(self.database.busy_timeout_ms),
             durable_commits: self.database.sqlite_synchronous == Synchronous::Full,
+            sqlite_cache_mb: self.database.sqlite_cache_mb,
+            sqlite_statement_cache: self.database.sqlite_statement_cache,
+            sqlite_background_checkpoint: self.database.sqlite_background_checkpoint,
         }
     }
 
@@ -993,6 +1022,9 @@ mod tests {
             ("stages.project_workers", "0"),
             ("stages.project_workers", "65"),
             ("stages.intake_wake_gather_ms", "600000"),
+            ("database.sqlite_cache_mb", "0"),
+            ("database.sqlite_cache_mb", "70000"),
+            ("database.sqlite_statement_cache", "0"),
         ] {
             let e = load_error(None, &[], &[(key, value)]);
             assert!(e.contains(key) && e.contains(value), "{key}={value}: {e}");

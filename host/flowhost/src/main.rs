@@ -145,6 +145,7 @@ fn parse_reason(s: &str) -> Result<ParkReason, String> {
 }
 
 fn main() -> ExitCode {
+    flowhost::settings::bound_malloc_arenas();
     let cli = Cli::parse();
     let config = match cli.settings.load() {
         Ok(c) => c,

@@ -132,3 +132,19 @@ pub fn init_tracing(filter: &str, format: crate::config::LogFormat) {
             .init(),
     }
 }
+
+/// Bounds glibc's malloc arenas to two (one per core of the machines flowhost is measured
+/// on) unless `MALLOC_ARENA_MAX` says otherwise. glibc gives busy threads arenas of their
+/// own, up to eight per core, and each keeps the memory its batches freed: with the stage
+/// workers, the SQLite connection threads and the runtime's threads, that was about 70 MB
+/// of a 1M-record run's peak RSS, for no measured speed (BENCHMARKS.md: memory). Call it
+/// first thing in `main`, before any thread starts.
+pub fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tunable of the allocator; called before other threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}

@@ -122,8 +122,7 @@ pub fn default_projection(
                 .filter_map(|k| {
                     let r = k.record;
                     // The host keys only records whose payload is a JSON object.
-                    let Ok(serde_json::Value::Object(payload)) = serde_json::from_str(&r.payload)
-                    else {
+                    let Ok(payload) = sdk::Payload::parse(r.payload) else {
                         return None;
                     };
                     Some(sdk::KeyedRecord {

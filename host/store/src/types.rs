@@ -13,6 +13,14 @@ pub struct StoreOptions {
     /// an acknowledged record survives a power failure. Off (`NORMAL`), a commit survives a
     /// crash of the process but the last ones may be lost when the machine loses power.
     pub durable_commits: bool,
+    /// SQLite: the page cache of the whole pool in MiB, shared out evenly between the
+    /// connections (each has a cache of its own).
+    pub sqlite_cache_mb: u32,
+    /// SQLite: prepared statements kept per connection (least recently used go first).
+    pub sqlite_statement_cache: usize,
+    /// SQLite: WAL checkpoints run in the background instead of in the commit that finds
+    /// the log full (see the SQLite store's `Checkpoints`).
+    pub sqlite_background_checkpoint: bool,
 }
 
 impl Default for StoreOptions {
@@ -21,6 +29,9 @@ impl Default for StoreOptions {
             max_connections: 8,
             busy_timeout: std::time::Duration::from_secs(30),
             durable_commits: true,
+            sqlite_cache_mb: 32,
+            sqlite_statement_cache: 8,
+            sqlite_background_checkpoint: true,
         }
     }
 }
