@@ -3,8 +3,7 @@
 
 use crate::bindings::flowhost::plugin::types as wit;
 use crate::{
-    Group, Keyed, KeyedRecord, Kind, Model, ParentLink, Payload, Policy, Record, Rejection,
-    Source,
+    Group, Keyed, KeyedRecord, Kind, Model, ParentLink, Payload, Policy, Record, Rejection, Source,
 };
 use serde_json::{Map, Value};
 

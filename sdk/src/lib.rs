@@ -36,8 +36,8 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 #[doc(hidden)]
 pub mod glue;
 
-pub use serde_json::{self, Map, Value, json};
 pub use payload::{Payload, PayloadError};
+pub use serde_json::{self, Map, Value, json};
 pub use types::*;
 
 /// The bindings generated from `wit/flowhost.wit` (the `plugin` world).

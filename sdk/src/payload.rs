@@ -293,7 +293,8 @@ mod tests {
     #[test]
     fn a_repeated_key_keeps_its_first_place_and_last_value() {
         let p = parsed(r#"{"a": 1, "b": 2, "a": 3}"#);
-        let expected: Map<String, Value> = serde_json::from_str(r#"{"a": 1, "b": 2, "a": 3}"#).unwrap();
+        let expected: Map<String, Value> =
+            serde_json::from_str(r#"{"a": 1, "b": 2, "a": 3}"#).unwrap();
         assert_eq!(p.get("a"), Some(&Value::from(3)));
         assert_eq!(*p, expected);
         assert_eq!(p.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
@@ -309,7 +310,11 @@ mod tests {
         assert_eq!(p.len(), 21);
         assert_eq!(p.get("k3"), Some(&Value::from(23)));
         assert_eq!(*p, expected);
-        assert!(p.iter().map(|(k, _)| k).eq(expected.keys().map(String::as_str)));
+        assert!(
+            p.iter()
+                .map(|(k, _)| k)
+                .eq(expected.keys().map(String::as_str))
+        );
     }
 
     #[test]
@@ -325,7 +330,15 @@ mod tests {
             let e = Payload::parse(text.into()).err().unwrap();
             assert_eq!(e.to_string(), "payload is not a JSON object", "{text}");
         }
-        for text in ["{", "{\"a\": tru}", "{\"a\": 1} x", "", "{\"a\" 1}", "{1: 2}", "{\"a\": 01}"] {
+        for text in [
+            "{",
+            "{\"a\": tru}",
+            "{\"a\": 1} x",
+            "",
+            "{\"a\" 1}",
+            "{1: 2}",
+            "{\"a\": 01}",
+        ] {
             let e = Payload::parse(text.into()).err().unwrap();
             assert!(
                 e.to_string().starts_with("payload is not valid JSON: "),
@@ -338,7 +351,11 @@ mod tests {
 
     #[test]
     fn a_member_too_deep_to_parse_reads_as_absent() {
-        let deep = format!("{{\"a\": 1, \"deep\": {}{}}}", "[".repeat(200), "]".repeat(200));
+        let deep = format!(
+            "{{\"a\": 1, \"deep\": {}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         let p = parsed(&deep);
         assert_eq!(p.get("a"), Some(&Value::from(1)));
         assert_eq!(p.get("deep"), None);
@@ -346,7 +363,8 @@ mod tests {
 
     #[test]
     fn a_payload_from_a_map_reads_the_same() {
-        let map: Map<String, Value> = serde_json::from_str(r#"{"a": {"b": [1, "x"]}, "c": null}"#).unwrap();
+        let map: Map<String, Value> =
+            serde_json::from_str(r#"{"a": {"b": [1, "x"]}, "c": null}"#).unwrap();
         let p = Payload::from(map.clone());
         assert_eq!(*p, map);
         assert_eq!(p.get("a"), map.get("a"));

@@ -70,7 +70,7 @@ async fn run(
     rate: u64,
     seconds: u64,
 ) -> Result<(Vec<i64>, u64, f64, f64)> {
-    let env = app::Env::new(url, plugins);
+    let env = crate::modes::env(url, plugins);
     let (engine, _registry) = app::engine(&env, config).await?;
     if engine.plugins().get("device").is_none() {
         bail!("no device plugin in {}", plugins.display());

@@ -102,6 +102,15 @@ fn settings() -> FromSettings {
     SETTINGS.get().cloned().unwrap_or_default()
 }
 
+/// The in-process benchmarks' set-up: the defaults over a database and a plugins folder,
+/// with the store options of the settings.
+pub(crate) fn env(url: &str, plugins: &Path) -> app::Env {
+    app::Env {
+        store: settings().store,
+        ..app::Env::new(url, plugins)
+    }
+}
+
 /// Runs `flowhost-bench` (without a subcommand).
 pub fn run(args: ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
     if let Some(mode) = args.only {
@@ -516,10 +525,7 @@ async fn pipeline(
     if let Some(n) = project_workers {
         config.project_workers = n.max(1);
     }
-    let env = app::Env {
-        store: settings().store,
-        ..app::Env::new(url, plugins)
-    };
+    let env = env(url, plugins);
     let (engine, _registry) = app::engine(&env, config).await?;
     let store = engine.store().clone();
     let known: BTreeSet<String> = engine.plugins().models().into_iter().collect();

@@ -74,9 +74,6 @@ pub struct Database {
     /// number of rows, and one of thousands of rows holds megabytes: the bound keeps memory
     /// flat as batch sizes vary.
     pub sqlite_statement_cache: usize,
-    /// SQLite: copy the write-ahead log back into the database in the background, instead
-    /// of in whichever commit finds it full (which every queued writer then waits for).
-    pub sqlite_background_checkpoint: bool,
 }
 
 /// How SQLite commits reach the disk.
@@ -97,8 +94,6 @@ impl Default for Database {
             sqlite_synchronous: Synchronous::Full,
             sqlite_cache_mb: flowhost_store::StoreOptions::default().sqlite_cache_mb,
             sqlite_statement_cache: flowhost_store::StoreOptions::default().sqlite_statement_cache,
-            sqlite_background_checkpoint: flowhost_store::StoreOptions::default()
-                .sqlite_background_checkpoint,
         }
     }
 }
@@ -820,7 +815,6 @@ impl Config {
             durable_commits: self.database.sqlite_synchronous == Synchronous::Full,
             sqlite_cache_mb: self.database.sqlite_cache_mb,
             sqlite_statement_cache: self.database.sqlite_statement_cache,
-            sqlite_background_checkpoint: self.database.sqlite_background_checkpoint,
         }
     }
 

@@ -41,10 +41,6 @@ pub trait Backend: Database {
     /// Backend-specific upkeep state shared by a store's clones.
     type Upkeep: Default + Clone + Send + Sync;
 
-    /// Called after every commit of the store: room for upkeep in the background (it must
-    /// not wait for anything).
-    fn committed(_sql: &Sql<Self>) {}
-
     /// How many rows a statement wrote.
     fn rows_affected(result: &Self::QueryResult) -> u64;
     /// `column IN (…)` over integers, in the backend's best form.
@@ -172,9 +168,7 @@ impl<DB: Backend> Sql<DB> {
         model: &str,
     ) -> Result<(), StoreError> {
         self.stats.add(1);
-        tx.commit().await.map_err(query_error(operation, model))?;
-        DB::committed(self);
-        Ok(())
+        tx.commit().await.map_err(query_error(operation, model))
     }
 }
 

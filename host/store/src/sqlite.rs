@@ -24,45 +24,7 @@ impl Backend for Sqlite {
     const LOCK_SKIP: &'static str = "";
     const CHANGES_LOCK: Option<&'static str> = None;
     const LOCK_EXCLUSIVE: &'static str = "";
-    type Upkeep = std::sync::Arc<Checkpoints>;
-
-    /// Asks for a WAL checkpoint in the background (see [`Checkpoints`]).
-    fn committed(sql: &Sql<Sqlite>) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-        let c = &sql.upkeep;
-        if !c.enabled.load(Relaxed) {
-            return;
-        }
-        c.again.store(true, Relaxed);
-        if c.running.swap(true, AcqRel) {
-            return;
-        }
-        let sql = sql.clone();
-        tokio::spawn(async move {
-            let c = &sql.upkeep;
-            loop {
-                while c.again.swap(false, AcqRel) {
-                    let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)");
-                    if let Err(e) = checkpoint.execute(&sql.pool).await {
-                        if !sql.pool.is_closed() {
-                            tracing::warn!(
-                                "a WAL checkpoint in the background failed (the next commit \
-                                 asks again; past {BACKSTOP_PAGES} pages commits checkpoint \
-                                 themselves): {e}"
-                            );
-                        }
-                        c.again.store(false, Relaxed);
-                    }
-                }
-                c.running.store(false, AcqRel);
-                // A commit between the last look and the line above left its request
-                // without starting a task: take it up here.
-                if !c.again.load(Acquire) || c.running.swap(true, AcqRel) {
-                    break;
-                }
-            }
-        });
-    }
+    type Upkeep = ();
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
@@ -130,32 +92,10 @@ impl Drop for SetupLock {
     }
 }
 
-/// WAL checkpoints off the committing path. SQLite copies the write-ahead log back into the
-/// database file (a checkpoint) in whichever commit finds the log past its threshold, so
-/// that commit, and every writer queued behind it on SQLite's one write lock, waits for the
-/// copy and its flush. With `sqlite_background_checkpoint` a commit instead asks for a
-/// passive checkpoint on another connection: at most one runs at a time, and requests made
-/// while it runs are served by one more after it. A passive checkpoint never waits for
-/// readers or writers. Commits still checkpoint themselves once the log passes
-/// [`BACKSTOP_PAGES`] (the checkpointer fell behind, or readers kept it from finishing),
-/// so the log stays bounded either way. (The `PRAGMA` is not counted among the store's
-/// statements: it is not part of any batch.)
-#[derive(Debug, Default)]
-pub struct Checkpoints {
-    enabled: std::sync::atomic::AtomicBool,
-    running: std::sync::atomic::AtomicBool,
-    again: std::sync::atomic::AtomicBool,
-}
-
-/// With background checkpoints: the log size (in pages of 4 KiB) past which commits
-/// checkpoint themselves, as they do past 1,000 pages without.
-const BACKSTOP_PAGES: u32 = 10_000;
-
 /// Each connection's share of `sqlite_cache_mb`, in KiB (a negative `cache_size`), at
 /// least 256 KiB.
 fn cache_kib_per_connection(options: &StoreOptions) -> u64 {
-    (u64::from(options.sqlite_cache_mb) * 1024 / u64::from(options.max_connections.max(1)))
-        .max(256)
+    (u64::from(options.sqlite_cache_mb) * 1024 / u64::from(options.max_connections.max(1))).max(256)
 }
 
 impl Sql<Sqlite> {
@@ -176,17 +116,12 @@ impl Sql<Sqlite> {
             .busy_timeout(options.busy_timeout)
             // The pool's page cache shared out between its connections: bounded memory
             // whatever the data size (BENCHMARKS.md: memory). Temporary tables in memory.
-            .pragma("cache_size", format!("-{}", cache_kib_per_connection(options)))
-            .pragma("temp_store", "memory")
-            .statement_cache_capacity(options.sqlite_statement_cache.max(1))
             .pragma(
-                "wal_autocheckpoint",
-                if options.sqlite_background_checkpoint {
-                    BACKSTOP_PAGES.to_string()
-                } else {
-                    "1000".to_string()
-                },
-            );
+                "cache_size",
+                format!("-{}", cache_kib_per_connection(options)),
+            )
+            .pragma("temp_store", "memory")
+            .statement_cache_capacity(options.sqlite_statement_cache.max(1));
         // Two processes opening a new file at once would race to switch it to WAL (which
         // fails with "database is locked" instead of waiting) and to migrate it (sqlx takes no
         // lock on SQLite): one sets the file up while the other waits on an advisory lock.
@@ -204,12 +139,7 @@ impl Sql<Sqlite> {
                 url: crate::redacted(url),
                 source,
             })?;
-        let sql = Self::new(pool);
-        sql.upkeep.enabled.store(
-            options.sqlite_background_checkpoint,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        Ok(sql)
+        Ok(Self::new(pool))
     }
 
     pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {

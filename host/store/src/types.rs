@@ -18,9 +18,6 @@ pub struct StoreOptions {
     pub sqlite_cache_mb: u32,
     /// SQLite: prepared statements kept per connection (least recently used go first).
     pub sqlite_statement_cache: usize,
-    /// SQLite: WAL checkpoints run in the background instead of in the commit that finds
-    /// the log full (see the SQLite store's `Checkpoints`).
-    pub sqlite_background_checkpoint: bool,
 }
 
 impl Default for StoreOptions {
@@ -31,7 +28,6 @@ impl Default for StoreOptions {
             durable_commits: true,
             sqlite_cache_mb: 32,
             sqlite_statement_cache: 8,
-            sqlite_background_checkpoint: true,
         }
     }
 }
