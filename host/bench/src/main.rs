@@ -9,6 +9,7 @@ mod http;
 mod latency;
 mod modes;
 mod nats;
+mod rows;
 mod swap;
 
 use anyhow::{Context, Result, bail};
@@ -49,6 +50,16 @@ pub enum BenchCommand {
         /// Records written one per transaction (the per-row path, extrapolated).
         #[arg(long, default_value_t = 2_000)]
         per_row: usize,
+    },
+    /// What each table the pipeline writes costs on the embedded SQLite store, on its own,
+    /// beside the plain reference (one row per record), on a fresh database.
+    Tables {
+        /// Records in the workload.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Intake → canonical latency of a running host fed at a fixed rate.
     Latency {
@@ -281,6 +292,7 @@ fn run(
             json,
         } => block_on(latency::latency(db, plugins, engine, rate, seconds, json)),
         BenchCommand::Store { records, per_row } => block_on(store_bench(db, records, per_row)),
+        BenchCommand::Tables { records, json } => block_on(rows::tables(db, records, json)),
         BenchCommand::Plugin {
             wasm,
             records,

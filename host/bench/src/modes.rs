@@ -6,8 +6,11 @@
 //!   plugin call, one lookup and one commit per record (the N+1 pattern), sampled on a
 //!   prefix of the workload and extrapolated;
 //! - `floor`: the least work any implementation must do for the input: parse every line and
-//!   write the rows the batched run wrote (intake, queue, keys, keyed, parked, views), in
-//!   large batches through the same store, with no plugin and no decisions.
+//!   write the rows the batched run wrote (intake, queue, keys, keyed, parked, dirty marks,
+//!   views, changes), in large batches through the same store, with no plugin and no
+//!   decisions;
+//! - `plain` (SQLite only): the reference both are held to, one plain row per record
+//!   (`rows.rs`).
 //!
 //! Each mode runs in a child process (`--only MODE`) so that its peak RSS is its own.
 
@@ -30,6 +33,9 @@ pub enum Mode {
     Batched,
     PerRecord,
     Floor,
+    /// The reference (SQLite only): each line parsed and inserted as one row of a plain
+    /// table, 5,000 rows a transaction.
+    Plain,
 }
 
 impl Mode {
@@ -38,6 +44,7 @@ impl Mode {
             Mode::Batched => "batched",
             Mode::PerRecord => "per_record",
             Mode::Floor => "floor",
+            Mode::Plain => "plain",
         }
     }
 }
@@ -100,6 +107,11 @@ pub fn configure(settings: FromSettings) {
 
 fn settings() -> FromSettings {
     SETTINGS.get().cloned().unwrap_or_default()
+}
+
+/// The store options of the settings.
+pub(crate) fn store_options() -> flowhost_store::StoreOptions {
+    settings().store
 }
 
 /// The in-process benchmarks' set-up: the defaults over a database and a plugins folder,
@@ -191,8 +203,18 @@ fn modes(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
         rows["keys"], rows["keyed"], rows["parked"], rows["views"]
     ));
     let floor = spawn(db, plugins, &floor_args)?;
+    // The plain reference is a SQLite file whatever the backend under test.
+    let plain = (backend(db) == "sqlite")
+        .then(|| {
+            spawn(
+                db,
+                plugins,
+                &child_args(Mode::Plain, args.records, args.sample),
+            )
+        })
+        .transpose()?;
     let rate = |v: &Value| v["records_per_s"].as_f64().unwrap_or(0.0);
-    let result = json!({
+    let mut result = json!({
         "records": args.records,
         "backend": backend(db),
         "modes": {"batched": batched, "per_record": per_record, "floor": floor},
@@ -201,6 +223,11 @@ fn modes(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
             "batched_over_floor": rate(&batched) / rate(&floor).max(1e-9),
         },
     });
+    if let Some(plain) = &plain {
+        result["modes"]["plain"] = plain.clone();
+        result["ratios"]["batched_over_plain"] = json!(rate(&batched) / rate(plain).max(1e-9));
+        result["ratios"]["floor_over_plain"] = json!(rate(&floor) / rate(plain).max(1e-9));
+    }
     if args.json {
         println!("{result}");
         return Ok(ExitCode::SUCCESS);
@@ -210,20 +237,28 @@ fn modes(args: &ModesArgs, db: &str, plugins: &Path) -> Result<ExitCode> {
         args.records,
         backend(db)
     );
-    table(&[
+    let mut rows = vec![
         ("batched", &batched),
         ("per_record", &per_record),
         ("floor", &floor),
-    ]);
+    ];
+    if let Some(plain) = &plain {
+        rows.push(("plain", plain));
+    }
+    table(&rows);
+    let ratio = |k: &str| result["ratios"][k].as_f64().unwrap_or(0.0);
     println!(
         "batched / per_record = {:.1}×; batched / floor = {:.2}",
-        result["ratios"]["batched_over_per_record"]
-            .as_f64()
-            .unwrap_or(0.0),
-        result["ratios"]["batched_over_floor"]
-            .as_f64()
-            .unwrap_or(0.0)
+        ratio("batched_over_per_record"),
+        ratio("batched_over_floor")
     );
+    if plain.is_some() {
+        println!(
+            "batched / plain = {:.2}; floor / plain = {:.2} (plain: one row per record, the reference)",
+            ratio("batched_over_plain"),
+            ratio("floor_over_plain")
+        );
+    }
     if let Some(n) = per_record["sampled"].as_u64() {
         println!("per_record ran on the first {n} records and is extrapolated");
     }
@@ -404,7 +439,7 @@ pub fn cpu_seconds() -> f64 {
 
 /// The cores this process kept busy on average since `cpu_started` (from
 /// [`cpu_seconds`]) over `wall` time. A database server's own work (PostgreSQL) is not in it.
-fn cores_busy(cpu_started: f64, wall: std::time::Duration) -> f64 {
+pub(crate) fn cores_busy(cpu_started: f64, wall: std::time::Duration) -> f64 {
     (cpu_seconds() - cpu_started) / wall.as_secs_f64().max(1e-9)
 }
 
@@ -420,7 +455,7 @@ pub fn peak_rss_mb() -> f64 {
 
 /// Writes the workload to a file, streaming (the workload never sits in memory); with
 /// `take` set, only its first `take` lines. Returns the file and its line count.
-fn workload_file(dir: &Path, records: u64, take: Option<u64>) -> Result<(PathBuf, u64)> {
+pub(crate) fn workload_file(dir: &Path, records: u64, take: Option<u64>) -> Result<(PathBuf, u64)> {
     let file = dir.join("workload.ndjson");
     let mut out = Lines {
         inner: std::io::BufWriter::new(std::fs::File::create(&file)?),
@@ -484,6 +519,7 @@ async fn child(mode: Mode, args: &ModesArgs, db: &str, plugins: &Path) -> Result
     let (file, lines) = workload_file(&dir, args.records, take)?;
     let result = match mode {
         Mode::Floor => floor(&fresh.url, &file, lines, args.rows.as_deref()).await,
+        Mode::Plain => crate::rows::plain(&fresh.url, &file, lines).await,
         Mode::Batched | Mode::PerRecord => {
             let size = match mode {
                 Mode::PerRecord => Some(1),
@@ -580,7 +616,7 @@ async fn pipeline(
 
 /// One mode's answer: rates, statements, per-stage times (ingest, associate, project), the
 /// cores it kept busy on average, peak RSS, and the rows it wrote.
-fn mode_result(
+pub(crate) fn mode_result(
     lines: u64,
     (total, cores): (std::time::Duration, f64),
     statements: u64,
@@ -614,6 +650,8 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
         .collect();
     let (mut keys_left, mut keyed_left, mut parked_left, views) =
         (quota[0], quota[1], quota[2], quota[3]);
+    // The first `views` references keyed are marked dirty, as association marks them.
+    let mut dirty_left = views;
     let store = Store::open_with(url, &settings().store)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -667,6 +705,7 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
                 model: model.clone(),
                 now_micros: flowhost_store::now_micros(),
                 done: pending.iter().map(|p| p.pos).collect(),
+                stamp: pending.last().map_or(0, |p| p.pos),
                 ..Default::default()
             };
             for p in &pending {
@@ -679,6 +718,10 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
                             keys_left -= 1;
                             o.claims.push((format!("k{n}-{k}"), reference.clone()));
                         }
+                    }
+                    if dirty_left > 0 {
+                        dirty_left -= 1;
+                        o.dirty.push(reference.clone());
                     }
                     o.keyed.push(KeyedRow {
                         seq: p.record.seq,
@@ -702,37 +745,48 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
     }
     let assoc_time = assoc_started.elapsed();
 
-    // Projection's writes: the views, with payload-sized JSON.
+    // Projection's writes: the dirty marks claimed (reading each reference's records), the
+    // views with payload-sized JSON, the change rows, the marks cleared.
     let project_started = Instant::now();
-    let lease = Lease {
-        stage: Stage::Project,
-        model: "floor".into(),
-        holder: "floor".into(),
-    };
-    store.acquire_lease(&lease, 60_000_000).await.map_err(err)?;
     let empty = "{}".to_string();
-    for (c, chunk) in (0..views as usize)
-        .collect::<Vec<_>>()
-        .chunks(2_000)
-        .enumerate()
-    {
-        let rows: Vec<ViewRow> = chunk
-            .iter()
-            .map(|&i| {
-                let payload = payloads.get(i).unwrap_or(&empty);
-                ViewRow {
-                    reference: format!("view-{i}"),
-                    model: "floor".into(),
-                    first_seq: (c * 2_000 + i) as i64,
-                    canonical: payload.clone(),
-                    root: payload.clone(),
-                    lineage: payload.clone(),
-                    parents: "{}".into(),
-                    plugin_version: "floor".into(),
-                }
-            })
-            .collect();
-        store.commit_projection(&lease, &rows, &[], &[]).await?;
+    let mut written = 0usize;
+    for model in &models {
+        let claim = Lease {
+            stage: Stage::Project,
+            model: model.clone(),
+            holder: "floor".into(),
+        };
+        loop {
+            let batch = store
+                .claim_dirty(&claim, 2_000, 60_000_000)
+                .await
+                .map_err(err)?;
+            if batch.seen.is_empty() {
+                break;
+            }
+            let rows: Vec<ViewRow> = batch
+                .seen
+                .iter()
+                .enumerate()
+                .map(|(i, (reference, _))| {
+                    let payload = payloads.get(written + i).unwrap_or(&empty);
+                    ViewRow {
+                        reference: reference.clone(),
+                        model: model.clone(),
+                        first_seq: (written + i) as i64,
+                        canonical: payload.clone(),
+                        root: payload.clone(),
+                        lineage: payload.clone(),
+                        parents: "{}".into(),
+                        plugin_version: "floor".into(),
+                    }
+                })
+                .collect();
+            written += rows.len();
+            store
+                .commit_projection(&claim, &rows, &batch.seen, &[])
+                .await?;
+        }
     }
     let project_time = project_started.elapsed();
     let total = started.elapsed();
@@ -744,6 +798,6 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
         (total, cores),
         statements,
         [ingest_time, assoc_time, project_time],
-        json!({"keys": quota[0] - keys_left, "keyed": quota[1] - keyed_left, "parked": quota[2] - parked_left, "views": views}),
+        json!({"keys": quota[0] - keys_left, "keyed": quota[1] - keyed_left, "parked": quota[2] - parked_left, "views": written}),
     ))
 }

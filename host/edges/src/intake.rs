@@ -104,7 +104,18 @@ pub struct LineIntake<'a> {
     lines: u64,
     /// When set, batches go through the group committer instead of their own transaction.
     group: Option<crate::group::GroupAppender>,
+    /// The batch being appended while the next one is parsed ([`LineIntake::flush_behind`]),
+    /// with the line number of each of its records.
+    in_flight: Option<InFlight>,
+    /// The last line of the batch most recently handed to the store.
+    handed_until: u64,
     pub summary: IntakeSummary,
+}
+
+/// An append running on a task of its own.
+struct InFlight {
+    append: tokio::task::JoinHandle<Result<Vec<Appended>, StoreError>>,
+    lines: Vec<u64>,
 }
 
 impl<'a> LineIntake<'a> {
@@ -133,6 +144,8 @@ impl<'a> LineIntake<'a> {
             batch_lines: Vec::with_capacity(batch_size.min(4_096)),
             lines: 0,
             group: None,
+            in_flight: None,
+            handed_until: 0,
             summary: IntakeSummary::default(),
         }
     }
@@ -196,14 +209,74 @@ impl<'a> LineIntake<'a> {
         self.batch.len() >= self.batch_size
     }
 
-    /// Appends the batch (one transaction); when this returns, its records are durable.
-    /// Returns the lines whose record the database refused (line number, reason); they are
-    /// counted as refused.
+    /// Appends the batch (one transaction); when this returns, its records (and those of a
+    /// batch still in flight from [`LineIntake::flush_behind`]) are durable. Returns the
+    /// lines whose record the database refused (line number, reason); they are counted as
+    /// refused.
     pub async fn flush(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
         if self.batch.is_empty() {
-            return Ok(Vec::new());
+            return self.land().await;
         }
         self.flush_at(None).await
+    }
+
+    /// Starts appending the batch (one transaction) on a task of its own, so that the caller
+    /// parses the next lines meanwhile (parsing off the writer's path). At most one batch is
+    /// in flight: the one before is awaited first, so batches commit in the order they were
+    /// read. Returns the refused lines of that earlier batch; an error is that earlier
+    /// batch's, and nothing after it was appended. [`LineIntake::flush`] lands the last one.
+    pub async fn flush_behind(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
+        let refused = self.land().await?;
+        if self.group.is_some() || self.batch.is_empty() {
+            return Ok(refused);
+        }
+        let batch = std::mem::replace(
+            &mut self.batch,
+            Vec::with_capacity(self.batch_size.min(4_096)),
+        );
+        let store = self.store.clone();
+        self.handed_until = self.batch_lines.last().copied().unwrap_or(self.lines);
+        self.in_flight = Some(InFlight {
+            append: tokio::spawn(async move { store.append(&batch).await }),
+            lines: std::mem::take(&mut self.batch_lines),
+        });
+        Ok(refused)
+    }
+
+    /// Waits for the batch in flight, if any, and counts its answers.
+    async fn land(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
+        let Some(InFlight { append, lines }) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        let answers = match append.await {
+            Ok(answers) => answers?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down under it: the transaction was rolled back.
+            Err(e) => {
+                return Err(StoreError::Query {
+                    operation: "append intake",
+                    model: "*".into(),
+                    source: sqlx::Error::Io(std::io::Error::other(e.to_string())),
+                });
+            }
+        };
+        Ok(self.count(&answers, &lines))
+    }
+
+    /// Counts a batch's answers; returns the lines whose record the database refused.
+    fn count(&mut self, answers: &[Appended], lines: &[u64]) -> Vec<(u64, String)> {
+        let mut refused = Vec::new();
+        for (answer, &line) in answers.iter().zip(lines) {
+            match answer {
+                Appended::Accepted(_) => self.summary.accepted += 1,
+                Appended::Duplicate => self.summary.duplicates += 1,
+                Appended::Refused(why) => {
+                    self.summary.refused += 1;
+                    refused.push((line, format!("the database refused this record: {why}")));
+                }
+            }
+        }
+        refused
     }
 
     /// [`LineIntake::flush`], moving a position in the same transaction (see
@@ -213,6 +286,8 @@ impl<'a> LineIntake<'a> {
         &mut self,
         advance: Option<&Advance>,
     ) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut refused = self.land().await?;
+        self.handed_until = self.batch_lines.last().copied().unwrap_or(self.lines);
         let answers = match (&self.group, advance) {
             (Some(group), None) => {
                 let batch = std::mem::replace(
@@ -223,20 +298,18 @@ impl<'a> LineIntake<'a> {
             }
             _ => self.store.append_at(&self.batch, advance).await?,
         };
-        let mut refused = Vec::new();
-        for (answer, &line) in answers.iter().zip(&self.batch_lines) {
-            match answer {
-                Appended::Accepted(_) => self.summary.accepted += 1,
-                Appended::Duplicate => self.summary.duplicates += 1,
-                Appended::Refused(why) => {
-                    self.summary.refused += 1;
-                    refused.push((line, format!("the database refused this record: {why}")));
-                }
-            }
-        }
+        let lines = std::mem::take(&mut self.batch_lines);
+        refused.extend(self.count(&answers, &lines));
+        self.batch_lines = lines;
         self.batch.clear();
         self.batch_lines.clear();
         Ok(refused)
+    }
+
+    /// The last line of the batch most recently handed to the store: after a failed
+    /// flush, where the batch that failed ends (every batch before it is durable).
+    pub fn handed_until(&self) -> u64 {
+        self.handed_until
     }
 
     /// Records waiting in the batch.
@@ -263,6 +336,53 @@ mod tests {
             out.push((line.to_vec(), len));
         }
         out
+    }
+
+    fn device(id: &str, serial: &str) -> Vec<u8> {
+        format!(
+            r#"{{"model":"device","source":{{"system":"bms","adapter":"a"}},"id":"{id}","occurred_at":"2026-03-01T10:00:00Z","payload":{{"serial":"{serial}"}}}}"#
+        )
+        .into_bytes()
+    }
+
+    /// Batches appended behind the reader (`flush_behind`) commit in the order their lines
+    /// were read, and every line is counted once: accepted, duplicate or refused.
+    #[tokio::test]
+    async fn batches_appended_behind_the_reader_keep_line_order_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = flowhost_store::Store::open(&url).await.unwrap();
+        let known = std::collections::BTreeSet::from(["device".to_string()]);
+        let mut intake = super::LineIntake::new(&store, known, 1 << 20, 3);
+        let mut lines: Vec<Vec<u8>> = (0..10)
+            .map(|i| device(&format!("D-{i}"), &format!("s{i}")))
+            .collect();
+        lines.insert(4, device("D-1", "s1")); // a duplicate of line 2
+        lines.insert(7, b"{not json".to_vec()); // refused
+        for line in &lines {
+            intake.line(line, line.len());
+            if intake.full() {
+                intake.flush_behind().await.unwrap();
+            }
+        }
+        intake.flush().await.unwrap();
+        assert_eq!(
+            (
+                intake.summary.accepted,
+                intake.summary.duplicates,
+                intake.summary.refused
+            ),
+            (10, 1, 1)
+        );
+        assert_eq!(intake.handed_until(), lines.len() as u64);
+        let pending = store.pending("device", 100).await.unwrap();
+        let ids: Vec<&str> = pending
+            .iter()
+            .map(|p| p.record.external_id.as_str())
+            .collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("D-{i}")).collect();
+        assert_eq!(ids, expected, "intake order is line order");
+        store.close().await;
     }
 
     #[test]

@@ -61,8 +61,11 @@ impl Default for Changes {
 pub struct Database {
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
     pub url: String,
+    /// Connections in the pool. On SQLite one of them is the writer: this process's writes
+    /// take it in turn, the others read.
     pub pool_size: u32,
-    /// How long a SQLite writer waits for another process's write lock.
+    /// How long a SQLite write waits for the write lock: its turn at this process's writer,
+    /// and another process's write.
     pub busy_timeout_ms: u64,
     /// SQLite: `full` flushes every commit to disk before it returns (an acknowledged
     /// record survives a power failure); `normal` survives a crash of the process only.

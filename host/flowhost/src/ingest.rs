@@ -55,10 +55,11 @@ pub async fn ingest(
                 bar.suspend(|| eprintln!("line {line_no}: {e}"));
             }
             if intake.full() {
+                // The batch is appended while the next lines are read and checked.
                 let refused = intake
-                    .flush()
+                    .flush_behind()
                     .await
-                    .with_context(|| stopped_at(line_no, &intake.summary))?;
+                    .with_context(|| stopped_at(intake.handed_until(), &intake.summary))?;
                 for (line, e) in refused {
                     bar.suspend(|| eprintln!("line {line}: {e}"));
                 }
@@ -77,7 +78,7 @@ pub async fn ingest(
     let refused = intake
         .flush()
         .await
-        .with_context(|| stopped_at(line_no, &intake.summary))?;
+        .with_context(|| stopped_at(intake.handed_until(), &intake.summary))?;
     for (line, e) in refused {
         eprintln!("line {line}: {e}");
     }

@@ -198,7 +198,7 @@ where
         if let Some(relayed) = relayed {
             qb.push(" AND seq <= ").push_bind(relayed);
         }
-        self.execute(&self.pool, qb.build(), "prune changes", "*")
+        self.execute(&self.writer, qb.build(), "prune changes", "*")
             .await
     }
 }

@@ -77,7 +77,7 @@ where
             .push(" ORDER BY reference")
             .push(DB::LOCK_EXCLUSIVE)
             .push(")");
-        self.execute(&self.pool, qb.build(), "renew claims", &claim.model)
+        self.execute(&self.writer, qb.build(), "renew claims", &claim.model)
             .await
     }
 
@@ -94,7 +94,7 @@ where
         qb.push(" ORDER BY reference")
             .push(DB::LOCK_EXCLUSIVE)
             .push(")");
-        self.execute(&self.pool, qb.build(), "release claims", "*")
+        self.execute(&self.writer, qb.build(), "release claims", "*")
             .await
     }
 

@@ -57,7 +57,7 @@ where
         )
         .push_bind(now);
         let taken = self
-            .execute(&self.pool, qb.build(), "acquire lease", model)
+            .execute(&self.writer, qb.build(), "acquire lease", model)
             .await?;
         Ok(taken == 1)
     }
@@ -92,7 +92,7 @@ where
             .push_bind(now);
         push_lease(&mut qb, lease.stage.as_str(), &lease.model, from);
         let taken = self
-            .execute(&self.pool, qb.build(), "take over lease", &lease.model)
+            .execute(&self.writer, qb.build(), "take over lease", &lease.model)
             .await?;
         Ok(taken == 1)
     }
@@ -139,7 +139,7 @@ where
             ") ON CONFLICT (id) DO UPDATE SET listen = excluded.listen, \
              version = excluded.version, seen_micros = excluded.seen_micros",
         );
-        self.execute(&self.pool, qb.build(), "announce a host", "*")
+        self.execute(&self.writer, qb.build(), "announce a host", "*")
             .await?;
         Ok(())
     }
@@ -151,7 +151,7 @@ where
         qb.push_bind(id.to_string())
             .push(" OR seen_micros < ")
             .push_bind(stale_before_micros);
-        self.execute(&self.pool, qb.build(), "forget a host", "*")
+        self.execute(&self.writer, qb.build(), "forget a host", "*")
             .await?;
         Ok(())
     }
@@ -180,7 +180,7 @@ where
     ) -> Result<(), StoreError> {
         let mut qb = Self::query("DELETE FROM leases");
         push_lease(&mut qb, stage, model, holder);
-        self.execute(&self.pool, qb.build(), "release lease", model)
+        self.execute(&self.writer, qb.build(), "release lease", model)
             .await?;
         Ok(())
     }

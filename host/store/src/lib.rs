@@ -157,7 +157,10 @@ impl Store {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
-            Store::Sqlite(s) => s.pool.close().await,
+            Store::Sqlite(s) => {
+                s.pool.close().await;
+                s.writer.close().await;
+            }
             Store::Postgres(s) => s.pool.close().await,
         }
     }

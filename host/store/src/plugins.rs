@@ -40,7 +40,7 @@ where
              archive = excluded.archive",
         );
         self.execute(
-            &self.pool,
+            &self.writer,
             qb.build(),
             "record a plugin version",
             &row.model,
@@ -162,7 +162,7 @@ where
 
     pub async fn mark_stale_views(&self, model: &str, version: &str) -> Result<u64, StoreError> {
         let mut qb = stale_views(model, version);
-        self.execute(&self.pool, qb.build(), "mark stale views", model)
+        self.execute(&self.writer, qb.build(), "mark stale views", model)
             .await
     }
 
@@ -180,7 +180,7 @@ where
         qb.push_bind(state.to_string())
             .push(" WHERE name = ")
             .push_bind(model.to_string());
-        self.execute(&self.pool, qb.build(), "record a plugin state", model)
+        self.execute(&self.writer, qb.build(), "record a plugin state", model)
             .await?;
         Ok(())
     }
@@ -202,7 +202,7 @@ where
              error = excluded.error, checked_micros = excluded.checked_micros",
         );
         let model = row.model.as_deref().unwrap_or("*");
-        self.execute(&self.pool, qb.build(), "record a plugin file", model)
+        self.execute(&self.writer, qb.build(), "record a plugin file", model)
             .await?;
         Ok(())
     }
@@ -210,7 +210,7 @@ where
     pub async fn forget_file(&self, file: &str) -> Result<(), StoreError> {
         let mut qb = Self::query("DELETE FROM plugin_files WHERE file = ");
         qb.push_bind(file.to_string());
-        self.execute(&self.pool, qb.build(), "forget a plugin file", "*")
+        self.execute(&self.writer, qb.build(), "forget a plugin file", "*")
             .await?;
         Ok(())
     }

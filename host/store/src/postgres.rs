@@ -80,7 +80,7 @@ impl Sql<Postgres> {
                 url: crate::redacted(url),
                 source,
             })?;
-        Ok(Self::new(pool))
+        Ok(Self::new(pool.clone(), pool))
     }
 
     /// Counts rows written; starts an `ANALYZE` when they grew enough (see [`Analyze`]).
@@ -126,7 +126,7 @@ impl Sql<Postgres> {
         .bind(strings(models, |m| m.kind.clone()))
         .bind(strings(models, |m| m.plugin_version.clone()))
         .bind(now_micros());
-        self.execute(&self.pool, statement, "register models", "*")
+        self.execute(&self.writer, statement, "register models", "*")
             .await?;
         Ok(())
     }

@@ -80,7 +80,7 @@ where
             .push(" WHERE ");
         push_running(&mut qb, model, version);
         let n = self
-            .execute(&self.pool, qb.build(), "end a shadow run", model)
+            .execute(&self.writer, qb.build(), "end a shadow run", model)
             .await?;
         Ok(n == 1)
     }

@@ -60,9 +60,16 @@ impl<DB: Database, T> Column<DB> for T where
 {
 }
 
-/// A store on one backend. Cheap to clone (a pool inside).
+/// A store on one backend. Cheap to clone (pools inside).
 pub struct Sql<DB: Backend> {
+    /// Reads (and, on PostgreSQL, everything).
     pub(crate) pool: Pool<DB>,
+    /// Writes: every transaction and every statement that writes. On SQLite a pool of its
+    /// own with one connection, so that this process's writers wait for each other in the
+    /// pool's queue (woken as soon as the writer is free) instead of in SQLite's busy
+    /// handler, which sleeps in growing steps; other processes still meet the busy timeout.
+    /// On PostgreSQL the same pool as reads.
+    pub(crate) writer: Pool<DB>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) upkeep: DB::Upkeep,
 }
@@ -71,6 +78,7 @@ impl<DB: Backend> Clone for Sql<DB> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            writer: self.writer.clone(),
             stats: self.stats.clone(),
             upkeep: self.upkeep.clone(),
         }
@@ -81,9 +89,10 @@ impl<DB: Backend> Clone for Sql<DB> {
 pub type Tx<DB> = Transaction<'static, DB>;
 
 impl<DB: Backend> Sql<DB> {
-    pub(crate) fn new(pool: Pool<DB>) -> Self {
+    pub(crate) fn new(pool: Pool<DB>, writer: Pool<DB>) -> Self {
         Self {
             pool,
+            writer,
             stats: Arc::default(),
             upkeep: DB::Upkeep::default(),
         }
@@ -154,8 +163,8 @@ impl<DB: Backend> Sql<DB> {
     ) -> Result<Tx<DB>, StoreError> {
         self.stats.add(1);
         match DB::BEGIN {
-            Some(statement) => self.pool.begin_with(statement).await,
-            None => self.pool.begin().await,
+            Some(statement) => self.writer.begin_with(statement).await,
+            None => self.writer.begin().await,
         }
         .map_err(query_error(operation, model))
     }

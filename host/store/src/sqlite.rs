@@ -98,8 +98,31 @@ fn cache_kib_per_connection(options: &StoreOptions) -> u64 {
     (u64::from(options.sqlite_cache_mb) * 1024 / u64::from(options.max_connections.max(1))).max(256)
 }
 
+/// SQLite keeps memory statistics unless told otherwise, taking one process-wide mutex
+/// around every allocation of every connection; flowhost never reads them. Turned off once,
+/// before the first connection: once SQLite is initialised the option is refused
+/// (`SQLITE_MISUSE`) and nothing changes. `FLOWHOST_SQLITE_MEMSTATUS` (any value) leaves
+/// them on, for the comparison in BENCHMARKS.md.
+fn without_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("FLOWHOST_SQLITE_MEMSTATUS").is_some() {
+            return;
+        }
+        // SAFETY: the option takes one int; called before any connection of this process.
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_config(
+                libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            )
+        };
+        tracing::debug!(rc, "SQLite memory statistics off");
+    });
+}
+
 impl Sql<Sqlite> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        without_memory_statistics();
         let open_err = |source| StoreError::Open {
             url: crate::redacted(url),
             source,
@@ -127,19 +150,26 @@ impl Sql<Sqlite> {
         // lock on SQLite): one sets the file up while the other waits on an advisory lock.
         let file = connect.get_filename().to_path_buf();
         let _setting_up = SetupLock::take(&file);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
-            .connect_with(connect)
+        // One of the connections is the writer's (see `Sql::writer`), the rest read.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.busy_timeout)
+            .connect_with(connect.clone())
             .await
             .map_err(open_err)?;
         Sqlite::MIGRATOR
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|source| StoreError::Migrate {
                 url: crate::redacted(url),
                 source,
             })?;
-        Ok(Self::new(pool))
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.saturating_sub(1).max(1))
+            .connect_with(connect)
+            .await
+            .map_err(open_err)?;
+        Ok(Self::new(pool, writer))
     }
 
     pub async fn register_models(&self, models: &[ModelInfo]) -> Result<(), StoreError> {
@@ -160,7 +190,7 @@ impl Sql<Sqlite> {
             " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, \
              plugin_version = excluded.plugin_version",
         );
-        self.execute(&self.pool, qb.build(), "register models", "*")
+        self.execute(&self.writer, qb.build(), "register models", "*")
             .await?;
         Ok(())
     }
