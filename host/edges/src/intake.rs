@@ -226,8 +226,13 @@ impl<'a> LineIntake<'a> {
     /// read. Returns the refused lines of that earlier batch; an error is that earlier
     /// batch's, and nothing after it was appended. [`LineIntake::flush`] lands the last one.
     pub async fn flush_behind(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
-        let refused = self.land().await?;
-        if self.group.is_some() || self.batch.is_empty() {
+        let mut refused = self.land().await?;
+        if self.batch.is_empty() {
+            return Ok(refused);
+        }
+        if self.group.is_some() {
+            // The group committer already appends beside its callers.
+            refused.extend(self.flush_at(None).await?);
             return Ok(refused);
         }
         let batch = std::mem::replace(
