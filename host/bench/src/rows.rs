@@ -24,8 +24,11 @@ const TRANSACTION: usize = 5_000;
 /// SQLite's bound on parameters per statement, with room to spare.
 const MAX_PARAMS: usize = 32_000;
 
-/// A connection to the SQLite file `url` with the store's journal and `synchronous` settings.
+/// A connection to the SQLite file `url` with the store's journal and `synchronous` settings
+/// (and SQLite's memory statistics off, as the store has them).
 async fn connect(url: &str) -> Result<SqliteConnection> {
+    // The same process-wide SQLite setting as the store's connections.
+    flowhost_store::without_memory_statistics();
     let options = super::modes::store_options();
     let connect = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)

@@ -29,6 +29,7 @@ pub use error::{CommitError, StoreError};
 pub use positions::Advance;
 pub use rows::{REPROJECT_STAMP, now_micros};
 pub use shadow::SHADOW_DIFFS_KEPT;
+pub use sqlite::without_memory_statistics;
 pub use types::*;
 
 use flowhost_core::ParentKey;

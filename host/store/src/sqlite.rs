@@ -102,8 +102,9 @@ fn cache_kib_per_connection(options: &StoreOptions) -> u64 {
 /// around every allocation of every connection; flowhost never reads them. Turned off once,
 /// before the first connection: once SQLite is initialised the option is refused
 /// (`SQLITE_MISUSE`) and nothing changes. `FLOWHOST_SQLITE_MEMSTATUS` (any value) leaves
-/// them on, for the comparison in BENCHMARKS.md.
-fn without_memory_statistics() {
+/// them on, for the comparison in BENCHMARKS.md. Called by every store that opens a SQLite
+/// file; a process that opens SQLite connections of its own first calls it too.
+pub fn without_memory_statistics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("FLOWHOST_SQLITE_MEMSTATUS").is_some() {
