@@ -32,6 +32,16 @@ fn bench_reports_every_mode_with_its_numbers() {
     for rows in ["keys", "keyed", "parked", "views"] {
         assert_eq!(batched[rows], floor[rows], "{rows}: {batched} vs {floor}");
     }
+    // On SQLite the plain reference runs beside them, with its ratios.
+    let plain = &v["modes"]["plain"];
+    assert_eq!(
+        plain["records"], v["modes"]["batched"]["records"],
+        "{plain}"
+    );
+    assert!(plain["records_per_s"].as_f64().unwrap() > 0.0, "{plain}");
+    for ratio in ["batched_over_plain", "floor_over_plain"] {
+        assert!(v["ratios"][ratio].as_f64().unwrap() > 0.0, "{ratio}: {v}");
+    }
     // Batch size 1 costs far more statements per record than the batched pipeline.
     let stmts = |mode: &str| {
         v["modes"][mode]["statements_per_1000_records"]
@@ -39,6 +49,46 @@ fn bench_reports_every_mode_with_its_numbers() {
             .unwrap()
     };
     assert!(stmts("per_record") > 20.0 * stmts("batched"), "{v}");
+}
+
+#[test]
+fn bench_tables_times_every_table_the_pipeline_writes() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let out = host.bench(&["tables", "--records", "1500", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = &json_lines(&out.stdout)[0];
+    let tables: Vec<&str> = v["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    for table in [
+        "(parse)", "intake", "queue", "keys", "keyed", "dirty", "views", "changes",
+    ] {
+        assert!(tables.contains(&table), "{table}: {v}");
+    }
+    for t in v["tables"].as_array().unwrap() {
+        assert_eq!(t["rows"], v["records"], "{t}");
+        assert!(t["us_per_row"].as_f64().unwrap() > 0.0, "{t}");
+    }
+    assert!(v["plain"]["records_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn bench_tables_is_for_sqlite_and_says_so() {
+    let out = flowhost_tests::flowhost_bench(&[
+        "--db",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        "tables",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("embedded SQLite"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
