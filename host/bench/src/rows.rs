@@ -66,7 +66,7 @@ pub async fn plain(url: &str, file: &Path, lines: u64) -> Result<Value> {
         batch.push([
             text("model"),
             v["source"]["system"].as_str().unwrap_or_default().into(),
-            text("external_id"),
+            text("id"),
             text("occurred_at"),
             v["payload"].to_string(),
         ]);
