@@ -640,6 +640,15 @@ pub(crate) fn mode_result(
     })
 }
 
+/// The floor's hold on a stage of a model: its association lease, or its projection claims.
+fn floor_lease(stage: Stage, model: &str) -> Lease {
+    Lease {
+        stage,
+        model: model.to_string(),
+        holder: "floor".into(),
+    }
+}
+
 /// The floor: parse, then write the batched run's rows in large batches, no plugin.
 async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result<Value> {
     const CHUNK: usize = 5_000;
@@ -690,11 +699,7 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
     let assoc_started = Instant::now();
     let mut n = 0u64;
     for model in &models {
-        let lease = Lease {
-            stage: Stage::Associate,
-            model: model.clone(),
-            holder: "floor".into(),
-        };
+        let lease = floor_lease(Stage::Associate, model);
         store.acquire_lease(&lease, 60_000_000).await.map_err(err)?;
         loop {
             let pending = store.pending(model, CHUNK).await.map_err(err)?;
@@ -751,11 +756,7 @@ async fn floor(url: &str, file: &Path, lines: u64, rows: Option<&str>) -> Result
     let empty = "{}".to_string();
     let mut written = 0usize;
     for model in &models {
-        let claim = Lease {
-            stage: Stage::Project,
-            model: model.clone(),
-            holder: "floor".into(),
-        };
+        let claim = floor_lease(Stage::Project, model);
         loop {
             let batch = store
                 .claim_dirty(&claim, 2_000, 60_000_000)
