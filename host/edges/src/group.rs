@@ -103,8 +103,9 @@ async fn commit_loop(store: Store, config: GroupConfig, mut rx: mpsc::Receiver<J
     }
 }
 
-/// Appends the jobs' records in one transaction and answers each. When it fails for a
-/// reason other than the data (the store already splits what the database refuses), each
+/// Appends the jobs' records in one transaction and answers each. When no connection became
+/// free in time, every caller gets that answer (nothing was written). When it fails for
+/// another reason than the data (the store already splits what the database refuses), each
 /// job is appended again on its own, so that each caller gets its own outcome. (Only when a
 /// refusal had split the shared append and a later part failed can some of a caller's
 /// records be durable already; appended again, they are answered as duplicates: stored
@@ -129,6 +130,24 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
                 let _ = job.reply.send(Ok(mine));
             }
         }
+        // Nothing was written and each caller alone would wait as long again: all are told.
+        Err(StoreError::ConnectionWait {
+            operation,
+            model,
+            wait,
+        }) => {
+            tracing::warn!(
+                callers = jobs.len(),
+                "a shared intake transaction got no database connection: {wait}"
+            );
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::ConnectionWait {
+                    operation,
+                    model: model.clone(),
+                    wait,
+                }));
+            }
+        }
         Err(e) => {
             tracing::warn!(
                 callers = jobs.len(),
@@ -138,5 +157,78 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
                 let _ = job.reply.send(store.append(&job.records).await);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowhost_core::intake::{IntakeLimits, parse_line_within};
+    use flowhost_store::StoreOptions;
+    use std::time::Instant;
+
+    fn record(id: usize) -> IntakeRecord {
+        let line = format!(
+            r#"{{"model":"device","source":{{"system":"crm"}},"id":"r{id}","occurred_at":"2026-03-01T10:00:00Z","payload":{{"serial":"{id}"}}}}"#
+        );
+        parse_line_within(
+            line.as_bytes(),
+            chrono::Utc::now(),
+            &IntakeLimits::default(),
+        )
+        .unwrap()
+    }
+
+    /// While this process's writer is held past the busy timeout, every caller of a shared
+    /// transaction is told the database is busy at about the same time — not one after the
+    /// other, each waiting out the timeout again — and nothing of theirs is written; once
+    /// the writer is free, their batches go through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_of_a_transaction_without_a_connection_are_all_told_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("group.db").display());
+        let busy = Duration::from_millis(300);
+        let options = StoreOptions {
+            busy_timeout: busy,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(&url, &options).await.unwrap();
+        let appender = GroupAppender::spawn(
+            store.clone(),
+            GroupConfig {
+                linger: Duration::from_millis(200),
+                ..GroupConfig::default()
+            },
+        );
+        let hold = store.hold_writer().await.unwrap();
+        let started = Instant::now();
+        let callers: Vec<_> = (0..8)
+            .map(|i| {
+                let appender = appender.clone();
+                tokio::spawn(async move { appender.append(vec![record(i)]).await })
+            })
+            .collect();
+        let mut told = 0;
+        for caller in callers {
+            match caller.await.unwrap() {
+                Err(StoreError::ConnectionWait { .. }) => told += 1,
+                other => panic!("a busy database, not {other:?}"),
+            }
+        }
+        let waited = started.elapsed();
+        assert_eq!(told, 8);
+        // A wait or two shared (with the linger), not one per caller after a shared one
+        // (which would be at least 9 × 300 ms).
+        assert!(waited < busy * 6, "the callers waited {waited:?}");
+        drop(hold);
+
+        let answers = appender.append((0..8).map(record).collect()).await.unwrap();
+        assert_eq!(answers.len(), 8);
+        let pending = store.pending("device", 100).await.unwrap();
+        assert_eq!(
+            pending.len(),
+            8,
+            "each record once, none from the failed attempt"
+        );
     }
 }

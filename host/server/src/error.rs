@@ -33,7 +33,19 @@ impl ApiError {
 
     /// The database failed: the request may be retried. What the database said (SQL,
     /// names, paths) goes to the log under an error id; the client gets the id only.
+    /// A database too busy to give the request a connection in time is no secret: the
+    /// client is told so, and that nothing of the request was written.
     pub fn store(e: StoreError) -> Self {
+        if let StoreError::ConnectionWait { wait, .. } = &e {
+            tracing::warn!("request waited too long for the database: {e}");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the database is busy ({wait}); nothing of this request was written; \
+                     retry later"
+                ),
+            );
+        }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let id = &id[id.len() - 12..];
         tracing::warn!(error_id = id, "request failed on the database: {e}");
@@ -59,6 +71,12 @@ impl IntoResponse for ApiError {
             map.extend(extra);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        // Every 503 is worth retrying, in a moment.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -95,5 +113,29 @@ mod tests {
         assert!(!error.message.contains("/var/lib"), "{}", error.message);
         let id = error.extra.as_ref().unwrap()["error_id"].as_str().unwrap();
         assert!(error.message.contains(id));
+        let response = error.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn a_busy_database_is_told_as_such() {
+        let e = StoreError::ConnectionWait {
+            operation: "append intake",
+            model: "*".into(),
+            wait: "this process's one writer connection stayed held",
+        };
+        let error = ApiError::store(e);
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error.message.contains("busy"), "{}", error.message);
+        assert!(
+            error.message.contains("writer connection"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("nothing of this request"),
+            "{}",
+            error.message
+        );
     }
 }

@@ -389,7 +389,7 @@ async fn limit_concurrency(
         return within_deadline(deadline, next.run(request)).await;
     }
     let Ok(_place) = state.inner.places.clone().try_acquire_owned() else {
-        let mut response = ApiError::new(
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "the service is serving {} requests at once (server.max_concurrent_requests); \
@@ -398,10 +398,6 @@ async fn limit_concurrency(
             ),
         )
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     };
     // Intake watches the deadline itself (to answer with what it stored); this is the
     // backstop for every route, a little later.

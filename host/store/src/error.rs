@@ -30,6 +30,17 @@ pub enum StoreError {
         model: String,
         detail: String,
     },
+    /// No connection became free for the statement within the pool's wait: on SQLite this
+    /// process's one writer connection stayed held by other writes, on PostgreSQL every
+    /// connection of the pool stayed in use. Nothing of the statement was written; worth
+    /// retrying once the database is less busy.
+    #[error("{operation} ({model}): the database is busy: {wait}; nothing was written")]
+    ConnectionWait {
+        operation: &'static str,
+        model: String,
+        /// Which connection it waited for and for how long, with the setting that bounds it.
+        wait: &'static str,
+    },
     /// A position was not where its writer read it: another process moved it meanwhile
     /// (nothing of the transaction was written).
     #[error("the position '{name}' is no longer {expected}: another process moved it")]
@@ -108,10 +119,27 @@ pub(crate) fn query_error(
     operation: &'static str,
     model: &str,
 ) -> impl FnOnce(sqlx::Error) -> StoreError + use<> {
+    query_error_waiting(operation, model, "no connection became free in time")
+}
+
+/// [`query_error`], where a connection that did not become free in time is told as
+/// [`StoreError::ConnectionWait`] with `wait` (the backend's words for what it waited for).
+pub(crate) fn query_error_waiting(
+    operation: &'static str,
+    model: &str,
+    wait: &'static str,
+) -> impl FnOnce(sqlx::Error) -> StoreError + use<> {
     let model = model.to_string();
-    move |source| StoreError::Query {
-        operation,
-        model,
-        source,
+    move |source| match source {
+        sqlx::Error::PoolTimedOut => StoreError::ConnectionWait {
+            operation,
+            model,
+            wait,
+        },
+        source => StoreError::Query {
+            operation,
+            model,
+            source,
+        },
     }
 }

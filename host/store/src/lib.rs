@@ -94,6 +94,11 @@ pub async fn counting_statements<T>(work: impl std::future::Future<Output = T>) 
         .await
 }
 
+/// An open transaction on the SQLite writer (see [`Store::hold_writer`]); dropping it rolls
+/// back and frees the writer.
+#[doc(hidden)]
+pub struct WriterHold(#[allow(dead_code)] sql::Tx<sqlx::Sqlite>);
+
 /// A store on one of the backends. Cheap to clone (a pool inside).
 #[derive(Clone)]
 pub enum Store {
@@ -153,6 +158,19 @@ impl Store {
     /// Statements executed so far by this store and its clones.
     pub fn statements(&self) -> u64 {
         self.stats().statements.load(Ordering::Relaxed)
+    }
+
+    /// Holds this process's writer connection on SQLite in an open transaction until the
+    /// hold is dropped, so that tests can show what a write does while the writer is busy.
+    /// On PostgreSQL (one pool for everything) there is no single writer to hold.
+    #[doc(hidden)]
+    pub async fn hold_writer(&self) -> Result<WriterHold, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(WriterHold(s.begin("hold the writer", "*").await?)),
+            Store::Postgres(_) => Err(StoreError::Url(
+                "PostgreSQL has no single writer connection to hold".into(),
+            )),
+        }
     }
 
     /// Closes the pool, waiting for connections to be returned.

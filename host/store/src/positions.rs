@@ -42,11 +42,11 @@ where
     /// Moves a position from `from` to `to` on its own (one statement). False when it was
     /// not at `from`.
     pub async fn advance(&self, advance: &Advance) -> Result<bool, StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| StoreError::Query {
-            operation: "move position",
-            model: advance.name.clone(),
-            source: e,
-        })?;
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(self.error("move position", &advance.name))?;
         self.move_position(&mut *conn, advance).await
     }
 

@@ -19,6 +19,8 @@ impl Backend for Postgres {
     const LOCK_SHARED: &'static str = " FOR SHARE";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
     const CHANGES_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(7201321)");
+    const CONNECTION_WAIT: &'static str =
+        "every connection of the pool (database.pool_size) stayed in use for 5 s";
     const LOCK_EXCLUSIVE: &'static str = " FOR UPDATE";
     type Upkeep = Arc<Analyze>;
 

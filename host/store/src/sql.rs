@@ -16,7 +16,7 @@
 
 use crate::Stats;
 use crate::StoreError;
-use crate::error::query_error;
+use crate::error::{query_error, query_error_waiting};
 use sqlx::{Database, Decode, Encode, Executor, FromRow, Pool, QueryBuilder, Transaction, Type};
 use std::sync::Arc;
 
@@ -38,6 +38,9 @@ pub trait Backend: Database {
     const LOCK_SKIP: &'static str;
     /// Taken before a commit numbers its changes, so that numbers follow commit order.
     const CHANGES_LOCK: Option<&'static str>;
+    /// What a statement waits for before it runs, in an operator's words with the setting
+    /// that bounds the wait (the reason of [`StoreError::ConnectionWait`]).
+    const CONNECTION_WAIT: &'static str;
     /// Backend-specific upkeep state shared by a store's clones.
     type Upkeep: Default + Clone + Send + Sync;
 
@@ -98,6 +101,16 @@ impl<DB: Backend> Sql<DB> {
         }
     }
 
+    /// Wraps an sqlx error with the operation and model (a connection that did not become
+    /// free in time: [`StoreError::ConnectionWait`]).
+    pub(crate) fn error(
+        &self,
+        operation: &'static str,
+        model: &str,
+    ) -> impl FnOnce(sqlx::Error) -> StoreError + use<DB> {
+        query_error_waiting(operation, model, DB::CONNECTION_WAIT)
+    }
+
     /// A statement to build, in the backend's placeholder style.
     pub(crate) fn query(sql: impl Into<String>) -> QueryBuilder<DB> {
         QueryBuilder::new(sql)
@@ -117,7 +130,7 @@ impl<DB: Backend> Sql<DB> {
         self.stats.add(1);
         on.fetch_all(query)
             .await
-            .map_err(query_error(operation, model))
+            .map_err(self.error(operation, model))
     }
 
     /// [`Sql::fetch`], each row decoded as `T` (a tuple, or a `FromRow` type).
@@ -151,7 +164,7 @@ impl<DB: Backend> Sql<DB> {
         let done = on
             .execute(query)
             .await
-            .map_err(query_error(operation, model))?;
+            .map_err(self.error(operation, model))?;
         Ok(DB::rows_affected(&done))
     }
 
@@ -166,7 +179,7 @@ impl<DB: Backend> Sql<DB> {
             Some(statement) => self.writer.begin_with(statement).await,
             None => self.writer.begin().await,
         }
-        .map_err(query_error(operation, model))
+        .map_err(self.error(operation, model))
     }
 
     /// Commits, counting it.
@@ -177,7 +190,7 @@ impl<DB: Backend> Sql<DB> {
         model: &str,
     ) -> Result<(), StoreError> {
         self.stats.add(1);
-        tx.commit().await.map_err(query_error(operation, model))
+        tx.commit().await.map_err(self.error(operation, model))
     }
 }
 

@@ -23,6 +23,8 @@ impl Backend for Sqlite {
     const LOCK_SHARED: &'static str = "";
     const LOCK_SKIP: &'static str = "";
     const CHANGES_LOCK: Option<&'static str> = None;
+    const CONNECTION_WAIT: &'static str = "this process's one writer connection stayed held by \
+        other writes for longer than database.busy_timeout_ms";
     const LOCK_EXCLUSIVE: &'static str = "";
     type Upkeep = ();
 
@@ -534,5 +536,72 @@ mod cache_tests {
         assert_eq!(cache_kib_per_connection(&options(1, 32)), 32 * 1024);
         assert_eq!(cache_kib_per_connection(&options(64, 1)), 256);
         assert_eq!(cache_kib_per_connection(&options(0, 8)), 8 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+    use crate::Store;
+    use flowhost_core::intake::{IntakeLimits, parse_line_within};
+    use std::time::{Duration, Instant};
+
+    fn record(id: &str) -> crate::IntakeRecord {
+        let line = format!(
+            r#"{{"model":"device","source":{{"system":"crm"}},"id":"{id}","occurred_at":"2026-03-01T10:00:00Z","payload":{{"serial":"{id}"}}}}"#
+        );
+        parse_line_within(
+            line.as_bytes(),
+            chrono::Utc::now(),
+            &IntakeLimits::default(),
+        )
+        .unwrap()
+    }
+
+    /// A write that cannot get this process's writer connection within the busy timeout
+    /// fails in bounded time with a reason naming the connection and the setting, having
+    /// written nothing; once the writer is free again, the same write goes through once.
+    #[tokio::test]
+    async fn a_write_held_up_past_the_busy_timeout_fails_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+        let options = StoreOptions {
+            busy_timeout: Duration::from_millis(200),
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(&url, &options).await.unwrap();
+        let holding = store.hold_writer().await.unwrap();
+
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), store.append(&[record("a")]))
+            .await
+            .expect("the write ends in bounded time");
+        let waited = started.elapsed();
+        let e = outcome.expect_err("the writer is held");
+        assert!(
+            matches!(e, StoreError::ConnectionWait { .. }),
+            "a connection wait, not {e:?}"
+        );
+        let message = e.to_string();
+        for part in [
+            "append",
+            "busy",
+            "writer connection",
+            "database.busy_timeout_ms",
+        ] {
+            assert!(message.contains(part), "'{part}' in: {message}");
+        }
+        assert!(message.contains("nothing was written"), "{message}");
+        assert!(
+            e.refused().is_none(),
+            "a busy database is retried, not parked"
+        );
+        assert!(waited >= Duration::from_millis(150), "waited {waited:?}");
+
+        drop(holding);
+        let appended = store.append(&[record("a")]).await.unwrap();
+        assert_eq!(appended.len(), 1);
+        let pending = store.pending("device", 10).await.unwrap();
+        assert_eq!(pending.len(), 1, "the failed write left nothing behind");
     }
 }
