@@ -119,7 +119,7 @@ fn flatten_members<'a>(
         if path.is_empty() {
             key.to_string()
         } else {
-            format!("{path}.{key}")
+            crate::types::concat(&[path, ".", key])
         }
     }
     let mut out = Vec::new();
