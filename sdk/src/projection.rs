@@ -119,7 +119,7 @@ fn flatten_members<'a>(
         if path.is_empty() {
             key.to_string()
         } else {
-            crate::types::concat(&[path, ".", key])
+            [path, ".", key].concat()
         }
     }
     let mut out = Vec::new();

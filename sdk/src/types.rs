@@ -146,29 +146,21 @@ impl Record {
     pub fn source_label(&self) -> String {
         // Built by hand: `format!` goes through the formatting machinery, which costs a
         // plugin dearly (the projection builds one label per record).
-        concat(&[
-            &self.source.system,
+        [
+            self.source.system.as_str(),
             "/",
             &self.source.adapter,
             "/",
             &self.external_id,
-        ])
+        ]
+        .concat()
     }
 }
 
 /// The source key of a record of `system` with `external_id`: `src:{system}:{external id}`.
 /// The host gives every entity record this key; parents usually name it.
 pub fn source_key(system: &str, external_id: &str) -> String {
-    concat(&["src:", system, ":", external_id])
-}
-
-/// The parts one after the other, in one allocation.
-pub(crate) fn concat(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        out.push_str(part);
-    }
-    out
+    ["src:", system, ":", external_id].concat()
 }
 
 /// A parent named by a key of the parent model.
