@@ -103,9 +103,10 @@ impl Decimal {
         })
     }
 
-    /// The exact value of a parsed JSON number (its text, kept by `arbitrary_precision`).
+    /// The exact value of a parsed JSON number (its text, kept by `arbitrary_precision`;
+    /// read as it is, not through `Display`, which is dear in a plugin).
     pub fn of(n: &Number) -> Option<Decimal> {
-        Decimal::parse(&n.to_string())
+        Decimal::parse(n.as_str())
     }
 
     pub fn is_zero(&self) -> bool {

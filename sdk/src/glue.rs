@@ -79,6 +79,9 @@ pub fn associate<M: Model>(records: Vec<wit::InputRecord>) -> Vec<wit::Associati
 /// `project`: one projection per group, same order.
 pub fn project<M: Model>(groups: Vec<wit::Group>) -> Vec<wit::Projection> {
     let description = M::describe();
+    // One buffer the views are written into, reused for the whole batch: each view is then
+    // one allocation of its own size instead of a string grown step by step.
+    let mut buffer = Vec::with_capacity(4096);
     groups
         .into_iter()
         .map(|g| {
@@ -102,9 +105,9 @@ pub fn project<M: Model>(groups: Vec<wit::Group>) -> Vec<wit::Projection> {
             let p = M::project(&group, &description);
             wit::Projection {
                 reference,
-                canonical: json_text(p.canonical),
-                lineage: json_text(p.lineage),
-                root: json_text(p.root),
+                canonical: json_text(&p.canonical, &mut buffer),
+                lineage: json_text(&p.lineage, &mut buffer),
+                root: json_text(&p.root, &mut buffer),
                 parents: p
                     .parents
                     .into_iter()
@@ -125,11 +128,13 @@ fn link(l: wit::ParentLink) -> ParentLink {
     }
 }
 
-/// The map as JSON text. Serialised straight into a buffer: `Value`'s `to_string` goes
+/// The map as JSON text. Serialised straight into a byte buffer (`Value`'s `to_string` goes
 /// through `Display` and the formatting machinery piece by piece, several times slower in a
-/// plugin.
-fn json_text(map: Map<String, Value>) -> String {
-    serde_json::to_string(&map).expect("a map of JSON values always serialises")
+/// plugin), then copied out at its final size.
+fn json_text(map: &Map<String, Value>, buffer: &mut Vec<u8>) -> String {
+    buffer.clear();
+    serde_json::to_writer(&mut *buffer, map).expect("a map of JSON values always serialises");
+    String::from_utf8(buffer.as_slice().to_vec()).expect("serde_json writes UTF-8")
 }
 
 /// Builds a component-typed record; used by native callers (benchmarks, tests) that drive

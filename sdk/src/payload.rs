@@ -224,7 +224,7 @@ impl<'de> Visitor<'de> for Members<'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(8);
         while let Some(KeyText(key)) = map.next_key::<KeyText<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             let key = match key {

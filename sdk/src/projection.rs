@@ -18,6 +18,7 @@
 use crate::{Group, KeyedRecord, ParentLink, PathPolicy, Policy, Projection};
 use flowhost_json::Decimal;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap as StdHashMap;
 
@@ -35,30 +36,33 @@ pub fn project(group: &Group, policies: &[PathPolicy]) -> Projection {
     projector.finish()
 }
 
-/// Where a value was first seen: (intake sequence, position within the record).
+/// Where a value was first seen: (intake sequence, position within the record's flattened
+/// payload).
 type Seen = (u64, u32);
 
-/// Values that compare equal under the canonical rules share a key.
+/// Values other than strings that compare equal under the canonical rules share a key
+/// (strings are keyed by their trimmed lower-case text, see [`PathState::class_of`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Distinct {
-    Str(String),
     /// A number by its exact decimal value (`1` = `1.0` = `1e0`).
     Num(Decimal),
     /// A number that cannot be compared exactly (intake refuses them): by its text.
     NumText(String),
     Bool(bool),
+    /// Objects, arrays and nulls never reach here (flattening removes them); kept apart
+    /// from strings all the same.
+    Other(String),
 }
 
-fn distinct(value: &Value) -> Distinct {
-    match value {
-        Value::String(s) => Distinct::Str(s.trim().to_lowercase()),
-        Value::Bool(b) => Distinct::Bool(*b),
-        Value::Number(n) => match Decimal::of(n) {
-            Some(d) => Distinct::Num(d),
-            None => Distinct::NumText(n.to_string()),
-        },
-        // Objects, arrays and nulls never reach here: flattening removes them.
-        other => Distinct::Str(other.to_string()),
+/// `text` trimmed and lower-cased, written into `out` (cleared first). ASCII text, the
+/// common case, is lowered byte by byte; other text by the full Unicode rules.
+fn fold_into(text: &str, out: &mut String) {
+    out.clear();
+    let text = text.trim();
+    if text.is_ascii() {
+        out.extend(text.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+    } else {
+        out.push_str(&text.to_lowercase());
     }
 }
 
@@ -91,50 +95,72 @@ fn value_order(a: &Value, b: &Value) -> Ordering {
 
 /// Flattens a payload into (path, scalar value, reached through an array) in document order.
 pub fn flatten(payload: &Map<String, Value>) -> Vec<(String, Value, bool)> {
-    flatten_members(payload.iter().map(|(key, value)| (key.as_str(), value)))
+    let mut out = Vec::new();
+    flatten_members(payload.iter().map(|(k, v)| (k.as_str(), v)), &mut out);
+    out.into_iter()
+        .map(|(path, value, in_array)| (path.into_owned(), value.clone(), in_array))
+        .collect()
 }
 
+/// A flattened scalar: its path (a top-level key is borrowed, a nested path is joined), the
+/// value where it stands in the payload, and whether an array was on the way to it.
+type Flat<'v> = (Cow<'v, str>, &'v Value, bool);
+
 /// [`flatten`] over an object's members, however they are held (a map, or a lazily parsed
-/// [`crate::Payload`], whose top-level map is then never built).
-fn flatten_members<'a>(
-    members: impl Iterator<Item = (&'a str, &'a Value)>,
-) -> Vec<(String, Value, bool)> {
-    fn walk(path: &str, value: &Value, in_array: bool, out: &mut Vec<(String, Value, bool)>) {
+/// [`crate::Payload`], whose top-level map is then never built), without copying values.
+fn flatten_members<'v>(
+    members: impl Iterator<Item = (&'v str, &'v Value)>,
+    out: &mut Vec<Flat<'v>>,
+) {
+    fn walk<'v>(path: Cow<'v, str>, value: &'v Value, in_array: bool, out: &mut Vec<Flat<'v>>) {
         match value {
             Value::Null => {}
             Value::Object(map) => {
                 for (key, child) in map {
-                    walk(&join(path, key), child, in_array, out);
+                    let joined = if path.is_empty() {
+                        Cow::Borrowed(key.as_str())
+                    } else {
+                        Cow::Owned([&*path, ".", key].concat())
+                    };
+                    walk(joined, child, in_array, out);
                 }
             }
             Value::Array(items) => {
                 for item in items {
-                    walk(path, item, true, out);
+                    walk(path.clone(), item, true, out);
                 }
             }
-            scalar => out.push((path.to_string(), scalar.clone(), in_array)),
+            scalar => out.push((path, scalar, in_array)),
         }
     }
-    fn join(path: &str, key: &str) -> String {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            [path, ".", key].concat()
-        }
-    }
-    let mut out = Vec::new();
     for (key, value) in members {
-        walk(key, value, false, &mut out);
+        walk(Cow::Borrowed(key), value, false, out);
     }
-    out
 }
+
+/// Source labels are held once per projector; values name them by index.
+type LabelId = u32;
 
 #[derive(Debug, Clone)]
 struct ValueState {
     first: Seen,
     kept: Value,
     /// Source label → the first sequence at which it asserted this value.
-    sources: HashMap<String, u64>,
+    sources: HashMap<LabelId, u64>,
+}
+
+impl ValueState {
+    fn saw(&mut self, seen: Seen, value: &Value) {
+        if seen < self.first {
+            self.first = seen;
+            self.kept = value.clone();
+        }
+    }
+
+    fn asserted_by(&mut self, label: LabelId, seq: u64) {
+        let s = self.sources.entry(label).or_insert(seq);
+        *s = (*s).min(seq);
+    }
 }
 
 /// How a root candidate ranks against others of the same path.
@@ -146,21 +172,14 @@ enum Rank {
     Extreme(bool),
 }
 
-/// A record's own value at a path, with the facts the root policies rank it by.
-#[derive(Debug, Clone)]
-struct Candidate {
-    rank: Rank,
-    seq: u64,
-    value: Value,
-}
-
-impl Candidate {
-    /// Ties go to the earlier intake, which keeps the choice deterministic.
-    fn better_than(&self, other: &Candidate) -> bool {
-        match (&self.rank, &other.rank) {
-            (Rank::Ordered(a), Rank::Ordered(b)) => (a, self.seq) < (b, other.seq),
-            (Rank::Extreme(max), _) => match value_order(&self.value, &other.value) {
-                Ordering::Equal => self.seq < other.seq,
+impl Rank {
+    /// Whether a candidate of this rank, `seq` and `value` beats `other`. Ties go to the
+    /// earlier intake, which keeps the choice deterministic.
+    fn beats(&self, seq: u64, value: &Value, other: &Candidate) -> bool {
+        match (self, &other.rank) {
+            (Rank::Ordered(a), Rank::Ordered(b)) => (a, seq) < (b, other.seq),
+            (Rank::Extreme(max), _) => match value_order(value, &other.value) {
+                Ordering::Equal => seq < other.seq,
                 Ordering::Greater => *max,
                 Ordering::Less => !*max,
             },
@@ -170,11 +189,72 @@ impl Candidate {
     }
 }
 
+/// A record's own value at a path, with the facts the root policies rank it by.
 #[derive(Debug, Clone)]
+struct Candidate {
+    rank: Rank,
+    seq: u64,
+    value: Value,
+}
+
+#[derive(Debug, Clone, Default)]
 struct PathState {
     first: Seen,
-    values: HashMap<Distinct, ValueState>,
+    /// The distinct values, in the order this projector met them.
+    values: Vec<ValueState>,
+    /// Index into `values` of each string value by its trimmed lower-case text.
+    strings: HashMap<String, usize>,
+    /// Index into `values` of every other value by its [`Distinct`] key.
+    others: HashMap<Distinct, usize>,
     root: Option<Candidate>,
+}
+
+impl PathState {
+    fn new(first: Seen) -> Self {
+        Self {
+            first,
+            ..Self::default()
+        }
+    }
+
+    /// The index in `values` of the value's class (seen first at `seen` if it is new).
+    /// `scratch` holds a string's folded text, so that a known string costs no allocation.
+    fn class_of(&mut self, value: &Value, seen: Seen, scratch: &mut String) -> usize {
+        let next = self.values.len();
+        let index = match value {
+            Value::String(text) => {
+                fold_into(text, scratch);
+                match self.strings.get(scratch.as_str()) {
+                    Some(&index) => return index,
+                    None => {
+                        self.strings.insert(scratch.clone(), next);
+                        next
+                    }
+                }
+            }
+            other => *self.others.entry(distinct(other)).or_insert(next),
+        };
+        if index == next {
+            self.values.push(ValueState {
+                first: seen,
+                kept: value.clone(),
+                sources: HashMap::default(),
+            });
+        }
+        index
+    }
+}
+
+/// The key of a value that is not a string.
+fn distinct(value: &Value) -> Distinct {
+    match value {
+        Value::Bool(b) => Distinct::Bool(*b),
+        Value::Number(n) => match Decimal::of(n) {
+            Some(d) => Distinct::Num(d),
+            None => Distinct::NumText(n.to_string()),
+        },
+        other => Distinct::Other(other.to_string()),
+    }
 }
 
 /// Accumulates records of one reference, in any order, into its views.
@@ -182,8 +262,12 @@ struct PathState {
 pub struct Projector<'p> {
     policies: &'p [PathPolicy],
     paths: HashMap<String, PathState>,
+    /// Each source label seen, with the id values name it by.
+    labels: HashMap<String, LabelId>,
     /// The latest record's (occurred, seq) and parents.
     latest: Option<((i64, u64), Vec<ParentLink>)>,
+    /// Reused text: a record's source label, a string's folded form.
+    scratch: String,
 }
 
 impl<'p> Projector<'p> {
@@ -192,7 +276,9 @@ impl<'p> Projector<'p> {
         Self {
             policies,
             paths: HashMap::default(),
+            labels: HashMap::default(),
             latest: None,
+            scratch: String::new(),
         }
     }
 
@@ -204,59 +290,72 @@ impl<'p> Projector<'p> {
             .unwrap_or(&Policy::Last)
     }
 
+    /// The id of a source label, given as its text.
+    fn label_id(&mut self, label: &str) -> LabelId {
+        if let Some(&id) = self.labels.get(label) {
+            return id;
+        }
+        let id = LabelId::try_from(self.labels.len()).expect("fewer than 2^32 sources");
+        self.labels.insert(label.to_string(), id);
+        id
+    }
+
     /// Adds one keyed record.
     pub fn add(&mut self, keyed: &KeyedRecord) {
         let record = &keyed.record;
         let seq = record.seq;
-        let label = record.source_label();
         let stamp = (record.occurred_micros, seq);
         if self.latest.as_ref().is_none_or(|(best, _)| stamp > *best) {
             self.latest = Some((stamp, keyed.parents.clone()));
         }
-
-        // Group this record's values by path, keeping document order.
-        let mut by_path: Vec<(String, Vec<Value>, bool)> = Vec::new();
-        for (path, value, in_array) in flatten_members(record.payload.iter()) {
-            match by_path.iter_mut().find(|(p, _, _)| *p == path) {
-                Some((_, values, arr)) => {
-                    values.push(value);
-                    *arr |= in_array;
-                }
-                None => by_path.push((path, vec![value], in_array)),
-            }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        for part in [
+            record.source.system.as_str(),
+            "/",
+            &record.source.adapter,
+            "/",
+            &record.external_id,
+        ] {
+            scratch.push_str(part);
         }
+        let label = self.label_id(&scratch);
 
-        let mut pos: u32 = 0;
-        for (path, values, in_array) in by_path {
-            let policy = self.policy(&path);
-            let state = self.paths.entry(path).or_insert_with(|| PathState {
-                first: (seq, pos),
-                values: HashMap::default(),
-                root: None,
-            });
-            state.first = state.first.min((seq, pos));
-            for value in &values {
-                let seen = (seq, pos);
-                pos += 1;
-                let entry = state
-                    .values
-                    .entry(distinct(value))
-                    .or_insert_with(|| ValueState {
-                        first: seen,
-                        kept: value.clone(),
-                        sources: HashMap::default(),
-                    });
-                if seen < entry.first {
-                    entry.first = seen;
-                    entry.kept = value.clone();
-                }
-                let s = entry.sources.entry(label.clone()).or_insert(seq);
-                *s = (*s).min(seq);
+        // The record's scalars in document order; a value's position is its index here.
+        let mut flat = Vec::with_capacity(2 * record.payload.len());
+        flatten_members(record.payload.iter(), &mut flat);
+        // The same path's values together (in document order), one path after another.
+        let mut order: Vec<u32> = (0..flat.len() as u32).collect();
+        order
+            .sort_unstable_by(|&a, &b| flat[a as usize].0.cmp(&flat[b as usize].0).then(a.cmp(&b)));
+        let mut values: Vec<&Value> = Vec::new();
+        for run in order.chunk_by(|&a, &b| flat[a as usize].0 == flat[b as usize].0) {
+            let path = &flat[run[0] as usize].0;
+            let policy = self.policy(path);
+            let first = (seq, run[0]);
+            let state = match self.paths.get_mut(&**path) {
+                Some(state) => state,
+                None => self
+                    .paths
+                    .entry(path.to_string())
+                    .or_insert_with(|| PathState::new(first)),
+            };
+            state.first = state.first.min(first);
+            values.clear();
+            let mut in_array = false;
+            for &i in run {
+                let (_, value, arr) = &flat[i as usize];
+                in_array |= arr;
+                values.push(value);
+                let seen = (seq, i);
+                let class = state.class_of(value, seen, &mut scratch);
+                let entry = &mut state.values[class];
+                entry.saw(seen, value);
+                entry.asserted_by(label, seq);
             }
-            for candidate in candidates(policy, record, values, in_array) {
-                offer(&mut state.root, candidate);
-            }
+            offer_record(&mut state.root, policy, record, &values, in_array);
         }
+        self.scratch = scratch;
     }
 
     /// Merges another projector's records into this one (both must use the same policies).
@@ -266,58 +365,73 @@ impl<'p> Projector<'p> {
         {
             self.latest = Some((stamp, parents));
         }
+        // Their label ids → ours.
+        let mut theirs_to_ours = vec![0; other.labels.len()];
+        for (label, id) in &other.labels {
+            theirs_to_ours[*id as usize] = self.label_id(label);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
         for (path, theirs) in other.paths {
-            match self.paths.get_mut(&path) {
-                None => {
-                    self.paths.insert(path, theirs);
-                }
-                Some(ours) => {
-                    ours.first = ours.first.min(theirs.first);
-                    for (key, value) in theirs.values {
-                        match ours.values.get_mut(&key) {
-                            None => {
-                                ours.values.insert(key, value);
-                            }
-                            Some(mine) => {
-                                if value.first < mine.first {
-                                    mine.first = value.first;
-                                    mine.kept = value.kept;
-                                }
-                                for (label, seq) in value.sources {
-                                    let s = mine.sources.entry(label).or_insert(seq);
-                                    *s = (*s).min(seq);
-                                }
-                            }
-                        }
-                    }
-                    if let Some(candidate) = theirs.root {
-                        offer(&mut ours.root, candidate);
-                    }
+            let ours = match self.paths.get_mut(&path) {
+                Some(ours) => ours,
+                None => self
+                    .paths
+                    .entry(path)
+                    .or_insert_with(|| PathState::new(theirs.first)),
+            };
+            ours.first = ours.first.min(theirs.first);
+            for value in theirs.values {
+                let class = ours.class_of(&value.kept, value.first, &mut scratch);
+                let mine = &mut ours.values[class];
+                mine.saw(value.first, &value.kept);
+                for (label, seq) in value.sources {
+                    mine.asserted_by(theirs_to_ours[label as usize], seq);
                 }
             }
+            if let Some(candidate) = theirs.root
+                && ours
+                    .root
+                    .as_ref()
+                    .is_none_or(|best| candidate.rank.beats(candidate.seq, &candidate.value, best))
+            {
+                ours.root = Some(candidate);
+            }
         }
+        self.scratch = scratch;
     }
 
     /// The views of the records added so far.
     pub fn finish(self) -> Projection {
+        let mut labels: Vec<&str> = vec![""; self.labels.len()];
+        for (label, id) in &self.labels {
+            labels[*id as usize] = label;
+        }
         let mut paths: Vec<(String, PathState)> = self.paths.into_iter().collect();
         paths.sort_by(|a, b| a.1.first.cmp(&b.1.first).then_with(|| a.0.cmp(&b.0)));
 
-        let mut canonical = Map::new();
-        let mut lineage = Map::new();
-        let mut root = Map::new();
+        // Sized up front: a map that grows moves its entries (and, in a plugin, asks the
+        // allocator again) each time.
+        let mut canonical = Map::with_capacity(paths.len());
+        let mut lineage = Map::with_capacity(paths.len());
+        let mut root = Map::with_capacity(paths.len());
+        let mut sources: Vec<(u64, &str)> = Vec::new();
         for (path, state) in paths {
-            let mut values: Vec<ValueState> = state.values.into_values().collect();
+            let mut values = state.values;
             values.sort_by_key(|v| v.first);
             let mut path_lineage = Vec::with_capacity(values.len());
             for v in &values {
-                let mut sources: Vec<(&String, &u64)> = v.sources.iter().collect();
-                sources.sort_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)));
+                sources.clear();
+                sources.extend(
+                    v.sources
+                        .iter()
+                        .map(|(id, seq)| (*seq, labels[*id as usize])),
+                );
+                sources.sort_unstable();
                 let sources = sources
-                    .into_iter()
-                    .map(|(label, _)| Value::String(label.clone()))
+                    .iter()
+                    .map(|(_, label)| Value::String(label.to_string()))
                     .collect();
-                let mut entry = Map::new();
+                let mut entry = Map::with_capacity(2);
                 entry.insert("value".into(), v.kept.clone());
                 entry.insert("sources".into(), Value::Array(sources));
                 path_lineage.push(Value::Object(entry));
@@ -340,57 +454,55 @@ impl<'p> Projector<'p> {
     }
 }
 
-fn offer(slot: &mut Option<Candidate>, candidate: Candidate) {
-    if slot.as_ref().is_none_or(|best| candidate.better_than(best)) {
-        *slot = Some(candidate);
-    }
-}
-
-/// The candidates a record offers for a path's root value under a policy.
-fn candidates(
+/// Offers a record's values at one path to the path's root slot under its policy; a value
+/// is copied only when it wins.
+fn offer_record(
+    slot: &mut Option<Candidate>,
     policy: &Policy,
     record: &crate::Record,
-    values: Vec<Value>,
+    values: &[&Value],
     in_array: bool,
-) -> Vec<Candidate> {
+) {
     let seq = record.seq;
-    let as_sent = || {
-        if in_array || values.len() > 1 {
-            Value::Array(values.clone())
-        } else {
-            values[0].clone()
-        }
-    };
-    match policy {
-        Policy::Last => vec![Candidate {
-            rank: Rank::Ordered((-record.occurred_micros, -(seq as i64), 0)),
-            seq,
-            value: as_sent(),
-        }],
-        Policy::First => vec![Candidate {
-            rank: Rank::Ordered((record.occurred_micros, seq as i64, 0)),
-            seq,
-            value: as_sent(),
-        }],
+    let rank = match policy {
+        Policy::Last => Rank::Ordered((-record.occurred_micros, -(seq as i64), 0)),
+        Policy::First => Rank::Ordered((record.occurred_micros, seq as i64, 0)),
         Policy::Coalesce(order) => {
-            let rank = order
+            let position = order
                 .iter()
                 .position(|s| *s == record.source.system)
                 .unwrap_or(order.len()) as i64;
-            vec![Candidate {
-                rank: Rank::Ordered((rank, -record.occurred_micros, -(seq as i64))),
-                seq,
-                value: as_sent(),
-            }]
+            Rank::Ordered((position, -record.occurred_micros, -(seq as i64)))
         }
         // max and min compete value by value.
-        Policy::Max | Policy::Min => values
-            .into_iter()
-            .map(|value| Candidate {
-                rank: Rank::Extreme(*policy == Policy::Max),
-                seq,
-                value,
-            })
-            .collect(),
+        Policy::Max | Policy::Min => {
+            let rank = Rank::Extreme(*policy == Policy::Max);
+            for value in values {
+                if slot
+                    .as_ref()
+                    .is_none_or(|best| rank.beats(seq, value, best))
+                {
+                    *slot = Some(Candidate {
+                        rank: rank.clone(),
+                        seq,
+                        value: (*value).clone(),
+                    });
+                }
+            }
+            return;
+        }
+    };
+    // The record's own value as sent: one value stays a scalar, several (or any reached
+    // through an array) are a list. Ordered ranks never look at the value.
+    if slot
+        .as_ref()
+        .is_none_or(|best| rank.beats(seq, &Value::Null, best))
+    {
+        let value = if in_array || values.len() > 1 {
+            Value::Array(values.iter().map(|v| (*v).clone()).collect())
+        } else {
+            values[0].clone()
+        };
+        *slot = Some(Candidate { rank, seq, value });
     }
 }

@@ -163,6 +163,13 @@ pub fn source_key(system: &str, external_id: &str) -> String {
     ["src:", system, ":", external_id].concat()
 }
 
+/// An aggregation key: `kind:value` (`key("serial", "SN-001")` is `serial:SN-001`). The value
+/// is used as given; normalise it first (trim, upper-case) as the model's rule says. Built
+/// without `format!`, whose formatting machinery is dear in a plugin.
+pub fn key(kind: &str, value: &str) -> String {
+    [kind, ":", value].concat()
+}
+
 /// A parent named by a key of the parent model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParentKey {

@@ -105,6 +105,26 @@ fn distinct_values_rules() {
 }
 
 #[test]
+fn text_beyond_ascii_folds_by_the_unicode_rules() {
+    let p = project(
+        &group(vec![
+            rec(1, "a", "1", 1, json!({"city": " Ärhus", "word": "ΟΔΟΣ"})),
+            rec(2, "b", "2", 2, json!({"city": "ärhus ", "word": "οδος"})),
+            rec(3, "c", "3", 3, json!({"city": "ARHUS", "word": "οδοσ"})),
+        ]),
+        &[],
+    );
+    // Ä and ä are one letter; A is another. A final capital sigma lowers to ς, as the whole
+    // word is lowered: "ΟΔΟΣ" is "οδος", not "οδοσ".
+    assert_eq!(p.canonical["city"], json!([" Ärhus", "ARHUS"]));
+    assert_eq!(p.canonical["word"], json!(["ΟΔΟΣ", "οδοσ"]));
+    assert_eq!(
+        p.lineage["city"][0]["sources"],
+        json!(["a/a-v1/1", "b/b-v1/2"])
+    );
+}
+
+#[test]
 fn root_policies() {
     let policies = vec![
         PathPolicy {

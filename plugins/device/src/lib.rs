@@ -6,7 +6,7 @@
 //! This file is the template for a new entity model: implement `describe` and `keys`,
 //! then export the model.
 
-use flowhost_sdk::{Description, Model, Record, Rejection, Value};
+use flowhost_sdk::{Description, Model, Record, Rejection, Value, key};
 
 pub struct Device;
 
@@ -26,7 +26,7 @@ impl Model for Device {
             .into_iter()
             .filter_map(|serial| match serial {
                 Value::String(s) if s.trim().is_empty() => None,
-                Value::String(s) => Some(Ok(format!("serial:{}", s.trim().to_uppercase()))),
+                Value::String(s) => Some(Ok(key("serial", &s.trim().to_uppercase()))),
                 _ => Some(Err(bad_serial())),
             })
             .collect()

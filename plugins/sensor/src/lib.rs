@@ -7,7 +7,7 @@
 //!
 //! This file is the template for an entity model with a parent.
 
-use flowhost_sdk::{Description, Model, ParentKey, Record, Rejection, Value};
+use flowhost_sdk::{Description, Model, ParentKey, Record, Rejection, Value, key};
 
 pub struct Sensor;
 
@@ -21,7 +21,7 @@ impl Model for Sensor {
         match record.get("code") {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::String(code)) if code.trim().is_empty() => Ok(Vec::new()),
-            Some(Value::String(code)) => Ok(vec![format!("sensor:{}", code.trim().to_uppercase())]),
+            Some(Value::String(code)) => Ok(vec![key("sensor", &code.trim().to_uppercase())]),
             Some(_) => Err(Rejection::new("BAD_CODE", "code must be a string")),
         }
     }
