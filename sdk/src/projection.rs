@@ -310,15 +310,7 @@ impl<'p> Projector<'p> {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        for part in [
-            record.source.system.as_str(),
-            "/",
-            &record.source.adapter,
-            "/",
-            &record.external_id,
-        ] {
-            scratch.push_str(part);
-        }
+        record.push_source_label(&mut scratch);
         let label = self.label_id(&scratch);
 
         // The record's scalars in document order; a value's position is its index here.
