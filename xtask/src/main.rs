@@ -132,6 +132,14 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// `cmd` without the lints CI folds into the workspace's build (`.ci/run`): they are for
+/// flowhost's own crates, not for tools it installs or the fuzz targets' instrumented build.
+fn unlinted(mut cmd: Command) -> Command {
+    cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS");
+    cmd
+}
+
 fn ensure_wasm_target() -> Result<()> {
     let out = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -487,13 +495,13 @@ fn fuzz(root: &Path, seconds: u64) -> Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_fuzz {
-        run(cargo().args(["install", "cargo-fuzz", "--version", "0.13.2", "--locked"]))?;
+        run(unlinted(cargo()).args(["install", "cargo-fuzz", "--version", "0.13.2", "--locked"]))?;
     }
     let dir = root.join("fuzz");
     for target in FUZZ_TARGETS {
         let corpus = dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
-        run(cargo()
+        run(unlinted(cargo())
             .current_dir(&dir)
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "--sanitizer", "none", target])

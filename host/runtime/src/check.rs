@@ -204,10 +204,64 @@ fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
         return Err(format!("{name} view is not a JSON object: {e}"));
     }
+    // Skipping a value does not look into its `\u` escapes, so a lone UTF-16 surrogate
+    // (`"\ud800"`) would pass: text that names no character, which strict readers of the
+    // views (PostgreSQL's jsonb, browsers' JSON.parse in some modes, other languages)
+    // refuse or garble. Views rarely hold escapes, so this looks only when one is there.
+    if text.contains("\\u")
+        && let Some(at) = lone_surrogate(text)
+    {
+        return Err(format!(
+            "{name} view has a lone UTF-16 surrogate escape at byte {at}, which names no character"
+        ));
+    }
     if text.bytes().any(|b| b == b'\n' || b == b'\r') {
         *text = compact(text);
     }
     Ok(())
+}
+
+/// Where valid JSON text has a `\uD800`–`\uDFFF` escape that is not half of a high–low
+/// pair, as a byte offset.
+fn lone_surrogate(json: &str) -> Option<usize> {
+    let bytes = json.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if bytes.get(i + 1) != Some(&b'u') {
+                    i += 2;
+                    continue;
+                }
+                let first = unit(i + 2)?;
+                match first {
+                    0xD800..=0xDBFF => {
+                        let low = (bytes.get(i + 6..i + 8) == Some(b"\\u".as_slice()))
+                            .then(|| unit(i + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Some(i);
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    0xDC00..=0xDFFF => return Some(i),
+                    _ => {
+                        i += 6;
+                        continue;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Valid JSON text without the whitespace between tokens (strings, numbers kept as written).
@@ -312,6 +366,30 @@ mod tests {
         assert_eq!(text, r#"{"a b":[1,"x\n y"],"n":1.50}"#);
         let mut list = "[1]".to_string();
         assert!(view("root", &mut list, 1 << 20).is_err());
+        // Escapes: pairs and plain characters pass, a surrogate alone does not, wherever it is.
+        for good in [
+            r#"{"a":"\ud83d\ude00","b":"\u00e9\\ud800","\u0041":1}"#,
+            r#"{"a":"\\\\u","b":"\"\\"}"#,
+        ] {
+            let mut text = good.to_string();
+            assert!(view("canonical", &mut text, 1 << 20).is_ok(), "{good}");
+        }
+        for (bad, at) in [
+            (r#"{"a":"\ud800"}"#, 6),
+            (r#"{"a":"x\udc00y"}"#, 7),
+            (r#"{"a":"\ud800\u0041"}"#, 6),
+            (r#"{"\ud83d":1}"#, 2),
+            (r#"{"a":["\ud83d\ude00\udfff"]}"#, 19),
+        ] {
+            let mut text = bad.to_string();
+            let e = view("lineage", &mut text, 1 << 20).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "lineage view has a lone UTF-16 surrogate escape at byte {at}"
+                )),
+                "{bad}: {e}"
+            );
+        }
         let mut big = format!("{{\"a\":\"{}\"}}", "x".repeat(100));
         assert!(
             view("root", &mut big, 50)

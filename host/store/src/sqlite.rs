@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use std::str::FromStr;
 
 /// SQLite's bound-parameter limit is 32,766; every statement stays under this.
@@ -152,21 +152,29 @@ impl Sql<Sqlite> {
         // fails with "database is locked" instead of waiting) and to migrate it (sqlx takes no
         // lock on SQLite): one sets the file up while the other waits on an advisory lock.
         let file = connect.get_filename().to_path_buf();
-        let _setting_up = SetupLock::take(&file);
-        // One of the connections is the writer's (see `Sql::writer`), the rest read.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(options.busy_timeout)
-            .connect_with(connect.clone())
+        let setting_up = SetupLock::take(&file);
+        // The file is set up (WAL, migrations) on a connection of its own, outside the
+        // writer's pool: on a new file, switching to WAL and migrating write and sync, which
+        // on a loaded machine may take longer than the busy timeout that bounds a wait for
+        // the writer. Connections opened after this only read the file's settings.
+        let mut setup = SqliteConnection::connect_with(&connect)
             .await
             .map_err(open_err)?;
         Sqlite::MIGRATOR
-            .run(&writer)
+            .run(&mut setup)
             .await
             .map_err(|source| StoreError::Migrate {
                 url: crate::redacted(url),
                 source,
             })?;
+        setup.close().await.map_err(open_err)?;
+        drop(setting_up);
+        // One of the connections is the writer's (see `Sql::writer`), the rest read. The
+        // writer's is opened by the first write, within that write's wait for it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.busy_timeout)
+            .connect_lazy_with(connect.clone());
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.saturating_sub(1).max(1))
             .connect_with(connect)

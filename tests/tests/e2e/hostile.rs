@@ -175,11 +175,40 @@ fn a_plugin_that_blocks_hoards_or_lies_parks_only_its_records() {
             || host.export("canonical", "faulty").len() == good + 2,
         );
 
+        // A view with a lone surrogate escape (valid JSON syntax, no character), alone in
+        // its batch so that its reason is the one the batch's log line gives: not stored,
+        // its reference kept failed beside the lying one.
+        let surrogate = faulty("SURROGATE", json!({"key": "surrogate", "surrogate": true}));
+        assert_eq!(http.records(&surrogate).status, 200);
+        let failed = || -> i64 {
+            let plugins = http.get("/v1/plugins").json();
+            plugins["plugins"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["model"] == "faulty"))
+                .map_or(0, |p| p["views"]["failed"].as_i64().unwrap_or(0))
+        };
+        wait_for(
+            "two references whose projections failed",
+            Duration::from_secs(60),
+            || failed() == 2,
+        );
+        assert!(
+            !host
+                .export("canonical", "faulty")
+                .iter()
+                .any(|v| v["canonical"].get("lone").is_some()),
+            "a view with a lone surrogate is not stored"
+        );
+
         let (status, log) = server.stop_with_log();
         assert!(status.success(), "serve exits 0 after it all: {log}");
         assert!(
             log.contains("project named parent faulty"),
             "the lying projection is reported: {log}"
+        );
+        assert!(
+            log.contains("canonical view has a lone UTF-16 surrogate escape at byte 9"),
+            "the view naming no character is reported: {log}"
         );
         // The flood: the budget's 100 lines, one line saying how many were dropped, and no
         // forged line (newlines and escapes inside a message are escaped).
