@@ -29,6 +29,9 @@ pub(crate) fn when(micros: i64) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// How many of a model's failed projections `plugins_json` lists with their reasons.
+pub const FAILED_EXAMPLES: usize = 3;
+
 /// Every model's plugin as the database records it (one JSON object per model: version,
 /// source, state, re-projection progress, last refusal, earlier versions), and the refused
 /// files that name no model. `flowhost plugins list --json` prints the same objects.
@@ -40,6 +43,18 @@ pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), Sto
     // One progress query per model: a handful of models, read by an operator, not a hot path.
     for s in &states {
         let progress = store.reprojection(&s.model, &s.version).await?;
+        // A few of the references whose projection failed, with the reason each keeps: the
+        // log line of a failed batch gives only its first reason.
+        let failed_examples: Vec<Value> = if progress.failed > 0 {
+            store
+                .failed_projections(&s.model, FAILED_EXAMPLES)
+                .await?
+                .into_iter()
+                .map(|f| json!({"reference": f.reference, "error": f.error}))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // The model's shadow run while it runs (its findings: `plugins diff`).
         let shadow = store
             .shadow(&s.model, 0)
@@ -71,7 +86,8 @@ pub async fn plugins_json(store: &Store) -> Result<(Vec<Value>, Vec<Value>), Sto
             "since": when(s.since_micros),
             "file": file,
             "state": s.state,
-            "views": {"current": progress.current, "total": progress.total, "failed": progress.failed},
+            "views": {"current": progress.current, "total": progress.total, "failed": progress.failed,
+                "failed_examples": failed_examples},
             "last_error": last_error,
             "previous": previous,
             "shadow": shadow,

@@ -257,6 +257,9 @@ async fn list(
                 out,
                 "  failed      {failed} references whose projection failed (re-tried on new records, a new version, or `parked requeue`)"
             )?;
+            for f in views["failed_examples"].as_array().into_iter().flatten() {
+                writeln!(out, "    {}  {}", s(&f["reference"]), s(&f["error"]))?;
+            }
         }
         if let Some(e) = m["last_error"].as_object() {
             writeln!(

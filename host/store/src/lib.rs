@@ -562,6 +562,16 @@ impl Store {
         backend!(self.reprojection(model, version))
     }
 
+    /// Up to `limit` references of a model whose projection failed, with the reason each
+    /// mark keeps, ordered by reference.
+    pub async fn failed_projections(
+        &self,
+        model: &str,
+        limit: usize,
+    ) -> Result<Vec<FailedProjection>, StoreError> {
+        backend!(self.failed_projections(model, limit))
+    }
+
     /// One page of views of a model, ordered by each reference's first intake, after
     /// `after` (the last item of the previous page).
     pub async fn views(

@@ -4,8 +4,8 @@
 use crate::rows::REPROJECT_STAMP;
 use crate::sql::{Backend, Column, Sql, Tx};
 use crate::{
-    CurrentChange, PluginFileRow, PluginState, PluginVersionRow, Progress, ProjectFailure,
-    StoreError, Switched, now_micros,
+    CurrentChange, FailedProjection, PluginFileRow, PluginState, PluginVersionRow, Progress,
+    ProjectFailure, StoreError, Switched, now_micros,
 };
 use flowhost_core::ParkReason;
 use sqlx::{ColumnIndex, Executor, IntoArguments, QueryBuilder};
@@ -246,6 +246,19 @@ where
             total: count(total),
             failed: count(failed),
         })
+    }
+
+    pub async fn failed_projections(
+        &self,
+        model: &str,
+        limit: usize,
+    ) -> Result<Vec<FailedProjection>, StoreError> {
+        let mut qb = Self::query("SELECT reference, error FROM dirty WHERE model = ");
+        qb.push_bind(model.to_string())
+            .push(" AND error IS NOT NULL ORDER BY reference LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.fetch_as(&self.pool, qb.build(), "read failed projections", model)
+            .await
     }
 }
 

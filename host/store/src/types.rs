@@ -390,6 +390,13 @@ pub struct Progress {
     pub failed: u64,
 }
 
+/// A reference whose projection failed, with the reason its mark keeps.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FailedProjection {
+    pub reference: String,
+    pub error: String,
+}
+
 /// One source's share of a reference.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SourceCount {

@@ -180,18 +180,38 @@ fn a_plugin_that_blocks_hoards_or_lies_parks_only_its_records() {
         // its reference kept failed beside the lying one.
         let surrogate = faulty("SURROGATE", json!({"key": "surrogate", "surrogate": true}));
         assert_eq!(http.records(&surrogate).status, 200);
-        let failed = || -> i64 {
+        let views = || -> serde_json::Value {
             let plugins = http.get("/v1/plugins").json();
             plugins["plugins"]
                 .as_array()
                 .and_then(|ps| ps.iter().find(|p| p["model"] == "faulty"))
-                .map_or(0, |p| p["views"]["failed"].as_i64().unwrap_or(0))
+                .map_or(json!(null), |p| p["views"].clone())
         };
         wait_for(
             "two references whose projections failed",
             Duration::from_secs(60),
-            || failed() == 2,
+            || views()["failed"] == 2,
         );
+        // Each with the reason its mark keeps, listed beside the count.
+        let reasons: Vec<String> = views()["failed_examples"]
+            .as_array()
+            .expect("failed examples")
+            .iter()
+            .map(|f| {
+                assert_eq!(f["reference"].as_str().map(str::len), Some(36), "{f}");
+                f["error"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        for reason in [
+            "project named parent faulty",
+            "lone UTF-16 surrogate escape",
+        ] {
+            assert!(
+                reasons.iter().any(|r| r.contains(reason)),
+                "{reason}: {reasons:?}"
+            );
+        }
         assert!(
             !host
                 .export("canonical", "faulty")

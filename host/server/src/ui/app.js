@@ -189,6 +189,18 @@ function renderPlugins(plugins) {
         el("code", { title: p.version }, short(p.version)),
         el("span", { class: "muted" }, ` ${p.state} · from ${p.source} since ${when(p.since)} · views ${views.current ?? 0}/${views.total ?? 0} of this version`),
         p.last_error ? el("div", { class: "muted" }, `last refused file ${p.last_error.file}: ${p.last_error.error}`) : "",
+        views.failed
+          ? el(
+              "div",
+              { class: "muted", "data-failed": p.model },
+              `${views.failed} references whose projection failed (re-tried on new records, a new version, or parked requeue)`,
+              el(
+                "ul",
+                { class: "plain" },
+                ...(views.failed_examples || []).map((f) => el("li", {}, el("code", {}, f.reference), `: ${f.error}`)),
+              ),
+            )
+          : "",
         p.shadow
           ? el(
               "div",
