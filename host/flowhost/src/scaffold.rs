@@ -270,7 +270,7 @@ codegen-units = 1
             .strings("serial")
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| format!("serial:{{}}", s.to_uppercase()))
+            .map(|s| key("serial", &s.to_uppercase()))
             .collect())
     }}
 "#
@@ -321,8 +321,8 @@ codegen-units = 1
         )
     };
     let uses = match (kind, parents.is_empty()) {
-        (NewKind::Entity, true) => "Description, Model, Policy, Record, Rejection",
-        (NewKind::Entity, false) => "Description, Model, ParentKey, Policy, Record, Rejection",
+        (NewKind::Entity, true) => "Description, Model, Policy, Record, Rejection, key",
+        (NewKind::Entity, false) => "Description, Model, ParentKey, Policy, Record, Rejection, key",
         (NewKind::ValueObject, _) => "Description, Model, ParentKey, Record, Rejection",
     };
     let lib = format!(
