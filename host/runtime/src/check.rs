@@ -208,7 +208,9 @@ fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
     // two things pass that readers of a view cannot agree on: a lone UTF-16 surrogate
     // (`"\ud800"`, which names no character; strict parsers refuse it, others garble it)
     // and an object with the same key twice (which readers resolve differently, first or
-    // last). Intake refuses both in records; views are held to the same.
+    // last). Intake refuses both in records; views are held to the same. Intake's
+    // `flowhost_json::parse_strict` would find both too, but it builds a `Value` of every
+    // view; this pass over the text allocates only for escaped keys and large objects.
     match flaw(text) {
         Some(Flaw::LoneSurrogate(at)) => {
             return Err(format!(
