@@ -8,13 +8,15 @@
 //!   decimal form and no insignificant whitespace: two values that are equal as JSON values
 //!   have the same canonical text (what the payload hash is taken of).
 //! - [`parse_strict`]: parsing that refuses an object with the same key twice (which would
-//!   otherwise keep one of the two values silently).
+//!   otherwise keep one of the two values silently), and [`check_strict`]: the same check of
+//!   a text without building its value.
 //!
 //! The workspace builds `serde_json` with `arbitrary_precision`, so a parsed number keeps
 //! its text and comes back out exactly as sent.
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -370,6 +372,152 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Checks JSON text as [`parse_strict`] reads it, in one pass that builds no value: the
+/// text is one JSON value, no object has the same key twice (keys compared as decoded text,
+/// so `"a"` and `"\u0061"` are one key), and every string decodes to text (a `\u` escape of a
+/// lone UTF-16 surrogate, such as `"\ud800"`, names no character and is refused). Work grows
+/// with the text; memory with the keys of the objects open at a time. Nesting is bounded by
+/// `serde_json`'s recursion limit (128).
+pub fn check_strict(text: &str) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut keys = Vec::new();
+    Check { keys: &mut keys }.deserialize(&mut de)?;
+    de.end()
+}
+
+/// serde_json's error in words a person can act on: a lone surrogate, which serde_json
+/// words as "lone leading surrogate in hex escape" (also for a low one) or "unexpected end
+/// of hex escape" (a high one with no `\u` after it), is named as such; other errors are
+/// serde_json's own. Both end with where in the text (`at line L column C`).
+pub fn error_text(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("lone leading surrogate") || text.starts_with("unexpected end of hex") {
+        format!(
+            "a lone UTF-16 surrogate escape, which names no character, at line {} column {}",
+            e.line(),
+            e.column()
+        )
+    } else {
+        text
+    }
+}
+
+/// Above this many keys an object's keys are looked up in a hash set instead of by a scan.
+const KEYS_SCANNED: usize = 16;
+
+/// [`check_strict`]'s walk: `keys` holds the keys of the objects open at a time, each
+/// object's after its parents', borrowed from the text unless they had escapes.
+struct Check<'k, 'de> {
+    keys: &'k mut Vec<Cow<'de, str>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Check<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    /// Strings reach the visitor decoded, which is where serde_json refuses a lone
+    /// surrogate (skipping a value with `IgnoredAny` does not decode its escapes).
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Check {
+                keys: &mut *self.keys,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+        let from = self.keys.len();
+        let mut set: Option<std::collections::HashSet<Cow<'de, str>>> = None;
+        while let Some(key) = access.next_key_seed(Key)? {
+            if from == self.keys.len() && set.is_none() && key == NUMBER_TOKEN {
+                // A number, as serde_json with `arbitrary_precision` hands it over; checked
+                // as `parse_strict` checks it.
+                let text = access.next_value_seed(Key)?;
+                return text.parse::<Number>().map(drop).map_err(de::Error::custom);
+            }
+            let seen = match &mut set {
+                Some(set) => !set.insert(key.clone()),
+                None => self.keys[from..].contains(&key),
+            };
+            if seen {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key `{}`",
+                    key.chars().take(60).collect::<String>()
+                )));
+            }
+            if set.is_none() && self.keys.len() - from >= KEYS_SCANNED {
+                let mut large: std::collections::HashSet<_> = self.keys.drain(from..).collect();
+                large.insert(key);
+                set = Some(large);
+            } else if set.is_none() {
+                self.keys.push(key);
+            }
+            access.next_value_seed(Check {
+                keys: &mut *self.keys,
+            })?;
+        }
+        self.keys.truncate(from);
+        Ok(())
+    }
+}
+
+/// An object's key, borrowed from the text when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +662,51 @@ mod tests {
     }
 
     #[test]
+    fn checking_refuses_what_strict_parsing_refuses() {
+        for good in [
+            r#"{"a":"\ud83d\ude00","b":"\u00e9\\ud800","\u0041":1}"#,
+            r#"{"a":{"a":1,"b":[{"a":1},{"a":2}]},"b":{"a":{}},"c":[]}"#,
+            r#"{"a":"a","b":"a","\\u0061":1,"n":[1.50,-0,1e999999]}"#,
+            "[]",
+            "\"text\"",
+        ] {
+            assert!(check_strict(good).is_ok(), "{good}");
+            assert!(parse_strict(good).is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            (
+                r#"{"a":"\ud800"}"#,
+                "surrogate escape, which names no character, at line 1 column 13",
+            ),
+            (r#"{"a":"x\udc00y"}"#, "surrogate escape"),
+            (r#"{"a":"\ud800\u0041"}"#, "surrogate escape"),
+            (r#"{"a":"\ud800x"}"#, "surrogate escape"),
+            (r#"{"\ud83d":1}"#, "surrogate escape"),
+            (r#"{"a":1,"a":2}"#, "duplicate key `a` at line 1 column 10"),
+            (r#"{"a":1,"\u0061":2}"#, "duplicate key `a`"),
+            (r#"{"x":[{"k":{"a":1},"k":2}]}"#, "duplicate key `k`"),
+            (r#"{"a":1} x"#, "trailing characters"),
+            (r#"{"a":1,}"#, "trailing comma"),
+        ] {
+            let e = error_text(&check_strict(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(parse_strict(bad).is_err(), "{bad}");
+        }
+        let many = |last: &str| {
+            let mut text = String::from("{");
+            for k in 0..1000 {
+                text += &format!("\"k{k}\":{{\"v\":{k}}},");
+            }
+            text + &format!("\"{last}\":0}}")
+        };
+        assert!(check_strict(&many("end")).is_ok());
+        let e = check_strict(&many("k500")).unwrap_err().to_string();
+        assert!(e.contains("duplicate key `k500`"), "{e}");
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(check_strict(&deep).is_err(), "nesting is bounded");
+    }
+
+    #[test]
     fn inexact_numbers_are_found_with_their_path() {
         let v = parse_strict(r#"{"a":{"b":[1,1e99999999999]}}"#).unwrap();
         assert_eq!(
@@ -523,7 +716,52 @@ mod tests {
         assert_eq!(inexact_number(&parse_strict(r#"{"a":1e5}"#).unwrap()), None);
     }
 
+    /// JSON values with objects (keys drawn from a few, so that nesting repeats them),
+    /// arrays, text of any characters, and numbers.
+    fn values() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::vec(("[a-e\u{e9}\u{1f600}\"\\\\]{0,3}", inner), 0..24)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// What serde_json writes from a value passes the check, compact or pretty; the
+        /// same object with one of its keys written again is refused for that key.
+        #[test]
+        fn written_values_pass_and_a_repeated_key_is_refused(v in values(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&v).unwrap()
+            } else {
+                serde_json::to_string(&v).unwrap()
+            };
+            prop_assert!(check_strict(&text).is_ok(), "{}", text);
+            if let Value::Object(map) = &v
+                && let Some((key, _)) = map.iter().next()
+            {
+                let again = format!("{},{}:0}}", &text[..text.len() - 1], serde_json::to_string(key).unwrap());
+                let e = check_strict(&again).unwrap_err().to_string();
+                let want = format!("duplicate key `{}`", key.chars().take(60).collect::<String>());
+                prop_assert!(e.contains(&want), "{} -> {}", again, e);
+            }
+        }
+
+        /// On any text made of JSON's own characters, checking and strict parsing agree.
+        #[test]
+        fn checking_agrees_with_strict_parsing(text in r#"[{}\[\]":,a\\u0-9dD8Ce. -]{0,40}"#) {
+            prop_assert_eq!(check_strict(&text).is_ok(), parse_strict(&text).is_ok(), "{}", text);
+        }
+
         /// Any integer and any float agree with their Decimal: same order, and equal when
         /// equal.
         #[test]

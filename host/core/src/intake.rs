@@ -179,7 +179,7 @@ pub fn parse_line_within(
         if e.to_string().starts_with("recursion limit exceeded") {
             LineError::TooDeep("more than 128".into(), limits.max_depth)
         } else {
-            LineError::Json(e.to_string())
+            LineError::Json(flowhost_json::error_text(&e))
         }
     })?;
     // JSON can carry NUL only escaped; neither database stores it in text, and one such

@@ -200,30 +200,12 @@ fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
     if !text.trim_start().starts_with('{') {
         return Err(format!("{name} view is not a JSON object"));
     }
-    // Parsing into `IgnoredAny` checks the text without building values.
-    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-        return Err(format!("{name} view is not a JSON object: {e}"));
-    }
-    // Skipping a value neither decodes its `\u` escapes nor compares an object's keys, so
-    // two things pass that readers of a view cannot agree on: a lone UTF-16 surrogate
-    // (`"\ud800"`, which names no character; strict parsers refuse it, others garble it)
-    // and an object with the same key twice (which readers resolve differently, first or
-    // last). Intake refuses both in records; views are held to the same. Intake's
-    // `flowhost_json::parse_strict` would find both too, but it builds a `Value` of every
-    // view; this pass over the text allocates only for escaped keys and large objects.
-    match flaw(text) {
-        Some(Flaw::LoneSurrogate(at)) => {
-            return Err(format!(
-                "{name} view has a lone UTF-16 surrogate escape at byte {at}, which names no character"
-            ));
-        }
-        Some(Flaw::DuplicateKey(at, key)) => {
-            return Err(format!(
-                "{name} view has an object with the key {:?} twice (the second at byte {at})",
-                shorten(&key)
-            ));
-        }
-        None => {}
+    // One strict pass builds nothing and refuses what readers of a view could not agree
+    // on: a lone UTF-16 surrogate escape (`"\ud800"`, which names no character; strict
+    // parsers refuse it, others garble it) and an object with the same key twice (which
+    // readers resolve differently, first or last). Intake refuses both in records.
+    if let Err(e) = flowhost_json::check_strict(text) {
+        return Err(refusal(name, &e));
     }
     if text.bytes().any(|b| b == b'\n' || b == b'\r') {
         *text = compact(text);
@@ -231,128 +213,24 @@ fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// What [`flaw`] found, at a byte offset.
-#[derive(Debug, PartialEq)]
-enum Flaw {
-    LoneSurrogate(usize),
-    DuplicateKey(usize, String),
-}
-
-/// Above this many keys an object's keys are looked up in a hash set instead of by a scan.
-const KEYS_SCANNED: usize = 16;
-
-/// An open object or array while [`flaw`] walks the text.
-struct Open<'a> {
-    /// Where this object's keys start in the shared key list (`None` for an array).
-    keys_from: Option<usize>,
-    /// The keys of a large object, once it has more than [`KEYS_SCANNED`].
-    set: Option<std::collections::HashSet<std::borrow::Cow<'a, str>>>,
-    /// Whether the next string is a key.
-    expect_key: bool,
-}
-
-/// One pass over JSON text that serde_json has already found valid: the first `\u` escape
-/// of a UTF-16 surrogate that is not half of a high–low pair, or the first object with a
-/// key it already has (keys compared as decoded text, so `"a"` and `"\u0061"` are the
-/// same). Work and memory grow with the text (keys kept for the objects open at a time).
-fn flaw(json: &str) -> Option<Flaw> {
-    use std::borrow::Cow;
-    let bytes = json.as_bytes();
-    let unit = |at: usize| -> Option<u16> {
-        let hex = bytes.get(at..at + 4)?;
-        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
-    };
-    let mut open: Vec<Open> = Vec::new();
-    let mut keys: Vec<Cow<str>> = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'{' | b'[' => open.push(Open {
-                keys_from: (bytes[i] == b'{').then_some(keys.len()),
-                set: None,
-                expect_key: bytes[i] == b'{',
-            }),
-            b'}' | b']' => {
-                if let Some(Open {
-                    keys_from: Some(from),
-                    ..
-                }) = open.pop()
-                {
-                    keys.truncate(from);
-                }
-            }
-            b',' => {
-                if let Some(top) = open.last_mut() {
-                    top.expect_key = top.keys_from.is_some();
-                }
-            }
-            b'"' => {
-                let start = i + 1;
-                let mut escaped = false;
-                i = start;
-                // Indexing through `get`: the text is valid, but a host must not panic on
-                // what a plugin wrote even if it were not.
-                loop {
-                    match *bytes.get(i)? {
-                        b'"' => break,
-                        b'\\' => {}
-                        _ => {
-                            i += 1;
-                            continue;
-                        }
-                    }
-                    escaped = true;
-                    if *bytes.get(i + 1)? != b'u' {
-                        i += 2;
-                        continue;
-                    }
-                    match unit(i + 2)? {
-                        0xD800..=0xDBFF => {
-                            let low = (bytes.get(i + 6..i + 8) == Some(b"\\u".as_slice()))
-                                .then(|| unit(i + 8))
-                                .flatten();
-                            if !matches!(low, Some(0xDC00..=0xDFFF)) {
-                                return Some(Flaw::LoneSurrogate(i));
-                            }
-                            i += 12;
-                        }
-                        0xDC00..=0xDFFF => return Some(Flaw::LoneSurrogate(i)),
-                        _ => i += 6,
-                    }
-                }
-                // `i` is at the closing quote.
-                if let Some(top) = open.last_mut()
-                    && top.expect_key
-                {
-                    top.expect_key = false;
-                    let key: Cow<str> = if escaped {
-                        Cow::Owned(serde_json::from_str(&json[start - 1..=i]).ok()?)
-                    } else {
-                        Cow::Borrowed(&json[start..i])
-                    };
-                    let from = top.keys_from.unwrap_or(keys.len());
-                    let seen = match &mut top.set {
-                        Some(set) => !set.insert(key.clone()),
-                        None => keys[from..].contains(&key),
-                    };
-                    if seen {
-                        return Some(Flaw::DuplicateKey(start - 1, key.into_owned()));
-                    }
-                    if top.set.is_none() && keys.len() - from >= KEYS_SCANNED {
-                        let mut set: std::collections::HashSet<Cow<str>> =
-                            keys.drain(from..).collect();
-                        set.insert(key);
-                        top.set = Some(set);
-                    } else if top.set.is_none() {
-                        keys.push(key);
-                    }
-                }
-            }
-            _ => {}
-        }
-        i += 1;
+/// Why a view's text was refused, in words a plugin author can act on.
+fn refusal(name: &str, e: &serde_json::Error) -> String {
+    let text = flowhost_json::error_text(e);
+    if text.starts_with("a lone UTF-16 surrogate") {
+        return format!("{name} view has {text}");
     }
-    None
+    // check_strict's own words: "duplicate key `k` at line L column C".
+    let key = text
+        .rsplit_once(" at line ")
+        .and_then(|(message, _)| message.strip_prefix("duplicate key `")?.strip_suffix('`'));
+    match key {
+        Some(key) => format!(
+            "{name} view has an object with the key {key:?} twice, the second at line {} column {}",
+            e.line(),
+            e.column()
+        ),
+        None => format!("{name} view is not a JSON object: {text}"),
+    }
 }
 
 /// Valid JSON text without the whitespace between tokens (strings, numbers kept as written).
@@ -467,14 +345,16 @@ mod tests {
             assert!(passes(good), "{good}");
         }
         for (bad, at) in [
-            (r#"{"a":"\ud800"}"#, 6),
-            (r#"{"a":"x\udc00y"}"#, 7),
-            (r#"{"a":"\ud800\u0041"}"#, 6),
-            (r#"{"\ud83d":1}"#, 2),
-            (r#"{"a":["\ud83d\ude00\udfff"]}"#, 19),
+            (r#"{"a":"\ud800"}"#, 13),
+            (r#"{"a":"x\udc00y"}"#, 13),
+            (r#"{"a":"\ud800\u0041"}"#, 18),
+            (r#"{"\ud83d":1}"#, 9),
+            (r#"{"a":["\ud83d\ude00\udfff"]}"#, 25),
         ] {
             let e = refused(bad);
-            let want = format!("root view has a lone UTF-16 surrogate escape at byte {at}");
+            let want = format!(
+                "root view has a lone UTF-16 surrogate escape, which names no character, at line 1 column {at}"
+            );
             assert!(e.contains(&want), "{bad}: {e}");
         }
         // Keys: the same key twice in one object is refused, compared as decoded text, in
@@ -486,14 +366,14 @@ mod tests {
             assert!(passes(good), "{good}");
         }
         for (bad, key, at) in [
-            (r#"{"a":1,"a":2}"#, "a", 7),
-            (r#"{"a":1,"\u0061":2}"#, "a", 7),
-            (r#"{"x":[{"k":{"a":1},"k":2}]}"#, "k", 19),
-            (r#"{"a":{"b":1},"c":2,"a":3}"#, "a", 19),
+            (r#"{"a":1,"a":2}"#, "a", 10),
+            (r#"{"a":1,"\u0061":2}"#, "a", 15),
+            (r#"{"x":[{"k":{"a":1},"k":2}]}"#, "k", 22),
+            (r#"{"k`":1,"k`":2}"#, "k`", 12),
         ] {
             let e = refused(bad);
             let want = format!(
-                "root view has an object with the key {key:?} twice (the second at byte {at})"
+                "root view has an object with the key {key:?} twice, the second at line 1 column {at}"
             );
             assert!(e.contains(&want), "{bad}: {e}");
         }
@@ -507,57 +387,16 @@ mod tests {
         assert!(passes(&many("end")));
         let e = refused(&many("k500"));
         assert!(e.contains("the key \"k500\" twice"), "{e}");
+        let e = refused(r#"{"a":1,}"#);
+        assert!(
+            e.starts_with("root view is not a JSON object: trailing comma"),
+            "{e}"
+        );
         let mut big = format!("{{\"a\":\"{}\"}}", "x".repeat(100));
         assert!(
             view("root", &mut big, 50)
                 .unwrap_err()
                 .contains("over the limit")
         );
-    }
-
-    use proptest::prelude::*;
-
-    /// JSON values with objects (keys drawn from a few, so that nesting repeats them),
-    /// arrays, text of any characters, and numbers.
-    fn values() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<String>().prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
-                prop::collection::vec(("[a-e\u{e9}\u{1f600}\"\\\\]{0,3}", inner), 0..24)
-                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
-    proptest! {
-        /// What serde_json writes from a value has no flaw (its maps hold each key once,
-        /// Rust text has no lone surrogates); the same object with one of its keys written
-        /// again is found, at that key.
-        #[test]
-        fn written_values_pass_and_a_repeated_key_is_found(v in values(), pretty in any::<bool>()) {
-            let text = if pretty {
-                serde_json::to_string_pretty(&v).unwrap()
-            } else {
-                serde_json::to_string(&v).unwrap()
-            };
-            prop_assert_eq!(flaw(&text), None, "{}", text);
-            if let serde_json::Value::Object(map) = &v
-                && let Some((key, _)) = map.iter().next()
-            {
-                let inner = serde_json::to_string(&v).unwrap();
-                let again = format!("{},{}:0}}", &inner[..inner.len() - 1], serde_json::to_string(key).unwrap());
-                let found = flaw(&again);
-                prop_assert!(
-                    matches!(&found, Some(Flaw::DuplicateKey(_, k)) if k == key),
-                    "{} -> {:?}", again, found
-                );
-            }
-        }
     }
 }

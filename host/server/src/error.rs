@@ -46,9 +46,7 @@ impl ApiError {
                 ),
             );
         }
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let id = &id[id.len() - 12..];
-        tracing::warn!(error_id = id, "request failed on the database: {e}");
+        let id = logged(&e);
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -62,6 +60,15 @@ impl ApiError {
         self.extra = Some(extra);
         self
     }
+}
+
+/// Logs what the database said under a new error id, and returns the id: the client is
+/// given the id, never the database's words (SQL, names, paths).
+pub fn logged(e: &StoreError) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = id[id.len() - 12..].to_string();
+    tracing::warn!(error_id = id, "request failed on the database: {e}");
+    id
 }
 
 impl IntoResponse for ApiError {

@@ -251,16 +251,36 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
     Ok((status, axum::Json(counts)).into_response())
 }
 
+/// A store failure part way through a body: the client learns which batch, what is
+/// durable, and an error id for the log (not the database's own words).
 fn store_failed(e: StoreError, line: u64, s: &IntakeSummary) -> ApiError {
-    tracing::warn!("storing records failed: {e}");
+    let mut extra =
+        json!({"accepted": s.accepted, "duplicates": s.duplicates, "refused": s.refused});
+    let what = match &e {
+        StoreError::ConnectionWait { wait, .. } => {
+            tracing::warn!("storing records waited too long for the database: {e}");
+            format!(
+                "storing the batch that ends at line {line} waited too long for the database \
+                 ({wait})"
+            )
+        }
+        _ => {
+            let id = crate::error::logged(&e);
+            let what = format!(
+                "storing the batch that ends at line {line} failed (error id {id}; the \
+                 service's log has the details)"
+            );
+            extra["error_id"] = json!(id);
+            what
+        }
+    };
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "storing the batch that ends at line {line} failed: {e}; the records counted \
-             here are durable and re-sending the whole body is safe"
+            "{what}; the records counted here are durable and re-sending the whole body is safe"
         ),
     )
-    .with(json!({"accepted": s.accepted, "duplicates": s.duplicates, "refused": s.refused}))
+    .with(extra)
 }
 
 fn record_metrics(s: &IntakeSummary) {
@@ -304,5 +324,44 @@ fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
                  page could send them from another site)"
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_names_its_line_and_an_error_id_not_the_database_words() {
+        let summary = IntakeSummary {
+            accepted: 3,
+            ..IntakeSummary::default()
+        };
+        let e = StoreError::Query {
+            operation: "append intake",
+            model: "device".into(),
+            source: sqlx::Error::Protocol("INSERT INTO intake at /var/lib/flowhost/x.db".into()),
+        };
+        let error = store_failed(e, 42, &summary);
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!error.message.contains("INSERT"), "{}", error.message);
+        assert!(!error.message.contains("/var/lib"), "{}", error.message);
+        assert!(error.message.contains("line 42"), "{}", error.message);
+        let extra = error.extra.unwrap();
+        let id = extra["error_id"].as_str().unwrap();
+        assert!(error.message.contains(id), "{}", error.message);
+        assert_eq!(extra["accepted"], 3);
+        let busy = StoreError::ConnectionWait {
+            operation: "append intake",
+            model: "*".into(),
+            wait: "this process's one writer connection stayed held",
+        };
+        let error = store_failed(busy, 7, &summary);
+        assert!(
+            error.message.contains("writer connection"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("durable"), "{}", error.message);
     }
 }

@@ -94,6 +94,20 @@ impl Drop for SetupLock {
     }
 }
 
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`, `sqlite://:memory:`,
+/// or `mode=memory` among its parameters), read as sqlx reads it.
+fn in_memory(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:"
+        || params
+            .split('&')
+            .any(|p| p.split_once('=') == Some(("mode", "memory")))
+}
+
 /// Each connection's share of `sqlite_cache_mb`, in KiB (a negative `cache_size`), at
 /// least 256 KiB.
 fn cache_kib_per_connection(options: &StoreOptions) -> u64 {
@@ -125,6 +139,14 @@ pub fn without_memory_statistics() {
 
 impl Sql<Sqlite> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if in_memory(url) {
+            return Err(StoreError::Url(format!(
+                "'{url}' is an in-memory SQLite database, which flowhost does not take: what it \
+                 holds would be gone when the process exits, and SQLite serves one to several \
+                 connections with table locks that fail instead of waiting; give a file, such \
+                 as sqlite://flowhost.db (in a temporary folder for a run you throw away)"
+            )));
+        }
         without_memory_statistics();
         let open_err = |source| StoreError::Open {
             url: crate::redacted(url),
@@ -564,6 +586,28 @@ mod writer_tests {
             &IntakeLimits::default(),
         )
         .unwrap()
+    }
+
+    /// An in-memory database is refused when the store opens, with what to give instead,
+    /// whichever way the URL names it; a file whose name merely mentions memory is not.
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_at_open() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+            "sqlite://x.db?mode=memory&cache=shared",
+        ] {
+            let e = Store::open(url).await.err().expect(url).to_string();
+            assert!(e.contains("in-memory SQLite database"), "{url}: {e}");
+            assert!(e.contains("sqlite://flowhost.db"), "{url}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("memory.db").display()
+        );
+        Store::open(&url).await.expect("a file named memory");
     }
 
     /// A write that cannot get this process's writer connection within the busy timeout
