@@ -84,7 +84,7 @@ pub enum LineError {
     #[error("`{0}` contains a NUL character (\\u0000), which cannot be stored")]
     Nul(String),
     #[error(
-        "field `source.system` ({0:?}) may not contain ':' or control characters: source keys are `src:{{system}}:{{id}}`, and a ':' would let two sources share one"
+        "field `source.system` ({0:?}) may not contain ':', control characters or bidirectional formatting characters: source keys are `src:{{system}}:{{id}}`, a ':' would let two sources share one, and a character that reorders the text around it would show one system's name as another's"
     )]
     BadSystem(String),
     #[error("field `{field}` is {size} bytes, over the limit of {limit} bytes ({setting})")]
@@ -166,6 +166,15 @@ pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<IntakeRecord, LineE
     parse_line_within(line, now, &IntakeLimits::default())
 }
 
+/// Unicode's bidirectional formatting characters (embeddings, overrides, isolates and the
+/// implicit marks): invisible, they make the text around them display in another order.
+fn reorders(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 /// Validates one line under `limits`.
 pub fn parse_line_within(
     line: &[u8],
@@ -225,7 +234,10 @@ pub fn parse_line_within(
         "system, adapter",
     )?;
     let system = required_string(source, "system", "source.system")?;
-    if system.chars().any(|c| c == ':' || c.is_control()) {
+    if system
+        .chars()
+        .any(|c| c == ':' || c.is_control() || reorders(c))
+    {
         return Err(LineError::BadSystem(system.chars().take(64).collect()));
     }
     let bounded = |field, text: &str, limit, setting| {
@@ -553,7 +565,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"model":"m","source":{"system":"a:b"},"id":"c","payload":{}}"#),
-            "field `source.system` (\"a:b\") may not contain ':' or control characters: source keys are `src:{system}:{id}`, and a ':' would let two sources share one"
+            "field `source.system` (\"a:b\") may not contain ':', control characters or bidirectional formatting characters: source keys are `src:{system}:{id}`, a ':' would let two sources share one, and a character that reorders the text around it would show one system's name as another's"
         );
         assert_eq!(
             err(r#"{"model":"m","source":{"system":"a\tb"},"id":"c","payload":{}}"#)
@@ -562,6 +574,16 @@ mod tests {
                 .unwrap(),
             "field `source.system` (\"a\\tb\") may not contain '"
         );
+        // A right-to-left override would show `bms\u{202E}mrc` as another name.
+        for c in ['\u{202E}', '\u{2066}', '\u{200F}', '\u{061C}'] {
+            let line = format!(
+                r#"{{"model":"m","source":{{"system":"bms{c}crm"}},"id":"c","payload":{{}}}}"#
+            );
+            assert!(
+                err(&line).contains("bidirectional formatting characters"),
+                "{c:?}"
+            );
+        }
         assert_eq!(
             err(r#"{"source":{"system":"s"},"id":"1","payload":{}}"#),
             "missing field `model`"
