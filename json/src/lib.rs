@@ -9,7 +9,7 @@
 //!   have the same canonical text (what the payload hash is taken of).
 //! - [`parse_strict`]: parsing that refuses an object with the same key twice (which would
 //!   otherwise keep one of the two values silently), and [`check_strict`]: the same check of
-//!   a text without building its value.
+//!   a text without building its value; [`flaw`] sorts what they refuse.
 //!
 //! The workspace builds `serde_json` with `arbitrary_precision`, so a parsed number keeps
 //! its text and comes back out exactly as sent.
@@ -385,20 +385,52 @@ pub fn check_strict(text: &str) -> Result<(), serde_json::Error> {
     de.end()
 }
 
-/// serde_json's error in words a person can act on: a lone surrogate, which serde_json
-/// words as "lone leading surrogate in hex escape" (also for a low one) or "unexpected end
-/// of hex escape" (a high one with no `\u` after it), is named as such; other errors are
-/// serde_json's own. Both end with where in the text (`at line L column C`).
-pub fn error_text(e: &serde_json::Error) -> String {
+/// What a strict read ([`parse_strict`], [`check_strict`]) refused, sorted into the flaws
+/// that callers word themselves; where in the text is the error's `line()` and `column()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flaw {
+    /// A `\u` escape of a lone UTF-16 surrogate, which names no character.
+    LoneSurrogate,
+    /// An object with this key twice (at most its first 60 characters).
+    DuplicateKey(String),
+    /// Anything else, in serde_json's words (without the position).
+    Other(String),
+}
+
+/// Sorts a strict read's error. serde_json words a lone surrogate as "lone leading
+/// surrogate in hex escape" (also for a low one) or "unexpected end of hex escape" (a high
+/// one with no `\u` after it); the strict reads word a repeated key as "duplicate key `k`".
+/// This is the one place that reads those words.
+pub fn flaw(e: &serde_json::Error) -> Flaw {
     let text = e.to_string();
-    if text.starts_with("lone leading surrogate") || text.starts_with("unexpected end of hex") {
-        format!(
+    let message = match text.rsplit_once(" at line ") {
+        Some((message, _)) if e.line() > 0 => message,
+        _ => &text,
+    };
+    if message.starts_with("lone leading surrogate") || message.starts_with("unexpected end of hex")
+    {
+        Flaw::LoneSurrogate
+    } else if let Some(key) = message
+        .strip_prefix("duplicate key `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        Flaw::DuplicateKey(key.to_string())
+    } else {
+        Flaw::Other(message.to_string())
+    }
+}
+
+/// serde_json's error in words a person can act on: a lone surrogate is named as such;
+/// other errors are serde_json's own. Both end with where in the text (`at line L column
+/// C`).
+pub fn error_text(e: &serde_json::Error) -> String {
+    match flaw(e) {
+        Flaw::LoneSurrogate => format!(
             "a lone UTF-16 surrogate escape, which names no character, at line {} column {}",
             e.line(),
             e.column()
-        )
-    } else {
-        text
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -692,6 +724,22 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
             assert!(parse_strict(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            flaw(&check_strict(r#"{"a":"\udc00"}"#).unwrap_err()),
+            Flaw::LoneSurrogate
+        );
+        assert_eq!(
+            flaw(&parse_strict(r#"{"k":1,"k":2}"#).unwrap_err()),
+            Flaw::DuplicateKey("k".into())
+        );
+        assert_eq!(
+            flaw(&check_strict(r#"{"a at line 9":1,"a at line 9":2}"#).unwrap_err()),
+            Flaw::DuplicateKey("a at line 9".into())
+        );
+        assert_eq!(
+            flaw(&check_strict("{").unwrap_err()),
+            Flaw::Other("EOF while parsing an object".into())
+        );
         let many = |last: &str| {
             let mut text = String::from("{");
             for k in 0..1000 {

@@ -17,7 +17,7 @@ use clap::Subcommand;
 use flowhost_core::{Group, KeyedRecord, Record, Source};
 use flowhost_runtime::{Runtime, RuntimeConfig};
 use flowhost_sdk::bindings::flowhost::plugin::types as guest;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -36,6 +36,11 @@ pub enum BenchCommand {
         /// Records per associate call.
         #[arg(long, default_value_t = 1_000)]
         batch: usize,
+        /// Rounds of all four measurements, alternating which path goes first; the
+        /// figures reported are each round's, and their medians (one round is at the mercy
+        /// of whatever else the machine is doing).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -297,11 +302,13 @@ fn run(
             wasm,
             records,
             batch,
+            rounds,
             json,
         } => plugin(
             &component(wasm, plugins, "device.wasm")?,
             records,
             batch,
+            rounds as usize,
             json,
         ),
         BenchCommand::Http {
@@ -415,7 +422,7 @@ fn faults(
             wasm.display()
         );
     }
-    let record = |payload: serde_json::Value| Record {
+    let record = |payload: Value| Record {
         seq: 1,
         model: "faulty".into(),
         source: Source {
@@ -561,7 +568,13 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-fn plugin(wasm: &std::path::Path, n: usize, batch: usize, as_json: bool) -> Result<ExitCode> {
+fn plugin(
+    wasm: &std::path::Path,
+    n: usize,
+    batch: usize,
+    rounds: usize,
+    as_json: bool,
+) -> Result<ExitCode> {
     if !wasm.exists() {
         bail!(
             "{}: not found — build the plugins first (cargo xtask build-plugins)",
@@ -598,72 +611,131 @@ fn plugin(wasm: &std::path::Path, n: usize, batch: usize, as_json: bool) -> Resu
         records[..batch.min(n)].iter().map(guest_record).collect(),
     );
 
-    let started = Instant::now();
-    let mut keyed = 0;
-    for chunk in records.chunks(batch) {
-        keyed += plugin.associate(chunk).context("associate")?.len();
-    }
-    let wasm_assoc = started.elapsed();
+    let wasm_assoc = || -> Result<(Duration, usize)> {
+        let started = Instant::now();
+        let mut keyed = 0;
+        for chunk in records.chunks(batch) {
+            keyed += plugin.associate(chunk).context("associate")?.len();
+        }
+        Ok((started.elapsed(), keyed))
+    };
+    let native_assoc = || {
+        let started = Instant::now();
+        let mut keyed = 0;
+        for chunk in records.chunks(batch) {
+            let input = chunk.iter().map(guest_record).collect();
+            keyed += flowhost_sdk::glue::associate::<plugin_device::Device>(input).len();
+        }
+        (started.elapsed(), keyed)
+    };
+    let wasm_project = || -> Result<Duration> {
+        let started = Instant::now();
+        for chunk in groups.chunks(group_batch) {
+            plugin.project(chunk).context("project")?;
+        }
+        Ok(started.elapsed())
+    };
+    let native_project = || {
+        let started = Instant::now();
+        for chunk in groups.chunks(group_batch) {
+            let input = chunk.iter().map(guest_group).collect();
+            flowhost_sdk::glue::project::<plugin_device::Device>(input);
+        }
+        started.elapsed()
+    };
 
-    let started = Instant::now();
-    let mut native_keyed = 0;
-    for chunk in records.chunks(batch) {
-        let input = chunk.iter().map(guest_record).collect();
-        native_keyed += flowhost_sdk::glue::associate::<plugin_device::Device>(input).len();
+    // Each round times all four; odd rounds run the native path first, so that neither path
+    // always runs on a cache (or a machine) the other has just warmed or loaded.
+    let mut timed: Vec<[(Duration, Duration); 3]> = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (wa, na, wp, np);
+        if round % 2 == 0 {
+            let (w, keyed) = wasm_assoc()?;
+            let (n, native_keyed) = native_assoc();
+            assert_eq!(keyed, native_keyed);
+            (wa, na) = (w, n);
+            wp = wasm_project()?;
+            np = native_project();
+        } else {
+            let (n, native_keyed) = native_assoc();
+            let (w, keyed) = wasm_assoc()?;
+            assert_eq!(keyed, native_keyed);
+            (wa, na) = (w, n);
+            np = native_project();
+            wp = wasm_project()?;
+        }
+        timed.push([(wa, na), (wp, np), (wa + wp, na + np)]);
     }
-    let native_assoc = started.elapsed();
-    assert_eq!(keyed, native_keyed);
-
-    let started = Instant::now();
-    for chunk in groups.chunks(group_batch) {
-        plugin.project(chunk).context("project")?;
-    }
-    let wasm_project = started.elapsed();
-
-    let started = Instant::now();
-    for chunk in groups.chunks(group_batch) {
-        let input = chunk.iter().map(guest_group).collect();
-        flowhost_sdk::glue::project::<plugin_device::Device>(input);
-    }
-    let native_project = started.elapsed();
-
-    let rows = [
-        ("associate", wasm_assoc, native_assoc),
-        ("project", wasm_project, native_project),
-        (
-            "both",
-            wasm_assoc + wasm_project,
-            native_assoc + native_project,
-        ),
-    ];
+    let names = ["associate", "project", "both"];
+    let ratio = |(w, nat): (Duration, Duration)| w.as_secs_f64() / nat.as_secs_f64().max(1e-9);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        }
+    };
+    // Per stage: the medians over rounds of the wasm rate, the native rate and the ratio.
+    let medians: Vec<(f64, f64, f64)> = (0..3)
+        .map(|stage| {
+            let pick = |f: &dyn Fn((Duration, Duration)) -> f64| {
+                median(timed.iter().map(|r| f(r[stage])).collect())
+            };
+            (
+                pick(&|(w, _)| rate(n, w)),
+                pick(&|(_, nat)| rate(n, nat)),
+                pick(&ratio),
+            )
+        })
+        .collect();
     if as_json {
         let mut out = serde_json::Map::new();
-        for (name, w, nat) in rows {
+        for (name, (w, nat, r)) in names.iter().zip(&medians) {
             out.insert(
-                name.into(),
+                name.to_string(),
                 json!({
-                    "wasm_records_per_s": rate(n, w).round(),
-                    "native_records_per_s": rate(n, nat).round(),
-                    "wasm_over_native": w.as_secs_f64() / nat.as_secs_f64().max(1e-9),
+                    "wasm_records_per_s": w.round(),
+                    "native_records_per_s": nat.round(),
+                    "wasm_over_native": r,
                 }),
             );
         }
-        println!("{}", json!({"records": n, "batch": batch, "results": out}));
+        let each: Vec<Value> = timed
+            .iter()
+            .map(|r| {
+                let mut round = serde_json::Map::new();
+                for (name, &stage) in names.iter().zip(r) {
+                    round.insert(name.to_string(), json!(ratio(stage)));
+                }
+                Value::Object(round)
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"records": n, "batch": batch, "rounds": each, "results": out})
+        );
     } else {
         println!(
-            "device plugin, {n} records, {batch} records per associate call, {group_batch} groups of 3 per project call"
+            "device plugin, {n} records, {batch} records per associate call, {group_batch} groups of 3 per project call, {rounds} rounds (medians)"
         );
         println!(
-            "{:<10} {:>16} {:>16} {:>14}",
+            "{:<10} {:>16} {:>16} {:>14}   each round",
             "stage", "wasm rec/s", "native rec/s", "wasm/native"
         );
-        for (name, w, nat) in rows {
+        for (stage, (name, (w, nat, r))) in names.iter().zip(&medians).enumerate() {
+            let each: Vec<String> = timed
+                .iter()
+                .map(|round| format!("{:.2}", ratio(round[stage])))
+                .collect();
             println!(
-                "{:<10} {:>16.0} {:>16.0} {:>13.2}x",
+                "{:<10} {:>16.0} {:>16.0} {:>13.2}x   {}",
                 name,
-                rate(n, w),
-                rate(n, nat),
-                w.as_secs_f64() / nat.as_secs_f64().max(1e-9)
+                w,
+                nat,
+                r,
+                each.join(" ")
             );
         }
     }

@@ -83,10 +83,14 @@ pub enum LineError {
     UnknownModel { model: String, known: String },
     #[error("`{0}` contains a NUL character (\\u0000), which cannot be stored")]
     Nul(String),
-    #[error(
-        "field `source.system` ({0:?}) may not contain ':', control characters or bidirectional formatting characters: source keys are `src:{{system}}:{{id}}`, a ':' would let two sources share one, and a character that reorders the text around it would show one system's name as another's"
-    )]
-    BadSystem(String),
+    #[error("field `{field}` ({value:?}) may not contain {found}: {why}")]
+    BadName {
+        field: &'static str,
+        value: String,
+        /// The character found, as a person would name it.
+        found: String,
+        why: &'static str,
+    },
     #[error("field `{field}` is {size} bytes, over the limit of {limit} bytes ({setting})")]
     TooLarge {
         field: &'static str,
@@ -175,6 +179,48 @@ fn reorders(c: char) -> bool {
     )
 }
 
+/// Refuses a source's `system` or `adapter` holding a character that would let two sources
+/// share a name: ':' (system only: source keys are `src:{system}:{id}`), '/' (lineage
+/// names a source `system/adapter/id`), control characters and the characters that reorder
+/// the text around them when shown.
+fn name_allowed(field: &'static str, text: &str) -> Result<(), LineError> {
+    let flaw = text.chars().find_map(|c| {
+        let (found, why) = if c == ':' && field == "source.system" {
+            (
+                "':'".to_string(),
+                "source keys are `src:{system}:{id}`, and a ':' would let two sources share one",
+            )
+        } else if c == '/' {
+            (
+                "'/'".to_string(),
+                "lineage names a source `system/adapter/id`, and a '/' would let two sources share a name",
+            )
+        } else if c.is_control() {
+            (
+                format!("the control character U+{:04X}", c as u32),
+                "a name that is shown to people must show as what it is",
+            )
+        } else if reorders(c) {
+            (
+                format!("the bidirectional formatting character U+{:04X}", c as u32),
+                "it reorders the text around it when shown, so one name could display as another's",
+            )
+        } else {
+            return None;
+        };
+        Some((found, why))
+    });
+    match flaw {
+        None => Ok(()),
+        Some((found, why)) => Err(LineError::BadName {
+            field,
+            value: text.chars().take(64).collect(),
+            found,
+            why,
+        }),
+    }
+}
+
 /// Validates one line under `limits`.
 pub fn parse_line_within(
     line: &[u8],
@@ -234,12 +280,7 @@ pub fn parse_line_within(
         "system, adapter",
     )?;
     let system = required_string(source, "system", "source.system")?;
-    if system
-        .chars()
-        .any(|c| c == ':' || c.is_control() || reorders(c))
-    {
-        return Err(LineError::BadSystem(system.chars().take(64).collect()));
-    }
+    name_allowed("source.system", &system)?;
     let bounded = |field, text: &str, limit, setting| {
         if text.len() > limit {
             Err(LineError::TooLarge {
@@ -270,6 +311,7 @@ pub fn parse_line_within(
             });
         }
     };
+    name_allowed("source.adapter", &adapter)?;
     bounded(
         "source.adapter",
         &adapter,
@@ -565,25 +607,60 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"model":"m","source":{"system":"a:b"},"id":"c","payload":{}}"#),
-            "field `source.system` (\"a:b\") may not contain ':', control characters or bidirectional formatting characters: source keys are `src:{system}:{id}`, a ':' would let two sources share one, and a character that reorders the text around it would show one system's name as another's"
+            "field `source.system` (\"a:b\") may not contain ':': source keys are `src:{system}:{id}`, and a ':' would let two sources share one"
         );
         assert_eq!(
-            err(r#"{"model":"m","source":{"system":"a\tb"},"id":"c","payload":{}}"#)
-                .split(':')
-                .next()
-                .unwrap(),
-            "field `source.system` (\"a\\tb\") may not contain '"
+            err(r#"{"model":"m","source":{"system":"a\tb"},"id":"c","payload":{}}"#),
+            "field `source.system` (\"a\\tb\") may not contain the control character U+0009: a name that is shown to people must show as what it is"
+        );
+        // `bms/v1` + id `x` and `bms` + adapter `v1/x`... would both read `bms/v1/x/…`.
+        for (source, field) in [
+            (r#"{"system":"a/b"}"#, "source.system"),
+            (r#"{"system":"a","adapter":"b/c"}"#, "source.adapter"),
+        ] {
+            let line = format!(r#"{{"model":"m","source":{source},"id":"c","payload":{{}}}}"#);
+            assert!(
+                err(&line).starts_with(&format!("field `{field}`"))
+                    && err(&line).contains(
+                        "may not contain '/': lineage names a source `system/adapter/id`"
+                    ),
+                "{}",
+                err(&line)
+            );
+        }
+        // An adapter is not part of a source key: a ':' is fine there.
+        assert!(
+            parse_line(
+                br#"{"model":"m","source":{"system":"a","adapter":"v:2"},"id":"c","payload":{}}"#,
+                Utc::now()
+            )
+            .is_ok()
         );
         // A right-to-left override would show `bms\u{202E}mrc` as another name.
         for c in ['\u{202E}', '\u{2066}', '\u{200F}', '\u{061C}'] {
-            let line = format!(
-                r#"{{"model":"m","source":{{"system":"bms{c}crm"}},"id":"c","payload":{{}}}}"#
-            );
-            assert!(
-                err(&line).contains("bidirectional formatting characters"),
-                "{c:?}"
-            );
+            for source in [
+                format!(r#"{{"system":"bms{c}crm"}}"#),
+                format!(r#"{{"system":"bms","adapter":"v{c}1"}}"#),
+            ] {
+                let line = format!(r#"{{"model":"m","source":{source},"id":"c","payload":{{}}}}"#);
+                assert!(
+                    err(&line).contains(&format!(
+                        "may not contain the bidirectional formatting character U+{:04X}",
+                        c as u32
+                    )),
+                    "{c:?}: {}",
+                    err(&line)
+                );
+            }
         }
+        assert!(
+            err(
+                r#"{"model":"m","source":{"system":"s","adapter":"a\u0007"},"id":"c","payload":{}}"#
+            )
+            .starts_with(
+                "field `source.adapter` (\"a\\u{7}\") may not contain the control character U+0007"
+            )
+        );
         assert_eq!(
             err(r#"{"source":{"system":"s"},"id":"1","payload":{}}"#),
             "missing field `model`"

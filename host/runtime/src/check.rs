@@ -215,21 +215,19 @@ fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
 
 /// Why a view's text was refused, in words a plugin author can act on.
 fn refusal(name: &str, e: &serde_json::Error) -> String {
-    let text = flowhost_json::error_text(e);
-    if text.starts_with("a lone UTF-16 surrogate") {
-        return format!("{name} view has {text}");
-    }
-    // check_strict's own words: "duplicate key `k` at line L column C".
-    let key = text
-        .rsplit_once(" at line ")
-        .and_then(|(message, _)| message.strip_prefix("duplicate key `")?.strip_suffix('`'));
-    match key {
-        Some(key) => format!(
+    match flowhost_json::flaw(e) {
+        flowhost_json::Flaw::LoneSurrogate => {
+            format!("{name} view has {}", flowhost_json::error_text(e))
+        }
+        flowhost_json::Flaw::DuplicateKey(key) => format!(
             "{name} view has an object with the key {key:?} twice, the second at line {} column {}",
             e.line(),
             e.column()
         ),
-        None => format!("{name} view is not a JSON object: {text}"),
+        flowhost_json::Flaw::Other(_) => format!(
+            "{name} view is not a JSON object: {}",
+            flowhost_json::error_text(e)
+        ),
     }
 }
 

@@ -36,24 +36,38 @@ impl ApiError {
     /// A database too busy to give the request a connection in time is no secret: the
     /// client is told so, and that nothing of the request was written.
     pub fn store(e: StoreError) -> Self {
-        if let StoreError::ConnectionWait { wait, .. } = &e {
-            tracing::warn!("request waited too long for the database: {e}");
-            return Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the database is busy ({wait}); nothing of this request was written; \
-                     retry later"
-                ),
-            );
-        }
-        let id = logged(&e);
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the database failed (error id {id}; the service's log has the details); retry later"
-            ),
+        Self::store_while(
+            e,
+            "this request",
+            "nothing of this request was written; retry later",
+            json!({}),
         )
-        .with(json!({ "error_id": id }))
+    }
+
+    /// A store failure while `doing` something ("storing the batch that ends at line 7"):
+    /// a 503 whose message says whether the database was busy (its wait, which is no
+    /// secret) or failed (an error id for the log, never the database's words), then
+    /// `outcome` (what of the request is durable and what to do). `extra` fields are kept
+    /// and the error id, if any, added to them.
+    pub fn store_while(e: StoreError, doing: &str, outcome: &str, mut extra: Value) -> Self {
+        let what = if let StoreError::ConnectionWait { wait, .. } = &e {
+            tracing::warn!("{doing} waited too long for the database: {e}");
+            format!("{doing} waited too long for the database, which is busy ({wait})")
+        } else {
+            let id = logged(&e);
+            extra["error_id"] = json!(id);
+            format!(
+                "{doing} failed on the database (error id {id}; the service's log has the details)"
+            )
+        };
+        let error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what}; {outcome}"),
+        );
+        match extra.as_object() {
+            Some(fields) if fields.is_empty() => error,
+            _ => error.with(extra),
+        }
     }
 
     pub fn with(mut self, extra: Value) -> Self {

@@ -254,33 +254,12 @@ async fn receive(state: AppState, headers: HeaderMap, body: Body) -> ApiResult<R
 /// A store failure part way through a body: the client learns which batch, what is
 /// durable, and an error id for the log (not the database's own words).
 fn store_failed(e: StoreError, line: u64, s: &IntakeSummary) -> ApiError {
-    let mut extra =
-        json!({"accepted": s.accepted, "duplicates": s.duplicates, "refused": s.refused});
-    let what = match &e {
-        StoreError::ConnectionWait { wait, .. } => {
-            tracing::warn!("storing records waited too long for the database: {e}");
-            format!(
-                "storing the batch that ends at line {line} waited too long for the database \
-                 ({wait})"
-            )
-        }
-        _ => {
-            let id = crate::error::logged(&e);
-            let what = format!(
-                "storing the batch that ends at line {line} failed (error id {id}; the \
-                 service's log has the details)"
-            );
-            extra["error_id"] = json!(id);
-            what
-        }
-    };
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "{what}; the records counted here are durable and re-sending the whole body is safe"
-        ),
+    ApiError::store_while(
+        e,
+        &format!("storing the batch that ends at line {line}"),
+        "the records counted here are durable and re-sending the whole body is safe",
+        json!({"accepted": s.accepted, "duplicates": s.duplicates, "refused": s.refused}),
     )
-    .with(extra)
 }
 
 fn record_metrics(s: &IntakeSummary) {

@@ -94,18 +94,31 @@ impl Drop for SetupLock {
     }
 }
 
-/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`, `sqlite://:memory:`,
-/// or `mode=memory` among its parameters), read as sqlx reads it.
+/// Whether a SQLite URL names a database without a file, read as sqlx reads it (its
+/// parameters percent-decoded): `:memory:`, `mode=memory`, the `memdb` VFS, or a SQLite URI
+/// file name for memory (`file::memory:`). What this misses, SQLite's own answer after
+/// connecting catches (`Sql::open`); this one keeps a lock file from being made for it.
 fn in_memory(url: &str) -> bool {
     let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
     let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
     database == ":memory:"
-        || params
-            .split('&')
-            .any(|p| p.split_once('=') == Some(("mode", "memory")))
+        || (database.starts_with("file:") && database.contains("memory"))
+        || form_urlencoded::parse(params.as_bytes())
+            .any(|(k, v)| (k == "mode" && v == "memory") || (k == "vfs" && v == "memdb"))
+}
+
+/// The refusal of an in-memory (or temporary) SQLite database, with what to give instead.
+fn no_file(url: &str) -> StoreError {
+    StoreError::Url(format!(
+        "'{}' is an in-memory SQLite database (or a temporary one: no file is named), which \
+         flowhost does not take: what it holds would be gone when the process exits, and \
+         SQLite serves one to several connections with table locks that fail instead of \
+         waiting; give a file, such as sqlite://flowhost.db (in a temporary folder for a run \
+         you throw away)",
+        crate::redacted(url)
+    ))
 }
 
 /// Each connection's share of `sqlite_cache_mb`, in KiB (a negative `cache_size`), at
@@ -140,12 +153,7 @@ pub fn without_memory_statistics() {
 impl Sql<Sqlite> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         if in_memory(url) {
-            return Err(StoreError::Url(format!(
-                "'{url}' is an in-memory SQLite database, which flowhost does not take: what it \
-                 holds would be gone when the process exits, and SQLite serves one to several \
-                 connections with table locks that fail instead of waiting; give a file, such \
-                 as sqlite://flowhost.db (in a temporary folder for a run you throw away)"
-            )));
+            return Err(no_file(url));
         }
         without_memory_statistics();
         let open_err = |source| StoreError::Open {
@@ -182,6 +190,17 @@ impl Sql<Sqlite> {
         let mut setup = SqliteConnection::connect_with(&connect)
             .await
             .map_err(open_err)?;
+        // SQLite's own answer: the main database of a connection to memory or to a
+        // temporary database has no file, however the URL asked for it.
+        let main_file: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&mut setup)
+                .await
+                .map_err(open_err)?;
+        if main_file.is_empty() {
+            setup.close().await.map_err(open_err)?;
+            return Err(no_file(url));
+        }
         Sqlite::MIGRATOR
             .run(&mut setup)
             .await
@@ -592,17 +611,24 @@ mod writer_tests {
     /// whichever way the URL names it; a file whose name merely mentions memory is not.
     #[tokio::test]
     async fn an_in_memory_database_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
         for url in [
             "sqlite::memory:",
             "sqlite://:memory:",
             "sqlite://?mode=memory",
             "sqlite://x.db?mode=memory&cache=shared",
+            // Escapes are decoded before the parameters are read.
+            "sqlite://x.db?m%6Fde=memor%79",
+            "sqlite://x.db?vfs=memdb",
+            // A SQLite URI file name, and no file name at all (a temporary database).
+            "sqlite://file::memory:",
+            "sqlite://file:x?mode=memory",
+            "sqlite://",
         ] {
             let e = Store::open(url).await.err().expect(url).to_string();
             assert!(e.contains("in-memory SQLite database"), "{url}: {e}");
             assert!(e.contains("sqlite://flowhost.db"), "{url}: {e}");
         }
-        let dir = tempfile::tempdir().unwrap();
         let url = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("memory.db").display()

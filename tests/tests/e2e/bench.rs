@@ -51,6 +51,52 @@ fn bench_reports_every_mode_with_its_numbers() {
     assert!(stmts("per_record") > 20.0 * stmts("batched"), "{v}");
 }
 
+/// `bench plugin` finds the device component through `--plugins` (run from anywhere) and
+/// reports each round's ratios beside their medians.
+#[test]
+fn bench_plugin_reports_every_round_and_the_medians() {
+    let db = Scratch::sqlite();
+    let host = Host::new(&db.url);
+    let out = host.bench(&[
+        "plugin",
+        "--records",
+        "600",
+        "--batch",
+        "100",
+        "--rounds",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = &json_lines(&out.stdout)[0];
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{v}");
+    for stage in ["associate", "project", "both"] {
+        let result = &v["results"][stage];
+        for field in [
+            "wasm_records_per_s",
+            "native_records_per_s",
+            "wasm_over_native",
+        ] {
+            assert!(
+                result[field].as_f64().unwrap() > 0.0,
+                "{stage}.{field}: {v}"
+            );
+        }
+        // The reported ratio is the middle one of the rounds'.
+        let mut each: Vec<f64> = rounds.iter().map(|r| r[stage].as_f64().unwrap()).collect();
+        each.sort_by(f64::total_cmp);
+        assert_eq!(result["wasm_over_native"].as_f64().unwrap(), each[1], "{v}");
+    }
+    let zero = host.bench(&["plugin", "--rounds", "0"]);
+    assert!(!zero.status.success());
+    assert!(
+        text(&zero.stderr).contains("--rounds"),
+        "{}",
+        text(&zero.stderr)
+    );
+}
+
 #[test]
 fn bench_tables_times_every_table_the_pipeline_writes() {
     let db = Scratch::sqlite();
