@@ -613,7 +613,8 @@ mod tests {
             err(r#"{"model":"m","source":{"system":"a\tb"},"id":"c","payload":{}}"#),
             "field `source.system` (\"a\\tb\") may not contain the control character U+0009: a name that is shown to people must show as what it is"
         );
-        // `bms/v1` + id `x` and `bms` + adapter `v1/x`... would both read `bms/v1/x/…`.
+        // System `a/b` with adapter `c`, and system `a` with adapter `b/c`, would both read
+        // `a/b/c/<id>` in lineage.
         for (source, field) in [
             (r#"{"system":"a/b"}"#, "source.system"),
             (r#"{"system":"a","adapter":"b/c"}"#, "source.adapter"),

@@ -65,7 +65,8 @@ pub struct Database {
     /// take it in turn, the others read.
     pub pool_size: u32,
     /// How long a SQLite write waits for the write lock: its turn at this process's writer,
-    /// and another process's write.
+    /// and another process's write. On PostgreSQL: how long a statement waits for a
+    /// connection of the pool.
     pub busy_timeout_ms: u64,
     /// SQLite: `full` flushes every commit to disk before it returns (an acknowledged
     /// record survives a power failure); `normal` survives a crash of the process only.

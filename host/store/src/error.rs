@@ -11,6 +11,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "cannot open the database {url}: no connection within {} s; is the server running, and are the address and port right?",
+        wait.as_secs()
+    )]
+    Unreachable {
+        url: String,
+        wait: std::time::Duration,
+    },
     #[error("cannot migrate the database {url}: {source}")]
     Migrate {
         url: String,

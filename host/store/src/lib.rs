@@ -94,10 +94,14 @@ pub async fn counting_statements<T>(work: impl std::future::Future<Output = T>) 
         .await
 }
 
-/// An open transaction on the SQLite writer (see [`Store::hold_writer`]); dropping it rolls
-/// back and frees the writer.
+/// An open transaction on the SQLite writer, or on one connection of the PostgreSQL pool
+/// (see [`Store::hold_writer`]); dropping it rolls back and frees the connection.
 #[doc(hidden)]
-pub struct WriterHold(#[allow(dead_code)] sql::Tx<sqlx::Sqlite>);
+#[allow(dead_code)]
+pub enum WriterHold {
+    Sqlite(sql::Tx<sqlx::Sqlite>),
+    Postgres(sql::Tx<sqlx::Postgres>),
+}
 
 /// A store on one of the backends. Cheap to clone (a pool inside).
 #[derive(Clone)]
@@ -160,15 +164,16 @@ impl Store {
         self.stats().statements.load(Ordering::Relaxed)
     }
 
-    /// Holds this process's writer connection on SQLite in an open transaction until the
-    /// hold is dropped, so that tests can show what a write does while the writer is busy.
-    /// On PostgreSQL (one pool for everything) there is no single writer to hold.
+    /// Holds a write connection in an open transaction until the hold is dropped, so that
+    /// tests can show what a write does while the database is busy: this process's one
+    /// writer on SQLite; one connection of the pool on PostgreSQL (all of it with a pool of
+    /// one).
     #[doc(hidden)]
     pub async fn hold_writer(&self) -> Result<WriterHold, StoreError> {
         match self {
-            Store::Sqlite(s) => Ok(WriterHold(s.begin("hold the writer", "*").await?)),
-            Store::Postgres(_) => Err(StoreError::Url(
-                "PostgreSQL has no single writer connection to hold".into(),
+            Store::Sqlite(s) => Ok(WriterHold::Sqlite(s.begin("hold the writer", "*").await?)),
+            Store::Postgres(s) => Ok(WriterHold::Postgres(
+                s.begin("hold a connection", "*").await?,
             )),
         }
     }

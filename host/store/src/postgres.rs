@@ -19,8 +19,8 @@ impl Backend for Postgres {
     const LOCK_SHARED: &'static str = " FOR SHARE";
     const LOCK_SKIP: &'static str = " FOR UPDATE SKIP LOCKED";
     const CHANGES_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(7201321)");
-    const CONNECTION_WAIT: &'static str =
-        "every connection of the pool (database.pool_size) stayed in use for 5 s";
+    const CONNECTION_WAIT: &'static str = "every connection of the pool (database.pool_size) \
+        stayed in use for longer than database.busy_timeout_ms";
     const LOCK_EXCLUSIVE: &'static str = " FOR UPDATE";
     type Upkeep = Arc<Analyze>;
 
@@ -60,21 +60,39 @@ pub struct Analyze {
 
 const ANALYZE_MIN_ROWS: u64 = 20_000;
 
+/// How long opening the store waits for its first connection to PostgreSQL.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
     items.iter().map(f).collect()
 }
 
 impl Sql<Postgres> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            url: crate::redacted(url),
+            source,
+        };
+        // A statement waits for a connection of the pool up to the busy timeout, as a
+        // SQLite write waits for its writer.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: crate::redacted(url),
-                source,
-            })?;
+            .acquire_timeout(options.busy_timeout)
+            .connect_lazy(url)
+            .map_err(open_err)?;
+        // Reaching the database at all is bounded on its own: a server that is down (sqlx
+        // retries a refused connection until its wait is over) or a wrong address is told
+        // within OPEN_WAIT, however long the busy timeout.
+        match tokio::time::timeout(OPEN_WAIT, pool.acquire()).await {
+            Ok(Ok(first)) => drop(first),
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
+                return Err(StoreError::Unreachable {
+                    url: crate::redacted(url),
+                    wait: OPEN_WAIT,
+                });
+            }
+            Ok(Err(source)) => return Err(open_err(source)),
+        }
         Postgres::MIGRATOR
             .run(&pool)
             .await

@@ -104,7 +104,8 @@ fn in_memory(url: &str) -> bool {
         .trim_start_matches("sqlite:");
     let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
     database == ":memory:"
-        || (database.starts_with("file:") && database.contains("memory"))
+        || (database.starts_with("file:")
+            && (database.contains(":memory:") || database.contains("mode=memory")))
         || form_urlencoded::parse(params.as_bytes())
             .any(|(k, v)| (k == "mode" && v == "memory") || (k == "vfs" && v == "memdb"))
 }

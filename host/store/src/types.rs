@@ -7,7 +7,8 @@ use flowhost_core::{Group, ParentKey, ParentLink, ParkReason, Record};
 pub struct StoreOptions {
     /// Pool size.
     pub max_connections: u32,
-    /// How long a writer waits for another process's write lock (SQLite).
+    /// How long a write waits for the write lock (SQLite), or a statement for a connection
+    /// of the pool (PostgreSQL).
     pub busy_timeout: std::time::Duration,
     /// SQLite: every commit is flushed to disk before it returns (`synchronous=FULL`), so
     /// an acknowledged record survives a power failure. Off (`NORMAL`), a commit survives a

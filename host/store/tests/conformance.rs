@@ -1136,3 +1136,76 @@ async fn shadow_runs_count_keep_a_bounded_number_of_differences_and_end() {
     })
     .await;
 }
+
+/// On PostgreSQL a statement waits for a connection of the pool up to
+/// `database.busy_timeout_ms`, then fails in bounded time with a reason naming the pool and
+/// the setting, having written nothing; once a connection is free the same write goes
+/// through once.
+#[tokio::test]
+async fn a_postgres_write_waits_for_the_pool_up_to_the_busy_timeout() {
+    let Some((scratch, url)) = PgScratch::create().await else {
+        return;
+    };
+    let options = StoreOptions {
+        max_connections: 1,
+        busy_timeout: std::time::Duration::from_millis(300),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&url, &options)
+        .await
+        .expect("open postgres");
+    let holding = store.hold_writer().await.unwrap();
+    let started = std::time::Instant::now();
+    let line = record("device", "bms", "D-1", r#"{"serial":"a"}"#);
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.append(std::slice::from_ref(&line)),
+    )
+    .await
+    .expect("the write ends in bounded time");
+    let waited = started.elapsed();
+    let e = outcome.expect_err("the pool's one connection is held");
+    assert!(matches!(e, StoreError::ConnectionWait { .. }), "{e:?}");
+    let message = e.to_string();
+    for part in [
+        "busy",
+        "database.pool_size",
+        "database.busy_timeout_ms",
+        "nothing was written",
+    ] {
+        assert!(message.contains(part), "'{part}' in: {message}");
+    }
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "{waited:?}"
+    );
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    drop(holding);
+    assert_eq!(store.append(&[line]).await.unwrap().len(), 1);
+    assert_eq!(store.pending("device", 10).await.unwrap().len(), 1);
+    store.close().await;
+    scratch.drop_db().await;
+}
+
+/// A PostgreSQL server that cannot be reached is told within seconds at open, whatever the
+/// busy timeout (sqlx would retry a refused connection for all of it).
+#[tokio::test]
+async fn an_unreachable_postgres_is_told_at_open_in_seconds() {
+    let options = StoreOptions {
+        busy_timeout: std::time::Duration::from_secs(120),
+        ..StoreOptions::default()
+    };
+    let started = std::time::Instant::now();
+    // Port 1 on this machine: nothing listens there, so the connection is refused.
+    let e = Store::open_with("postgres://postgres@127.0.0.1:1/x", &options)
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{e}"
+    );
+    let message = e.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(message.contains("no connection within 5 s"), "{message}");
+}
