@@ -648,22 +648,20 @@ fn plugin(
     // always runs on a cache (or a machine) the other has just warmed or loaded.
     let mut timed: Vec<[(Duration, Duration); 3]> = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let (wa, na, wp, np);
-        if round % 2 == 0 {
-            let (w, keyed) = wasm_assoc()?;
-            let (n, native_keyed) = native_assoc();
-            assert_eq!(keyed, native_keyed);
-            (wa, na) = (w, n);
-            wp = wasm_project()?;
-            np = native_project();
+        let native_first = round % 2 == 1;
+        let ((wa, keyed), (na, native_keyed)) = if native_first {
+            let native = native_assoc();
+            (wasm_assoc()?, native)
         } else {
-            let (n, native_keyed) = native_assoc();
-            let (w, keyed) = wasm_assoc()?;
-            assert_eq!(keyed, native_keyed);
-            (wa, na) = (w, n);
-            np = native_project();
-            wp = wasm_project()?;
-        }
+            (wasm_assoc()?, native_assoc())
+        };
+        assert_eq!(keyed, native_keyed);
+        let (wp, np) = if native_first {
+            let native = native_project();
+            (wasm_project()?, native)
+        } else {
+            (wasm_project()?, native_project())
+        };
         timed.push([(wa, na), (wp, np), (wa + wp, na + np)]);
     }
     let names = ["associate", "project", "both"];

@@ -180,12 +180,12 @@ fn reorders(c: char) -> bool {
 }
 
 /// Refuses a source's `system` or `adapter` holding a character that would let two sources
-/// share a name: ':' (system only: source keys are `src:{system}:{id}`), '/' (lineage
+/// share a name: ':' when it is part of source keys (`src:{system}:{id}`), '/' (lineage
 /// names a source `system/adapter/id`), control characters and the characters that reorder
 /// the text around them when shown.
-fn name_allowed(field: &'static str, text: &str) -> Result<(), LineError> {
+fn name_allowed(field: &'static str, text: &str, in_source_key: bool) -> Result<(), LineError> {
     let flaw = text.chars().find_map(|c| {
-        let (found, why) = if c == ':' && field == "source.system" {
+        let (found, why) = if c == ':' && in_source_key {
             (
                 "':'".to_string(),
                 "source keys are `src:{system}:{id}`, and a ':' would let two sources share one",
@@ -280,7 +280,7 @@ pub fn parse_line_within(
         "system, adapter",
     )?;
     let system = required_string(source, "system", "source.system")?;
-    name_allowed("source.system", &system)?;
+    name_allowed("source.system", &system, true)?;
     let bounded = |field, text: &str, limit, setting| {
         if text.len() > limit {
             Err(LineError::TooLarge {
@@ -311,7 +311,7 @@ pub fn parse_line_within(
             });
         }
     };
-    name_allowed("source.adapter", &adapter)?;
+    name_allowed("source.adapter", &adapter, false)?;
     bounded(
         "source.adapter",
         &adapter,
