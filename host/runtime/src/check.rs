@@ -207,7 +207,7 @@ fn view(name: &str, text: &mut String, max: usize) -> Result<(), String> {
     if let Err(e) = flowhost_json::check_strict(text) {
         return Err(refusal(name, &e));
     }
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
         *text = compact(text);
     }
     Ok(())
