@@ -649,19 +649,9 @@ fn plugin(
     let mut timed: Vec<[(Duration, Duration); 3]> = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let native_first = round % 2 == 1;
-        let ((wa, keyed), (na, native_keyed)) = if native_first {
-            let native = native_assoc();
-            (wasm_assoc()?, native)
-        } else {
-            (wasm_assoc()?, native_assoc())
-        };
+        let ((wa, keyed), (na, native_keyed)) = in_order(native_first, wasm_assoc, native_assoc)?;
         assert_eq!(keyed, native_keyed);
-        let (wp, np) = if native_first {
-            let native = native_project();
-            (wasm_project()?, native)
-        } else {
-            (wasm_project()?, native_project())
-        };
+        let (wp, np) = in_order(native_first, wasm_project, native_project)?;
         timed.push([(wa, na), (wp, np), (wa + wp, na + np)]);
     }
     let names = ["associate", "project", "both"];
@@ -738,6 +728,20 @@ fn plugin(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs both paths of one measurement, the native one first when asked.
+fn in_order<W, N>(
+    native_first: bool,
+    wasm: impl FnOnce() -> Result<W>,
+    native: impl FnOnce() -> N,
+) -> Result<(W, N)> {
+    if native_first {
+        let native = native();
+        Ok((wasm()?, native))
+    } else {
+        Ok((wasm()?, native()))
+    }
 }
 
 /// Intake records of a model unique to this run.
