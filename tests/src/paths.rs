@@ -33,6 +33,11 @@ pub fn plugin(model: &str) -> PathBuf {
     plugins_dir().join(format!("{model}.wasm"))
 }
 
+/// One built test fixture (`plugins/fixtures/<name>`).
+pub fn fixture(name: &str) -> PathBuf {
+    plugins_dir().join("fixtures").join(format!("{name}.wasm"))
+}
+
 /// The `flowhost` binary built by `cargo xtask test` (debug profile).
 pub fn binary() -> PathBuf {
     built("flowhost")

@@ -130,6 +130,8 @@ pub struct Plugins {
     pub max_view_bytes: usize,
     /// The largest plugin file the folder takes.
     pub max_file_mb: u64,
+    /// The most plugin calls that run at once (all models together); more wait their turn.
+    pub call_slots: u32,
     /// Roll a model back on its own when a new version does clearly worse than the one
     /// before on its first `watch_records` records (`serve` only).
     pub auto_rollback: bool,
@@ -157,6 +159,7 @@ impl Default for Plugins {
             max_key_bytes: runtime.output.max_key_bytes,
             max_view_bytes: runtime.output.max_view_bytes,
             max_file_mb: flowhost_registry::RegistryConfig::DEFAULT_MAX_FILE_BYTES >> 20,
+            call_slots: runtime.call_slots,
             auto_rollback: true,
             watch_records: engine.watch_records,
             models: BTreeMap::new(),
@@ -705,6 +708,13 @@ impl Config {
                 self.plugins.watch_records
             );
         }
+        let slots = flowhost_runtime::RuntimeConfig::MAX_CALL_SLOTS;
+        if !(1..=slots).contains(&self.plugins.call_slots) {
+            bail!(
+                "plugins.call_slots must be between 1 and {slots} (it is {})",
+                self.plugins.call_slots
+            );
+        }
         self.check_nats()?;
         Ok(())
     }
@@ -829,6 +839,7 @@ impl Config {
             compile_timeout: std::time::Duration::from_secs(self.plugins.compile_timeout_s.max(1)),
             describe_timeout: ms(self.plugins.describe_timeout_ms),
             probe_timeout: ms(self.plugins.probe_timeout_ms),
+            call_slots: self.plugins.call_slots,
             output: flowhost_runtime::OutputLimits {
                 max_key_bytes: self.plugins.max_key_bytes.max(1),
                 max_view_bytes: self.plugins.max_view_bytes.max(2),
@@ -1023,6 +1034,8 @@ mod tests {
             ("database.sqlite_cache_mb", "0"),
             ("database.sqlite_cache_mb", "70000"),
             ("database.sqlite_statement_cache", "0"),
+            ("plugins.call_slots", "0"),
+            ("plugins.call_slots", "257"),
         ] {
             let e = load_error(None, &[], &[(key, value)]);
             assert!(e.contains(key) && e.contains(value), "{key}={value}: {e}");

@@ -69,11 +69,24 @@ fn compile_bounded(engine: &Engine, bytes: &[u8], limit: Duration) -> Result<Com
         })
         .map_err(|e| LoadError::Compile(format!("cannot start a compiler thread: {e}")))?;
     match rx.recv_timeout(limit) {
-        Ok(result) => result.map_err(|e| LoadError::Compile(format!("{e:#}"))),
+        Ok(result) => result.map_err(|e| compile_error(format!("{e:#}"))),
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(LoadError::CompileTimeout(limit)),
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(LoadError::Compile(
             "the compiler stopped without an answer".into(),
         )),
+    }
+}
+
+/// A compile error, told apart from the instance pool refusing a component whose tables,
+/// memories or core instances cannot fit one slot (wasmtime checks that while it builds the
+/// component, and says so with "exceeds the … limit" or "… in the pooling allocator").
+fn compile_error(message: String) -> LoadError {
+    let refused_by_pool = message.contains("pooling allocator")
+        || (message.contains("exceeds the") && message.contains("limit"));
+    if refused_by_pool {
+        LoadError::TooBig(message)
+    } else {
+        LoadError::Compile(message)
     }
 }
 

@@ -43,15 +43,12 @@ pub(crate) fn association(
     limits: &OutputLimits,
 ) -> Result<(), CallError> {
     if let Association::Keyed { keys, parents } = a {
+        // Labels are only written for a key that fails: this runs for every keyed record.
         let long = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| (format!("key {}", i + 1), k))
-            .chain(
-                parents
-                    .iter()
-                    .map(|p| (format!("parent key of {}", p.model), &p.key)),
-            )
+            .map(|(i, k)| (Label::Key(i), k))
+            .chain(parents.iter().map(|p| (Label::Parent(&p.model), &p.key)))
             .find(|(_, k)| k.len() > limits.max_key_bytes);
         if let Some((what, k)) = long {
             return Err(CallError::KeyTooLong(format!(
@@ -65,6 +62,24 @@ pub(crate) fn association(
     rules(a, d, limits).map_err(CallError::Invalid)
 }
 
+/// Which key of a record a message is about.
+#[derive(Clone, Copy)]
+enum Label<'a> {
+    /// An aggregation key, by its index.
+    Key(usize),
+    /// The key of a parent of this model.
+    Parent(&'a str),
+}
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Key(i) => write!(f, "key {}", i + 1),
+            Label::Parent(model) => write!(f, "parent key of {model}"),
+        }
+    }
+}
+
 fn rules(a: &Association, d: &Description, limits: &OutputLimits) -> Result<(), String> {
     match a {
         Association::Keyed { keys, parents } => {
@@ -76,7 +91,7 @@ fn rules(a: &Association, d: &Description, limits: &OutputLimits) -> Result<(), 
                 ));
             }
             for (i, k) in keys.iter().enumerate() {
-                key(&format!("key {}", i + 1), k)?;
+                key(Label::Key(i), k)?;
             }
             if parents.len() > limits.max_parents {
                 return Err(format!(
@@ -97,7 +112,7 @@ fn rules(a: &Association, d: &Description, limits: &OutputLimits) -> Result<(), 
                         }
                     ));
                 }
-                key(&format!("parent key of {}", p.model), &p.key)?;
+                key(Label::Parent(&p.model), &p.key)?;
             }
             Ok(())
         }
@@ -133,7 +148,7 @@ fn rules(a: &Association, d: &Description, limits: &OutputLimits) -> Result<(), 
     }
 }
 
-fn key(what: &str, key: &str) -> Result<(), String> {
+fn key(what: Label, key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err(format!("{what} is empty"));
     }

@@ -16,6 +16,14 @@ pub enum LoadError {
     #[error("does not compile: {0}")]
     Compile(String),
     #[error(
+        "needs more than one plugin instance may have (at most {elements} table elements, {memories} memories, {tables} tables and {instances} core instances): {0}",
+        elements = crate::guard::MAX_TABLE_ELEMENTS,
+        memories = crate::guard::MAX_MEMORIES,
+        tables = crate::guard::MAX_TABLES,
+        instances = crate::guard::MAX_INSTANCES
+    )]
+    TooBig(String),
+    #[error(
         "compiling took longer than its limit of {} s (plugins.compile_timeout_s); the component is too large or too complex",
         .0.as_secs_f64()
     )]

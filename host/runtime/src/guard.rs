@@ -12,9 +12,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 /// The most table elements one instance may hold, over all its tables.
 pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 /// The most core instances, tables and memories one component instance may create.
-const MAX_INSTANCES: usize = 64;
-const MAX_TABLES: usize = 64;
-const MAX_MEMORIES: usize = 16;
+pub(crate) const MAX_INSTANCES: usize = 64;
+pub(crate) const MAX_TABLES: usize = 64;
+pub(crate) const MAX_MEMORIES: usize = 16;
 /// What one table element is counted as against the memory cap.
 const TABLE_ELEMENT_BYTES: usize = 8;
 

@@ -5,7 +5,9 @@
 //! them), and the linker that gives guests the `host` interface and an empty WASI (no
 //! filesystem, network or environment). [`Runtime::load`] turns a `.wasm` file into a
 //! [`Plugin`]: a compiled, linked, described component. A plugin is called once per batch;
-//! each call runs in a fresh instance, so a trap never leaves state behind.
+//! each call runs in a fresh instance, so a trap never leaves state behind. Instances are
+//! taken from a pool of slots whose memory stays mapped between calls ([`RuntimeConfig::
+//! call_slots`]): a fresh instance reuses a slot's pages instead of faulting in new ones.
 //!
 //! Every way a guest can misbehave ends in bounded time with a reason:
 //! - each call is a future under a deadline: wasm yields at every epoch tick and a guest
@@ -56,6 +58,10 @@ pub struct RuntimeConfig {
     pub probe_timeout: Duration,
     /// What plugins may return.
     pub output: OutputLimits,
+    /// The most plugin calls that run at once (all plugins of this runtime together): one
+    /// instance slot each. A call beyond them waits for one to end before its own time
+    /// limit starts; every call ends within its limit, so the wait is bounded too.
+    pub call_slots: u32,
 }
 
 impl RuntimeConfig {
@@ -63,6 +69,11 @@ impl RuntimeConfig {
     pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
     /// The default memory cap of one instance.
     pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
+    /// The default number of calls that run at once.
+    pub const DEFAULT_CALL_SLOTS: u32 = 32;
+    /// The most call slots a runtime takes (each reserves address space for the memories
+    /// an instance may have).
+    pub const MAX_CALL_SLOTS: u32 = 256;
 }
 
 impl Default for RuntimeConfig {
@@ -76,6 +87,7 @@ impl Default for RuntimeConfig {
             describe_timeout: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(10),
             output: OutputLimits::default(),
+            call_slots: Self::DEFAULT_CALL_SLOTS,
         }
     }
 }
@@ -139,6 +151,35 @@ struct Inner {
     linker: Linker<HostState>,
     config: RuntimeConfig,
     engine_hash: String,
+    /// One permit per instance slot; a call holds one while its store lives.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// How much of a slot's linear memory stays resident (zeroed in place) when its instance
+/// ends, so that the next call on it takes no page faults there. A batch of a thousand
+/// records touches a few MiB of guest memory.
+const KEEP_RESIDENT: usize = 16 << 20;
+
+/// A call waiting longer than this for a slot is logged (with how long it waited).
+const SLOT_WAIT_LOGGED: Duration = Duration::from_secs(1);
+
+/// The engine's pool of instance slots: `slots` component instances, each with room for the
+/// most core instances, memories and tables the memory guard lets one instance have, so
+/// that a call holding a permit always finds its slot. Only the memory actually touched is
+/// resident; the rest is reserved address space.
+fn pool(slots: u32) -> wasmtime::PoolingAllocationConfig {
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    let per = |n: usize| slots.saturating_mul(n as u32);
+    pool.total_component_instances(slots)
+        .total_stacks(slots)
+        .total_core_instances(per(guard::MAX_INSTANCES))
+        .total_memories(per(guard::MAX_MEMORIES))
+        .total_tables(per(guard::MAX_TABLES))
+        .max_memories_per_module(guard::MAX_MEMORIES as u32)
+        .max_tables_per_module(guard::MAX_TABLES as u32)
+        .table_elements(guard::MAX_TABLE_ELEMENTS)
+        .linear_memory_keep_resident(KEEP_RESIDENT);
+    pool
 }
 
 /// Compiles, caches and runs plugins. Cheap to clone.
@@ -172,12 +213,25 @@ pub struct Plugin {
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let slots = config.call_slots.clamp(1, RuntimeConfig::MAX_CALL_SLOTS);
         let mut wasm = Config::new();
         // Epochs make running wasm yield to its call's deadline (never trap on their own).
         wasm.epoch_interruption(true);
         wasm.wasm_component_model(true);
         wasm.max_wasm_stack(1 << 20);
-        let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let on_demand = wasm.clone();
+        wasm.allocation_strategy(pool(slots));
+        let engine = match Engine::new(&wasm) {
+            Ok(engine) => engine,
+            // The pool reserves address space up front; where that is refused (a tight
+            // `ulimit -v`), instances are allocated one by one as before, only slower.
+            Err(e) => {
+                tracing::warn!(
+                    "plugin instance pool of {slots} slots not available ({e:#}); allocating each instance on its own"
+                );
+                Engine::new(&on_demand).map_err(|e| LoadError::Engine(e.to_string()))?
+            }
+        };
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
 
@@ -206,6 +260,7 @@ impl Runtime {
                 linker,
                 config,
                 engine_hash,
+                slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             }),
         })
     }
@@ -402,6 +457,32 @@ impl Plugin {
         ))
     }
 
+    /// A permit for one instance slot, waiting (outside any call's time limit) while all are
+    /// taken.
+    fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let slots = &self.runtime.slots;
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return permit;
+        }
+        let started = Instant::now();
+        let permit = timers()
+            .handle()
+            .block_on(slots.clone().acquire_owned())
+            .expect("the slots' semaphore is never closed");
+        let waited = started.elapsed();
+        if waited > SLOT_WAIT_LOGGED {
+            tracing::warn!(
+                target: "flowhost::plugin",
+                model = self.description.model.as_str(),
+                waited_ms = waited.as_millis() as u64,
+                "plugin call waited {:.1} s for one of the {} call slots (plugins.call_slots): other calls held them all",
+                waited.as_secs_f64(),
+                self.runtime.config.call_slots.clamp(1, RuntimeConfig::MAX_CALL_SLOTS)
+            );
+        }
+        permit
+    }
+
     fn store(&self) -> Store<HostState> {
         let inner = &self.runtime;
         let mut store = Store::new(
@@ -423,6 +504,9 @@ impl Plugin {
         limit: Duration,
         call: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        // Declared before the store, so dropped after it: the slot is free again only once
+        // the instance is gone.
+        let _slot = self.slot();
         let mut store = self.store();
         let outcome = bounded(limit, async {
             let instance = self.pre.instantiate_async(&mut store).await?;

@@ -1,12 +1,8 @@
 //! Misbehaving plugins (real components built from `plugins/fixtures/`): the host stays up,
 //! only the poison records park `PLUGIN_FAILED`, everything else is keyed and projected.
 
-use flowhost_tests::{Host, Scratch, block_until_ok, flowhost, plugins_dir, text};
+use flowhost_tests::{Host, Scratch, block_until_ok, fixture, flowhost, text};
 use serde_json::json;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    plugins_dir().join("fixtures").join(format!("{name}.wasm"))
-}
 
 #[test]
 fn a_describe_that_traps_is_one_line_naming_the_file() {

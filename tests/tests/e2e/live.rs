@@ -2,20 +2,15 @@
 //! while the host runs, live swaps under continuous intake, and rollback.
 
 use flowhost_tests::{
-    Host, Scratch, Server, block_until_ok, count_by, json_lines, plugin, plugins_dir,
+    Host, Scratch, Server, block_until_ok, count_by, fixture, json_lines, plugin,
     replace_atomically, text, version_of, wait_for,
 };
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn fixture(name: &str) -> PathBuf {
-    plugins_dir().join("fixtures").join(format!("{name}.wasm"))
-}
 
 /// `plugins list --json`: the model lines by model, and the refused files. (Before any
 /// model was loaded it exits non-zero saying "no plugins in …", still listing refusals.)

@@ -4,7 +4,7 @@
 
 use flowhost_core::{Association, Group, KeyedRecord, ParentKey, Record, Source};
 use flowhost_runtime::{Plugin, Runtime, RuntimeConfig};
-use flowhost_tests::{flowhost, plugin, text};
+use flowhost_tests::{fixture, flowhost, plugin, text};
 use serde_json::{Value, json};
 
 fn load(model: &str) -> Plugin {
@@ -342,4 +342,38 @@ fn compiling_has_a_time_limit() {
             .contains("compiling took longer than its limit of 0.001 s"),
         "{error}"
     );
+}
+
+/// More calls at once than the runtime has instance slots: each waits for a slot instead of
+/// failing, and the wait is not counted against its time limit.
+#[test]
+fn calls_beyond_the_slots_wait_their_turn_outside_their_time_limit() {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(flowhost_tests::cache_dir()),
+        call_slots: 1,
+        call_timeout: std::time::Duration::from_millis(1_500),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let faulty = runtime.load(&fixture("faulty")).unwrap();
+    // Each call sleeps 600 ms in the guest; four through one slot take 2.4 s in all, past
+    // any one call's limit, so a wait that counted would time the last ones out.
+    let record = rec(
+        1,
+        "faulty",
+        "s",
+        "SLOW",
+        json!({"key": "a", "sleep_ms": 600}),
+    );
+    let results: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| faulty.associate(std::slice::from_ref(&record))))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for result in results {
+        let decided = result.expect("the call ran in a slot, within its limit");
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].as_ref().unwrap(), &keyed(&["k:a"], &[]));
+    }
 }
