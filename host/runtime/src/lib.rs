@@ -470,6 +470,13 @@ impl Plugin {
             .block_on(slots.clone().acquire_owned())
             .expect("the slots' semaphore is never closed");
         let waited = started.elapsed();
+        // Recorded only for calls that found every slot taken: the histogram's count is the
+        // number of such calls.
+        metrics::histogram!(
+            "flowhost_plugin_slot_wait_seconds",
+            "model" => self.description.model.clone()
+        )
+        .record(waited.as_secs_f64());
         if waited > SLOT_WAIT_LOGGED {
             tracing::warn!(
                 target: "flowhost::plugin",

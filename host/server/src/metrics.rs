@@ -96,6 +96,11 @@ fn describe() {
         Unit::Seconds,
         "Time in plugin calls per batch, per stage and model."
     );
+    describe_histogram!(
+        "flowhost_plugin_slot_wait_seconds",
+        Unit::Seconds,
+        "How long plugin calls waited for an instance slot (plugins.call_slots), per model; only calls that found every slot taken."
+    );
     describe_counter!(
         "flowhost_db_statements_total",
         "Database statements executed by the stage workers, per stage and model."
