@@ -212,8 +212,9 @@ pub struct Plugin {
 
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
-    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
-        let slots = config.call_slots.clamp(1, RuntimeConfig::MAX_CALL_SLOTS);
+    pub fn new(mut config: RuntimeConfig) -> Result<Self, LoadError> {
+        config.call_slots = config.call_slots.clamp(1, RuntimeConfig::MAX_CALL_SLOTS);
+        let slots = config.call_slots;
         let mut wasm = Config::new();
         // Epochs make running wasm yield to its call's deadline (never trap on their own).
         wasm.epoch_interruption(true);
@@ -484,7 +485,7 @@ impl Plugin {
                 waited_ms = waited.as_millis() as u64,
                 "plugin call waited {:.1} s for one of the {} call slots (plugins.call_slots): other calls held them all",
                 waited.as_secs_f64(),
-                self.runtime.config.call_slots.clamp(1, RuntimeConfig::MAX_CALL_SLOTS)
+                self.runtime.config.call_slots
             );
         }
         permit
