@@ -1,9 +1,10 @@
 //! Any text as JSON: the canonical form is JSON again, a fixed point, the same for the
 //! value re-read from its own text, and numbers keep their order and value through it. The
-//! strict check's quick pass never passes a text its full walk refuses.
+//! strict check's quick pass never passes a text its full walk refuses, and the quick
+//! member walk locates members only in a text serde_json reads as one object.
 #![no_main]
 
-use flowhost_json::{Decimal, canonical_string, check_strict_parts, parse_strict};
+use flowhost_json::{Decimal, canonical_string, check_strict_parts, object_members, parse_strict};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -22,6 +23,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let (quick, walk) = check_strict_parts(text);
     assert!(walk || !quick, "the quick pass passed what the walk refuses: {text:?}");
+    if let Some(members) = object_members(text) {
+        assert!(
+            serde_json::from_str::<Box<serde_json::value::RawValue>>(text)
+                .is_ok_and(|raw| raw.get().starts_with('{')),
+            "members located in what serde_json does not read as an object: {text:?}"
+        );
+        for m in members {
+            assert!(
+                serde_json::from_str::<Box<serde_json::value::RawValue>>(&text[m.value.clone()])
+                    .is_ok(),
+                "a member's value is not one JSON value: {text:?}"
+            );
+        }
+    }
     let Ok(value) = parse_strict(text) else {
         return;
     };

@@ -10,8 +10,14 @@
 //!
 //! Views come back from every `project` call and are checked whole; serde_json's walk took
 //! about ten instructions a byte of them, this pass a few.
+//!
+//! [`object_members`] is the same walk over one object that also says where each member's
+//! key and value lie: the SDK locates a payload's members with it inside a plugin, where
+//! serde_json's walk (through its generic visitor machinery) was several times slower than
+//! natively.
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 /// Deeper nesting than this is left to the full check (serde_json stops at 128).
 const MAX_DEPTH: usize = 100;
@@ -26,6 +32,7 @@ pub(crate) fn passes(text: &str) -> bool {
         b: text.as_bytes(),
         i: 0,
         keys: Vec::new(),
+        strict: true,
     };
     walk.value(0) && {
         walk.space();
@@ -33,11 +40,85 @@ pub(crate) fn passes(text: &str) -> bool {
     }
 }
 
+/// One member of an object located by [`object_members`]: where its key's text lies
+/// (between the quotes), whether that text holds an escape, and where its value lies (from
+/// its first byte to its last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpan {
+    pub key: Range<usize>,
+    pub key_escaped: bool,
+    pub value: Range<usize>,
+}
+
+/// The members of the one JSON object that `text` is, in document order, located in one
+/// walk over the bytes that builds nothing; a key that appears twice is listed twice.
+/// `None` means "not certain" (not an object, not valid JSON, or anything the quick pass
+/// leaves to serde_json: a lone surrogate escape, nesting near the recursion limit): the
+/// caller then locates the members with serde_json, whose verdict stands. Only the syntax
+/// of nested values is checked (a nested object may hold a key twice, as a payload may).
+pub fn object_members(text: &str) -> Option<Vec<MemberSpan>> {
+    let mut walk = Walk {
+        b: text.as_bytes(),
+        i: 0,
+        keys: Vec::new(),
+        strict: false,
+    };
+    walk.space();
+    if walk.peek() != Some(b'{') {
+        return None;
+    }
+    walk.i += 1;
+    walk.space();
+    let mut out = Vec::with_capacity(8);
+    if walk.peek() == Some(b'}') {
+        walk.i += 1;
+    } else {
+        loop {
+            walk.space();
+            if walk.peek() != Some(b'"') {
+                return None;
+            }
+            let from = walk.i + 1;
+            let (key, key_escaped) = walk.string()?;
+            let key = from..from + key.len();
+            walk.space();
+            if walk.peek() != Some(b':') {
+                return None;
+            }
+            walk.i += 1;
+            walk.space();
+            let start = walk.i;
+            if !walk.value(1) {
+                return None;
+            }
+            out.push(MemberSpan {
+                key,
+                key_escaped,
+                value: start..walk.i,
+            });
+            walk.space();
+            match walk.peek() {
+                Some(b',') => walk.i += 1,
+                Some(b'}') => {
+                    walk.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    walk.space();
+    (walk.i == walk.b.len()).then_some(out)
+}
+
 struct Walk<'a> {
     b: &'a [u8],
     i: usize,
     /// The keys of the objects open at a time, each object's after its parents'.
     keys: Vec<&'a [u8]>,
+    /// Whether objects are checked for a key twice (and keys kept for that); otherwise
+    /// only the syntax is.
+    strict: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -215,6 +296,34 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// A key of the object whose keys start at `from` in `keys` (or are in `set`, once
+    /// there are many): true when it is certainly not one of the object's earlier keys.
+    fn strict_key(&mut self, from: usize, set: &mut Option<HashSet<&'a [u8]>>) -> bool {
+        // Keys with escapes are compared decoded by the full check; so is serde_json's own
+        // number token, which it reads as a number rather than as a key.
+        let Some((key, false)) = self.string() else {
+            return false;
+        };
+        if key == crate::NUMBER_TOKEN.as_bytes() {
+            return false;
+        }
+        let seen = match set {
+            Some(set) => !set.insert(key),
+            None => self.keys[from..].contains(&key),
+        };
+        if seen {
+            return false;
+        }
+        if set.is_none() && self.keys.len() - from >= KEYS_SCANNED {
+            let mut large: HashSet<&[u8]> = self.keys.drain(from..).collect();
+            large.insert(key);
+            *set = Some(large);
+        } else if set.is_none() {
+            self.keys.push(key);
+        }
+        true
+    }
+
     fn object(&mut self, depth: usize) -> bool {
         self.i += 1;
         self.space();
@@ -229,27 +338,12 @@ impl<'a> Walk<'a> {
             if self.peek() != Some(b'"') {
                 return false;
             }
-            // Keys with escapes are compared decoded by the full check; so is serde_json's
-            // own number token, which it reads as a number rather than as a key.
-            let Some((key, false)) = self.string() else {
+            if !self.strict {
+                if self.string().is_none() {
+                    return false;
+                }
+            } else if !self.strict_key(from, &mut set) {
                 return false;
-            };
-            if key == crate::NUMBER_TOKEN.as_bytes() {
-                return false;
-            }
-            let seen = match &mut set {
-                Some(set) => !set.insert(key),
-                None => self.keys[from..].contains(&key),
-            };
-            if seen {
-                return false;
-            }
-            if set.is_none() && self.keys.len() - from >= KEYS_SCANNED {
-                let mut large: HashSet<&[u8]> = self.keys.drain(from..).collect();
-                large.insert(key);
-                set = Some(large);
-            } else if set.is_none() {
-                self.keys.push(key);
             }
             self.space();
             if self.peek() != Some(b':') {
@@ -422,6 +516,26 @@ mod tests {
         fn never_passes_what_the_full_check_refuses(text in prop_oneof![jsonish(), nested()]) {
             if passes(&text) {
                 prop_assert!(walk(&text), "{}", text);
+            }
+        }
+
+        #[test]
+        fn locates_members_only_of_what_serde_json_reads_as_an_object(
+            text in prop_oneof![jsonish(), nested()],
+        ) {
+            if let Some(members) = super::object_members(&text) {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&text).expect("an object");
+                for m in &members {
+                    let key = &text[m.key.clone()];
+                    prop_assert_eq!(m.key_escaped, key.contains('\\'));
+                    let value: serde_json::Value = serde_json::from_str(&text[m.value.clone()])
+                        .expect("a member's value parses on its own");
+                    if !m.key_escaped && members.iter().filter(|n| &text[n.key.clone()] == key).count() == 1 {
+                        prop_assert_eq!(map.get(key), Some(&value));
+                    }
+                }
+                prop_assert!(members.len() >= map.len());
             }
         }
 

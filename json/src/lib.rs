@@ -10,11 +10,15 @@
 //! - [`parse_strict`]: parsing that refuses an object with the same key twice (which would
 //!   otherwise keep one of the two values silently), and [`check_strict`]: the same check of
 //!   a text without building its value; [`flaw`] sorts what they refuse.
+//! - [`object_members`]: where each member of an object lies in its text, found in one walk
+//!   over the bytes (the SDK locates a payload's members with it).
 //!
 //! The workspace builds `serde_json` with `arbitrary_precision`, so a parsed number keeps
 //! its text and comes back out exactly as sent.
 
 mod fast;
+
+pub use fast::{MemberSpan, object_members};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};

@@ -5,7 +5,6 @@ use crate::bindings::flowhost::plugin::types as wit;
 use crate::{
     Group, Keyed, KeyedRecord, Kind, Model, ParentLink, Payload, Policy, Record, Rejection, Source,
 };
-use serde_json::{Map, Value};
 
 /// `describe`, converted to the component's types.
 pub fn describe<M: Model>() -> wit::Description {
@@ -79,9 +78,6 @@ pub fn associate<M: Model>(records: Vec<wit::InputRecord>) -> Vec<wit::Associati
 /// `project`: one projection per group, same order.
 pub fn project<M: Model>(groups: Vec<wit::Group>) -> Vec<wit::Projection> {
     let description = M::describe();
-    // One buffer the views are written into, reused for the whole batch: each view is then
-    // one allocation of its own size instead of a string grown step by step.
-    let mut buffer = Vec::with_capacity(4096);
     groups
         .into_iter()
         .map(|g| {
@@ -102,13 +98,13 @@ pub fn project<M: Model>(groups: Vec<wit::Group>) -> Vec<wit::Projection> {
                 reference: reference.clone(),
                 records,
             };
-            let p = M::project(&group, &description);
+            let views = M::project(&group, &description);
             wit::Projection {
                 reference,
-                canonical: json_text(&p.canonical, &mut buffer),
-                lineage: json_text(&p.lineage, &mut buffer),
-                root: json_text(&p.root, &mut buffer),
-                parents: p
+                canonical: views.canonical,
+                lineage: views.lineage,
+                root: views.root,
+                parents: views
                     .parents
                     .into_iter()
                     .map(|l| wit::ParentLink {
@@ -126,15 +122,6 @@ fn link(l: wit::ParentLink) -> ParentLink {
         model: l.model,
         reference: l.reference,
     }
-}
-
-/// The map as JSON text. Serialised straight into a byte buffer (`Value`'s `to_string` goes
-/// through `Display` and the formatting machinery piece by piece, several times slower in a
-/// plugin), then copied out at its final size.
-fn json_text(map: &Map<String, Value>, buffer: &mut Vec<u8>) -> String {
-    buffer.clear();
-    serde_json::to_writer(&mut *buffer, map).expect("a map of JSON values always serialises");
-    String::from_utf8(buffer.as_slice().to_vec()).expect("serde_json writes UTF-8")
 }
 
 /// Builds a component-typed record; used by native callers (benchmarks, tests) that drive

@@ -81,10 +81,13 @@ pub trait Model {
         })
     }
 
-    /// Projects one reference's keyed records (in intake order) into its views. The default
-    /// is flowhost's standard projection with the policies of [`Model::describe`].
-    fn project(group: &Group, description: &Description) -> Projection {
-        projection::project(group, &description.policies)
+    /// Projects one reference's keyed records (in intake order) into its views, as JSON
+    /// text. The default is flowhost's standard projection with the policies of
+    /// [`Model::describe`] ([`projection::project_views`]), written straight to text. A
+    /// model with a projection of its own builds a [`Projection`] of maps (for instance by
+    /// adjusting [`projection::project`]'s) and returns `projection.into()`.
+    fn project(group: &Group, description: &Description) -> Views {
+        projection::project_views(group, &description.policies)
     }
 }
 

@@ -168,10 +168,39 @@ impl fmt::Debug for Payload {
 /// Locates the members of the object in `text`: keys decoded only when they hold escapes,
 /// values as ranges of the text. A repeated key keeps its first place and its last value.
 fn scan(text: &str) -> Result<Vec<Member>, serde_json::Error> {
+    // Most payloads are located by a quick walk over the bytes; what it is not sure of (or
+    // refuses) is located by serde_json, whose error is the one reported.
+    let found = match quick_scan(text) {
+        Some(found) => found,
+        None => serde_scan(text)?,
+    };
+    Ok(dedupe(text, found))
+}
+
+/// The members as serde_json locates them (keys decoded only when they hold escapes).
+fn serde_scan(text: &str) -> Result<Vec<(Key, Range<usize>)>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let found = (&mut de).deserialize_map(Members { base: text })?;
     de.end()?;
-    Ok(dedupe(text, found))
+    Ok(found)
+}
+
+/// The members as [`flowhost_json::object_members`] finds them, with escaped keys decoded;
+/// `None` when serde_json is to decide.
+fn quick_scan(text: &str) -> Option<Vec<(Key, Range<usize>)>> {
+    flowhost_json::object_members(text)?
+        .into_iter()
+        .map(|m| {
+            let key = if m.key_escaped {
+                // The quotes around the key are the bytes on either side of its span.
+                let quoted = &text[m.key.start - 1..m.key.end + 1];
+                Key::Decoded(serde_json::from_str::<String>(quoted).ok()?.into())
+            } else {
+                Key::Span(m.key)
+            };
+            Some((key, m.value))
+        })
+        .collect()
 }
 
 /// Members with one place per key. Small objects compare keys directly; larger ones use an
@@ -387,7 +416,62 @@ mod tests {
         })
     }
 
+    /// Members as (key text, value text), to compare the two ways of locating them.
+    fn texts<'a>(text: &'a str, found: &'a [(Key, Range<usize>)]) -> Vec<(&'a str, &'a str)> {
+        found
+            .iter()
+            .map(|(k, v)| (key_text(text, k), &text[v.clone()]))
+            .collect()
+    }
+
+    #[test]
+    fn the_quick_scan_locates_what_serde_json_locates() {
+        for text in [
+            r#"{"serial": "SN-1", "tags": ["a", {"b": null}], "n": -1.5e3, "t": true}"#,
+            " {\"a\" :1 ,\"a\":\t[ ] , \"b\" : {} }\n",
+            r#"{"se\u0072ial": "x", "tab\tkey": 1, "q\"": "\u00e9\ud83d\ude00"}"#,
+            r#"{"$serde_json::private::Number": "1"}"#,
+            r#"{"a": {"k": 1, "k": 2, "\u006b": 3}}"#,
+            "{}",
+        ] {
+            let quick = quick_scan(text).unwrap_or_else(|| panic!("{text}"));
+            let serde = serde_scan(text).unwrap();
+            assert_eq!(texts(text, &quick), texts(text, &serde), "{text}");
+        }
+        // Left to serde_json: nesting near the limit, a lone surrogate, and whatever is not
+        // one valid object.
+        let deep = format!("{{\"a\": {}{}}}", "[".repeat(120), "]".repeat(120));
+        for text in [
+            deep.as_str(),
+            "[1]",
+            "{\"a\": 1} x",
+            "{\"a\": 1,}",
+            r#"{"a": "\ud800"}"#,
+        ] {
+            assert!(quick_scan(text).is_none(), "{text}");
+        }
+    }
+
     proptest! {
+        /// The quick scan finds the members serde_json finds, however the object is spaced,
+        /// whatever its keys and values hold.
+        #[test]
+        fn the_quick_scan_agrees_with_serde_json(
+            members in prop::collection::vec(("[a-d\"\\\\é]{0,3}", json()), 0..12),
+            spaces in prop::collection::vec("[ \t\r\n]{0,2}", 4),
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("{}{}:{}{v}", Value::String(k.clone()), spaces[0], spaces[1]))
+                .collect();
+            let text = format!("{}{{{}}}{}", spaces[2], body.join(&format!(",{}", spaces[3])), spaces[3]);
+            let serde = serde_scan(&text).unwrap();
+            // Nothing here is left to serde_json: nesting is shallow and every escape names a
+            // character.
+            let quick = quick_scan(&text).unwrap_or_default();
+            prop_assert_eq!(texts(&text, &quick), texts(&text, &serde), "{}", text);
+        }
+
         /// Any object, written with or without repeated keys, reads as parsing it whole does.
         #[test]
         fn reads_as_a_whole_parse(

@@ -15,7 +15,7 @@
 //! [`Projector`] accumulates records in any order and can merge with another projector:
 //! the result depends only on the set of records, never on how they were batched.
 
-use crate::{Group, KeyedRecord, ParentLink, PathPolicy, Policy, Projection};
+use crate::{Group, KeyedRecord, ParentLink, PathPolicy, Policy, Projection, Views};
 use flowhost_json::Decimal;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -27,13 +27,24 @@ use std::collections::HashMap as StdHashMap;
 /// still seeded per map.
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
-/// Projects one group with the given policies.
+/// Projects one group with the given policies, into maps.
 pub fn project(group: &Group, policies: &[PathPolicy]) -> Projection {
+    projector(group, policies).finish()
+}
+
+/// Projects one group with the given policies, into the JSON text a plugin hands back (the
+/// default of [`crate::Model::project`]): the text of [`project`]'s maps, written without
+/// building them.
+pub fn project_views(group: &Group, policies: &[PathPolicy]) -> Views {
+    projector(group, policies).finish_views()
+}
+
+fn projector<'p>(group: &Group, policies: &'p [PathPolicy]) -> Projector<'p> {
     let mut projector = Projector::new(policies);
     for record in &group.records {
         projector.add(record);
     }
-    projector.finish()
+    projector
 }
 
 /// Where a value was first seen: (intake sequence, position within the record's flattened
@@ -145,8 +156,44 @@ type LabelId = u32;
 struct ValueState {
     first: Seen,
     kept: Value,
-    /// Source label → the first sequence at which it asserted this value.
-    sources: HashMap<LabelId, u64>,
+    /// Who asserted this value, and first when.
+    sources: Sources,
+}
+
+/// The sources of a value: (label, the first sequence at which it asserted the value). A
+/// label may be listed more than once until the list is compacted, which happens whenever
+/// it has doubled since the last time: the list stays within twice the labels it holds,
+/// and a record costs a push, not a hash lookup (and a value no map of its own).
+#[derive(Debug, Clone, Default)]
+struct Sources {
+    entries: Vec<(LabelId, u64)>,
+    /// The length after the last compaction.
+    compacted: usize,
+}
+
+impl Sources {
+    fn add(&mut self, label: LabelId, seq: u64) {
+        // The same source again in a row (a record naming a value twice, or a source's
+        // records one after another) needs no entry of its own.
+        if let Some(last) = self.entries.last_mut()
+            && last.0 == label
+        {
+            last.1 = last.1.min(seq);
+            return;
+        }
+        self.entries.push((label, seq));
+        if self.entries.len() > 2 * self.compacted.max(8) {
+            self.compact();
+        }
+    }
+
+    /// One entry per label, with its first sequence.
+    fn compact(&mut self) {
+        self.entries.sort_unstable();
+        // Sorted by label, then sequence: the first of each label is its earliest.
+        self.entries.dedup_by_key(|e| e.0);
+        self.compacted = self.entries.len();
+    }
 }
 
 impl ValueState {
@@ -158,8 +205,7 @@ impl ValueState {
     }
 
     fn asserted_by(&mut self, label: LabelId, seq: u64) {
-        let s = self.sources.entry(label).or_insert(seq);
-        *s = (*s).min(seq);
+        self.sources.add(label, seq);
     }
 }
 
@@ -238,7 +284,7 @@ impl PathState {
             self.values.push(ValueState {
                 first: seen,
                 kept: value.clone(),
-                sources: HashMap::default(),
+                sources: Sources::default(),
             });
         }
         index
@@ -376,7 +422,7 @@ impl<'p> Projector<'p> {
                 let class = ours.class_of(&value.kept, value.first, &mut scratch);
                 let mine = &mut ours.values[class];
                 mine.saw(value.first, &value.kept);
-                for (label, seq) in value.sources {
+                for (label, seq) in value.sources.entries {
                     mine.asserted_by(theirs_to_ours[label as usize], seq);
                 }
             }
@@ -392,56 +438,234 @@ impl<'p> Projector<'p> {
         self.scratch = scratch;
     }
 
-    /// The views of the records added so far.
+    /// The views of the records added so far, as maps.
     pub fn finish(self) -> Projection {
-        let mut labels: Vec<&str> = vec![""; self.labels.len()];
-        for (label, id) in &self.labels {
-            labels[*id as usize] = label;
+        let mut maps = Maps::default();
+        let parents = self.emit(&mut maps);
+        Projection {
+            canonical: maps.canonical,
+            lineage: maps.lineage,
+            root: maps.root,
+            parents,
         }
-        let mut paths: Vec<(String, PathState)> = self.paths.into_iter().collect();
-        paths.sort_by(|a, b| a.1.first.cmp(&b.1.first).then_with(|| a.0.cmp(&b.0)));
+    }
 
-        // Sized up front: a map that grows moves its entries (and, in a plugin, asks the
-        // allocator again) each time.
-        let mut canonical = Map::with_capacity(paths.len());
-        let mut lineage = Map::with_capacity(paths.len());
-        let mut root = Map::with_capacity(paths.len());
+    /// The views of the records added so far, written straight to JSON text: the same
+    /// text as the maps of [`Projector::finish`] serialised, without building them.
+    pub fn finish_views(self) -> Views {
+        TEXT.with_borrow_mut(|text| {
+            text.clear();
+            let parents = self.emit(text);
+            text.close();
+            Views {
+                canonical: text.canonical.take(),
+                lineage: text.lineage.take(),
+                root: text.root.take(),
+                parents,
+            }
+        })
+    }
+
+    /// Hands the views, path by path in their final order, to `sink`; returns the parents.
+    fn emit(self, sink: &mut impl Sink) -> Vec<ParentLink> {
+        let Projector {
+            paths,
+            labels,
+            latest,
+            ..
+        } = self;
+        let mut names: Vec<&str> = vec![""; labels.len()];
+        for (label, id) in &labels {
+            names[*id as usize] = label;
+        }
+        let mut paths: Vec<(String, PathState)> = paths.into_iter().collect();
+        paths.sort_by(|a, b| a.1.first.cmp(&b.1.first).then_with(|| a.0.cmp(&b.0)));
+        sink.reserve(paths.len());
         let mut sources: Vec<(u64, &str)> = Vec::new();
         for (path, state) in paths {
             let mut values = state.values;
             values.sort_by_key(|v| v.first);
-            let mut path_lineage = Vec::with_capacity(values.len());
-            for v in &values {
+            sink.start_path(&path, values.len());
+            for (i, v) in values.iter_mut().enumerate() {
+                v.sources.compact();
                 sources.clear();
                 sources.extend(
                     v.sources
+                        .entries
                         .iter()
-                        .map(|(id, seq)| (*seq, labels[*id as usize])),
+                        .map(|(id, seq)| (*seq, names[*id as usize])),
                 );
                 sources.sort_unstable();
-                let sources = sources
-                    .iter()
-                    .map(|(_, label)| Value::String(label.to_string()))
-                    .collect();
-                let mut entry = Map::with_capacity(2);
-                entry.insert("value".into(), v.kept.clone());
-                entry.insert("sources".into(), Value::Array(sources));
-                path_lineage.push(Value::Object(entry));
+                sink.value(i, &v.kept, &sources);
             }
-            canonical.insert(
-                path.clone(),
-                Value::Array(values.into_iter().map(|v| v.kept).collect()),
-            );
-            lineage.insert(path.clone(), Value::Array(path_lineage));
-            if let Some(candidate) = state.root {
-                root.insert(path, candidate.value);
-            }
+            sink.end_path(path, values, state.root.map(|c| c.value));
         }
-        Projection {
-            canonical,
-            lineage,
-            root,
-            parents: self.latest.map(|(_, p)| p).unwrap_or_default(),
+        latest.map(|(_, p)| p).unwrap_or_default()
+    }
+}
+
+/// What [`Projector::emit`] writes the views into: maps or JSON text.
+trait Sink {
+    /// Room for this many paths.
+    fn reserve(&mut self, paths: usize);
+    /// A path's canonical values follow, in order.
+    fn start_path(&mut self, path: &str, values: usize);
+    /// The path's `index`th canonical value, with its sources (intake sequence, label) in
+    /// order.
+    fn value(&mut self, index: usize, value: &Value, sources: &[(u64, &str)]);
+    /// The path's values are done; `root` is the value its policy chose.
+    fn end_path(&mut self, path: String, values: Vec<ValueState>, root: Option<Value>);
+}
+
+/// The views as maps, for [`Projection`].
+#[derive(Default)]
+struct Maps {
+    canonical: Map<String, Value>,
+    lineage: Map<String, Value>,
+    root: Map<String, Value>,
+    path_lineage: Vec<Value>,
+}
+
+impl Sink for Maps {
+    fn reserve(&mut self, paths: usize) {
+        // Sized up front: a map that grows moves its entries each time.
+        self.canonical = Map::with_capacity(paths);
+        self.lineage = Map::with_capacity(paths);
+        self.root = Map::with_capacity(paths);
+    }
+
+    fn start_path(&mut self, _path: &str, values: usize) {
+        self.path_lineage = Vec::with_capacity(values);
+    }
+
+    fn value(&mut self, _index: usize, value: &Value, sources: &[(u64, &str)]) {
+        let sources = sources
+            .iter()
+            .map(|(_, label)| Value::String(label.to_string()))
+            .collect();
+        let mut entry = Map::with_capacity(2);
+        entry.insert("value".into(), value.clone());
+        entry.insert("sources".into(), Value::Array(sources));
+        self.path_lineage.push(Value::Object(entry));
+    }
+
+    fn end_path(&mut self, path: String, values: Vec<ValueState>, root: Option<Value>) {
+        let lineage = std::mem::take(&mut self.path_lineage);
+        self.canonical.insert(
+            path.clone(),
+            Value::Array(values.into_iter().map(|v| v.kept).collect()),
+        );
+        self.lineage.insert(path.clone(), Value::Array(lineage));
+        if let Some(root) = root {
+            self.root.insert(path, root);
+        }
+    }
+}
+
+/// The views as JSON text, written as serde_json writes the maps (compact, members in
+/// order), into buffers kept for the next reference: each view is then copied out once at
+/// its final size instead of growing step by step.
+#[derive(Default)]
+struct Text {
+    canonical: Buffer,
+    lineage: Buffer,
+    root: Buffer,
+    /// The current path as a JSON string, written once for the three views.
+    key: Vec<u8>,
+}
+
+thread_local! {
+    static TEXT: std::cell::RefCell<Text> = std::cell::RefCell::default();
+}
+
+/// One view's text: an object being written.
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    /// Whether a member has been written (the next one needs a comma).
+    members: bool,
+}
+
+impl Buffer {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.bytes.push(b'{');
+        self.members = false;
+    }
+
+    /// Starts a member: its separator and its key (already a JSON string).
+    fn key(&mut self, key: &[u8]) {
+        if self.members {
+            self.bytes.push(b',');
+        }
+        self.members = true;
+        self.bytes.extend_from_slice(key);
+        self.bytes.push(b':');
+    }
+
+    /// The finished object's text, at its own size.
+    fn take(&mut self) -> String {
+        String::from_utf8(self.bytes.clone()).expect("JSON text is UTF-8")
+    }
+}
+
+/// Writes `value` as serde_json writes it in a map.
+fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("JSON values and strings always serialise");
+}
+
+impl Text {
+    fn clear(&mut self) {
+        self.canonical.clear();
+        self.lineage.clear();
+        self.root.clear();
+    }
+
+    fn close(&mut self) {
+        for view in [&mut self.canonical, &mut self.lineage, &mut self.root] {
+            view.bytes.push(b'}');
+        }
+    }
+}
+
+impl Sink for Text {
+    fn reserve(&mut self, _paths: usize) {}
+
+    fn start_path(&mut self, path: &str, _values: usize) {
+        self.key.clear();
+        write_json(&mut self.key, path);
+        self.canonical.key(&self.key);
+        self.canonical.bytes.push(b'[');
+        self.lineage.key(&self.key);
+        self.lineage.bytes.push(b'[');
+    }
+
+    fn value(&mut self, index: usize, value: &Value, sources: &[(u64, &str)]) {
+        let canonical = &mut self.canonical.bytes;
+        let lineage = &mut self.lineage.bytes;
+        if index > 0 {
+            canonical.push(b',');
+            lineage.push(b',');
+        }
+        write_json(canonical, value);
+        lineage.extend_from_slice(br#"{"value":"#);
+        write_json(lineage, value);
+        lineage.extend_from_slice(br#","sources":["#);
+        for (i, (_, label)) in sources.iter().enumerate() {
+            if i > 0 {
+                lineage.push(b',');
+            }
+            write_json(lineage, *label);
+        }
+        lineage.extend_from_slice(b"]}");
+    }
+
+    fn end_path(&mut self, _path: String, _values: Vec<ValueState>, root: Option<Value>) {
+        self.canonical.bytes.push(b']');
+        self.lineage.bytes.push(b']');
+        if let Some(root) = root {
+            self.root.key(&self.key);
+            write_json(&mut self.root.bytes, &root);
         }
     }
 }
@@ -496,5 +720,43 @@ fn offer_record(
             values[0].clone()
         };
         *slot = Some(Candidate { rank, seq, value });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LabelId, Sources};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// The list says what a map of label → first sequence says, and never holds more
+        /// than twice the labels (or eight entries) between compactions.
+        #[test]
+        fn sources_keep_each_label_once_with_its_first_sequence(
+            asserted in prop::collection::vec((0u32..6, 0u64..50), 0..200),
+        ) {
+            let mut sources = Sources::default();
+            let mut map: BTreeMap<LabelId, u64> = BTreeMap::new();
+            for &(label, seq) in &asserted {
+                sources.add(label, seq);
+                let first = map.entry(label).or_insert(seq);
+                *first = (*first).min(seq);
+                prop_assert!(sources.entries.len() <= 2 * map.len().max(8));
+            }
+            sources.compact();
+            prop_assert_eq!(sources.entries, map.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_long_run_of_few_sources_stays_small() {
+        let mut sources = Sources::default();
+        for seq in 0..100_000u64 {
+            sources.add((seq % 3) as LabelId, 100_000 - seq);
+        }
+        assert!(sources.entries.len() <= 16, "{}", sources.entries.len());
+        sources.compact();
+        assert_eq!(sources.entries, [(0, 1), (1, 3), (2, 2)]);
     }
 }

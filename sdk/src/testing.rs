@@ -70,7 +70,10 @@ pub fn associate<M: Model>(records: &[Record]) -> Vec<Result<Keyed, Rejection>> 
 }
 
 /// The views of `records` projected as one reference (as if they all shared a key), in
-/// their order.
+/// their order, read back as maps.
+///
+/// # Panics
+/// When a view the model wrote is not a JSON object: this is for tests.
 pub fn project_together<M: Model>(records: &[Record]) -> Projection {
     let group = Group {
         reference: "test-reference".into(),
@@ -83,6 +86,8 @@ pub fn project_together<M: Model>(records: &[Record]) -> Projection {
             .collect(),
     };
     M::project(&group, &M::describe())
+        .projection()
+        .unwrap_or_else(|e| panic!("the model's views are not JSON objects: {e}"))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` in microseconds since the Unix epoch.

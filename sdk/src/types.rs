@@ -253,6 +253,49 @@ pub struct Projection {
     pub parents: Vec<ParentLink>,
 }
 
+/// The views of one reference as JSON text: what a plugin hands back to the host. Each view
+/// is one JSON object with the members of the matching map of [`Projection`], in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Views {
+    /// Dotted path → ordered distinct values.
+    pub canonical: String,
+    /// Dotted path → one entry per canonical value, in the same order.
+    pub lineage: String,
+    /// Dotted path → the value its policy chose.
+    pub root: String,
+    /// The parents of the latest record.
+    pub parents: Vec<ParentLink>,
+}
+
+impl From<Projection> for Views {
+    /// The maps written as JSON text.
+    fn from(p: Projection) -> Self {
+        let text = |map: &Map<String, Value>| {
+            serde_json::to_string(map).expect("a map of JSON values always serialises")
+        };
+        Self {
+            canonical: text(&p.canonical),
+            lineage: text(&p.lineage),
+            root: text(&p.root),
+            parents: p.parents,
+        }
+    }
+}
+
+impl Views {
+    /// The views read back as maps (for tests and for a projection that adjusts the
+    /// default's); an error when a view is not a JSON object.
+    pub fn projection(&self) -> Result<Projection, serde_json::Error> {
+        let map = |text: &str| serde_json::from_str::<Map<String, Value>>(text);
+        Ok(Projection {
+            canonical: map(&self.canonical)?,
+            lineage: map(&self.lineage)?,
+            root: map(&self.root)?,
+            parents: self.parents.clone(),
+        })
+    }
+}
+
 /// Log levels for [`crate::log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {

@@ -1,7 +1,7 @@
 //! The default projection, checked natively: the documented view rules (README: the views), and that the result
 //! depends only on the set of records, never on their batching or order.
 
-use flowhost_sdk::projection::{Projector, flatten, project};
+use flowhost_sdk::projection::{Projector, flatten, project, project_views};
 use flowhost_sdk::{
     Group, KeyedRecord, Map, ParentLink, PathPolicy, Policy, Record, Source, Value, json,
 };
@@ -233,7 +233,8 @@ fn lineage_keeps_a_string_and_a_number_of_the_same_text_apart() {
 
 fn arb_value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        prop::sample::select(vec!["a", "A", " a", "b", "B ", "c", "1"]).prop_map(|s| json!(s)),
+        prop::sample::select(vec!["a", "A", " a", "b", "B ", "c", "1", "É\"\\\u{1}"])
+            .prop_map(|s| json!(s)),
         (0i64..4).prop_map(|n| json!(n)),
         prop::sample::select(vec![0.5f64, 1.0, 2.0]).prop_map(|f| json!(f)),
         any::<bool>().prop_map(|b| json!(b)),
@@ -244,7 +245,7 @@ fn arb_value() -> impl Strategy<Value = Value> {
 fn arb_payload() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::vec(
         (
-            prop::sample::select(vec!["x", "y", "z.w", "list"]),
+            prop::sample::select(vec!["x", "y", "z.w", "list", "q\"é"]),
             prop::collection::vec(arb_value(), 1..3),
         ),
         0..4,
@@ -340,6 +341,17 @@ proptest! {
             total.merge(part);
         }
         prop_assert_eq!(total.finish(), whole);
+    }
+
+    /// The views a plugin hands back, written straight to text, are the maps' JSON text byte
+    /// for byte, and read back as the same maps.
+    #[test]
+    fn views_written_as_text_are_the_maps_serialised(records in arb_records()) {
+        let policies = all_policies();
+        let maps = project(&group(records.clone()), &policies);
+        let views = project_views(&group(records), &policies);
+        prop_assert_eq!(&views, &flowhost_sdk::Views::from(maps.clone()));
+        prop_assert_eq!(views.projection().unwrap(), maps);
     }
 
     /// Projection is idempotent: adding the same records twice changes nothing.

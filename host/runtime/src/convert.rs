@@ -145,13 +145,12 @@ pub fn default_projection(
                 reference: g.reference,
                 records,
             };
-            let p = sdk::projection::project(&group, &policies);
-            let text = |map| serde_json::Value::Object(map).to_string();
+            let p = sdk::projection::project_views(&group, &policies);
             wit::Projection {
                 reference: group.reference,
-                canonical: text(p.canonical),
-                lineage: text(p.lineage),
-                root: text(p.root),
+                canonical: p.canonical,
+                lineage: p.lineage,
+                root: p.root,
                 parents: p
                     .parents
                     .into_iter()
