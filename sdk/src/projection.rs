@@ -603,9 +603,14 @@ impl Buffer {
         self.bytes.push(b':');
     }
 
-    /// The finished object's text, at its own size.
+    /// The finished object's text, at its own size. A buffer grown past 1 MiB by one large
+    /// view is let go, so that a thread does not keep that much for good.
     fn take(&mut self) -> String {
-        String::from_utf8(self.bytes.clone()).expect("JSON text is UTF-8")
+        let text = String::from_utf8(self.bytes.clone()).expect("JSON text is UTF-8");
+        if self.bytes.capacity() > 1 << 20 {
+            self.bytes = Vec::new();
+        }
+        text
     }
 }
 
