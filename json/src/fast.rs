@@ -33,6 +33,7 @@ pub(crate) fn passes(text: &str) -> bool {
         i: 0,
         keys: Vec::new(),
         strict: true,
+        members: None,
     };
     walk.value(0) && {
         walk.space();
@@ -62,53 +63,17 @@ pub fn object_members(text: &str) -> Option<Vec<MemberSpan>> {
         i: 0,
         keys: Vec::new(),
         strict: false,
+        members: Some(Vec::with_capacity(8)),
     };
     walk.space();
-    if walk.peek() != Some(b'{') {
+    if walk.peek() != Some(b'{') || !walk.object(1) {
         return None;
     }
-    walk.i += 1;
     walk.space();
-    let mut out = Vec::with_capacity(8);
-    if walk.peek() == Some(b'}') {
-        walk.i += 1;
-    } else {
-        loop {
-            walk.space();
-            if walk.peek() != Some(b'"') {
-                return None;
-            }
-            let from = walk.i + 1;
-            let (key, key_escaped) = walk.string()?;
-            let key = from..from + key.len();
-            walk.space();
-            if walk.peek() != Some(b':') {
-                return None;
-            }
-            walk.i += 1;
-            walk.space();
-            let start = walk.i;
-            if !walk.value(1) {
-                return None;
-            }
-            out.push(MemberSpan {
-                key,
-                key_escaped,
-                value: start..walk.i,
-            });
-            walk.space();
-            match walk.peek() {
-                Some(b',') => walk.i += 1,
-                Some(b'}') => {
-                    walk.i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+    if walk.i != walk.b.len() {
+        return None;
     }
-    walk.space();
-    (walk.i == walk.b.len()).then_some(out)
+    walk.members
 }
 
 struct Walk<'a> {
@@ -119,6 +84,8 @@ struct Walk<'a> {
     /// Whether objects are checked for a key twice (and keys kept for that); otherwise
     /// only the syntax is.
     strict: bool,
+    /// Where the members of the outermost object lie, when asked for ([`object_members`]).
+    members: Option<Vec<MemberSpan>>,
 }
 
 impl<'a> Walk<'a> {
@@ -338,20 +305,38 @@ impl<'a> Walk<'a> {
             if self.peek() != Some(b'"') {
                 return false;
             }
-            if !self.strict {
-                if self.string().is_none() {
-                    return false;
+            let key_from = self.i + 1;
+            let key_escaped = if !self.strict {
+                match self.string() {
+                    Some((_, escaped)) => escaped,
+                    None => return false,
                 }
-            } else if !self.strict_key(from, &mut set) {
+            } else if self.strict_key(from, &mut set) {
+                // The strict walk leaves keys with escapes to serde_json.
+                false
+            } else {
                 return false;
-            }
+            };
+            // The key ends before its closing quote.
+            let key = key_from..self.i - 1;
             self.space();
             if self.peek() != Some(b':') {
                 return false;
             }
             self.i += 1;
+            self.space();
+            let value_from = self.i;
             if !self.value(depth) {
                 return false;
+            }
+            if depth == 1
+                && let Some(members) = &mut self.members
+            {
+                members.push(MemberSpan {
+                    key,
+                    key_escaped,
+                    value: value_from..self.i,
+                });
             }
             self.space();
             match self.peek() {

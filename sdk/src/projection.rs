@@ -582,23 +582,20 @@ thread_local! {
 #[derive(Default)]
 struct Buffer {
     bytes: Vec<u8>,
-    /// Whether a member has been written (the next one needs a comma).
-    members: bool,
 }
 
 impl Buffer {
     fn clear(&mut self) {
         self.bytes.clear();
         self.bytes.push(b'{');
-        self.members = false;
     }
 
-    /// Starts a member: its separator and its key (already a JSON string).
+    /// Starts a member: its separator (when the object holds more than its `{`) and its
+    /// key (already a JSON string).
     fn key(&mut self, key: &[u8]) {
-        if self.members {
+        if self.bytes.len() > 1 {
             self.bytes.push(b',');
         }
-        self.members = true;
         self.bytes.extend_from_slice(key);
         self.bytes.push(b':');
     }
@@ -620,14 +617,16 @@ fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
 }
 
 impl Text {
+    fn views(&mut self) -> [&mut Buffer; 3] {
+        [&mut self.canonical, &mut self.lineage, &mut self.root]
+    }
+
     fn clear(&mut self) {
-        self.canonical.clear();
-        self.lineage.clear();
-        self.root.clear();
+        self.views().into_iter().for_each(Buffer::clear);
     }
 
     fn close(&mut self) {
-        for view in [&mut self.canonical, &mut self.lineage, &mut self.root] {
+        for view in self.views() {
             view.bytes.push(b'}');
         }
     }
