@@ -480,8 +480,8 @@ impl<'p> Projector<'p> {
         }
         let mut paths: Vec<(String, PathState)> = paths.into_iter().collect();
         paths.sort_by(|a, b| a.1.first.cmp(&b.1.first).then_with(|| a.0.cmp(&b.0)));
-        sink.reserve(paths.len());
-        let mut sources: Vec<(u64, &str)> = Vec::new();
+        sink.start(paths.len(), &names);
+        let mut sources: Vec<(u64, LabelId)> = Vec::new();
         for (path, state) in paths {
             let mut values = state.values;
             values.sort_by_key(|v| v.first);
@@ -489,12 +489,7 @@ impl<'p> Projector<'p> {
             for (i, v) in values.iter_mut().enumerate() {
                 v.sources.compact();
                 sources.clear();
-                sources.extend(
-                    v.sources
-                        .entries
-                        .iter()
-                        .map(|(id, seq)| (*seq, names[*id as usize])),
-                );
+                sources.extend(v.sources.entries.iter().map(|(id, seq)| (*seq, *id)));
                 sources.sort_unstable();
                 sink.value(i, &v.kept, &sources);
             }
@@ -506,13 +501,14 @@ impl<'p> Projector<'p> {
 
 /// What [`Projector::emit`] writes the views into: maps or JSON text.
 trait Sink {
-    /// Room for this many paths.
-    fn reserve(&mut self, paths: usize);
+    /// The views of one reference begin: this many paths will follow, and `labels` are the
+    /// source labels that sources name by index.
+    fn start(&mut self, paths: usize, labels: &[&str]);
     /// A path's canonical values follow, in order.
     fn start_path(&mut self, path: &str, values: usize);
-    /// The path's `index`th canonical value, with its sources (intake sequence, label) in
-    /// order.
-    fn value(&mut self, index: usize, value: &Value, sources: &[(u64, &str)]);
+    /// The path's `index`th canonical value, with its sources (intake sequence, label id)
+    /// in order.
+    fn value(&mut self, index: usize, value: &Value, sources: &[(u64, LabelId)]);
     /// The path's values are done; `root` is the value its policy chose.
     fn end_path(&mut self, path: String, values: Vec<ValueState>, root: Option<Value>);
 }
@@ -524,24 +520,26 @@ struct Maps {
     lineage: Map<String, Value>,
     root: Map<String, Value>,
     path_lineage: Vec<Value>,
+    labels: Vec<String>,
 }
 
 impl Sink for Maps {
-    fn reserve(&mut self, paths: usize) {
+    fn start(&mut self, paths: usize, labels: &[&str]) {
         // Sized up front: a map that grows moves its entries each time.
         self.canonical = Map::with_capacity(paths);
         self.lineage = Map::with_capacity(paths);
         self.root = Map::with_capacity(paths);
+        self.labels = labels.iter().map(|l| l.to_string()).collect();
     }
 
     fn start_path(&mut self, _path: &str, values: usize) {
         self.path_lineage = Vec::with_capacity(values);
     }
 
-    fn value(&mut self, _index: usize, value: &Value, sources: &[(u64, &str)]) {
+    fn value(&mut self, _index: usize, value: &Value, sources: &[(u64, LabelId)]) {
         let sources = sources
             .iter()
-            .map(|(_, label)| Value::String(label.to_string()))
+            .map(|(_, id)| Value::String(self.labels[*id as usize].clone()))
             .collect();
         let mut entry = Map::with_capacity(2);
         entry.insert("value".into(), value.clone());
@@ -572,6 +570,10 @@ struct Text {
     root: Buffer,
     /// The current path as a JSON string, written once for the three views.
     key: Vec<u8>,
+    /// The source labels of the reference as JSON strings, one after another, and where
+    /// each ends: a label is escaped once, not once for every value it asserted.
+    labels: Vec<u8>,
+    label_ends: Vec<usize>,
 }
 
 thread_local! {
@@ -633,7 +635,14 @@ impl Text {
 }
 
 impl Sink for Text {
-    fn reserve(&mut self, _paths: usize) {}
+    fn start(&mut self, _paths: usize, labels: &[&str]) {
+        self.labels.clear();
+        self.label_ends.clear();
+        for label in labels {
+            write_json(&mut self.labels, *label);
+            self.label_ends.push(self.labels.len());
+        }
+    }
 
     fn start_path(&mut self, path: &str, _values: usize) {
         self.key.clear();
@@ -644,22 +653,26 @@ impl Sink for Text {
         self.lineage.bytes.push(b'[');
     }
 
-    fn value(&mut self, index: usize, value: &Value, sources: &[(u64, &str)]) {
+    fn value(&mut self, index: usize, value: &Value, sources: &[(u64, LabelId)]) {
         let canonical = &mut self.canonical.bytes;
         let lineage = &mut self.lineage.bytes;
         if index > 0 {
             canonical.push(b',');
             lineage.push(b',');
         }
+        // Written once, for the canonical view, and copied from there into the lineage.
+        let from = canonical.len();
         write_json(canonical, value);
         lineage.extend_from_slice(br#"{"value":"#);
-        write_json(lineage, value);
+        lineage.extend_from_slice(&canonical[from..]);
         lineage.extend_from_slice(br#","sources":["#);
-        for (i, (_, label)) in sources.iter().enumerate() {
+        for (i, (_, id)) in sources.iter().enumerate() {
             if i > 0 {
                 lineage.push(b',');
             }
-            write_json(lineage, *label);
+            let id = *id as usize;
+            let start = if id == 0 { 0 } else { self.label_ends[id - 1] };
+            lineage.extend_from_slice(&self.labels[start..self.label_ends[id]]);
         }
         lineage.extend_from_slice(b"]}");
     }

@@ -274,7 +274,8 @@ fn arb_records() -> impl Strategy<Value = Vec<KeyedRecord>> {
     prop::collection::vec(
         (
             prop::sample::select(vec!["bms", "oem", "crm"]),
-            prop::sample::select(vec!["1", "2"]),
+            // An id that JSON must escape, so that a source label is written escaped.
+            prop::sample::select(vec!["1", "2", "q\"\\\u{e9}\n"]),
             0i64..5,
             arb_payload(),
         ),
