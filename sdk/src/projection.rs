@@ -457,6 +457,12 @@ impl<'p> Projector<'p> {
             text.clear();
             let parents = self.emit(text);
             text.close();
+            // Like a view buffer, the labels of one reference with very many sources are
+            // not kept for good.
+            if text.labels.capacity() > 1 << 20 {
+                text.labels = Vec::new();
+                text.label_ends = Vec::new();
+            }
             Views {
                 canonical: text.canonical.take(),
                 lineage: text.lineage.take(),
