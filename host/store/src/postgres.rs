@@ -5,7 +5,8 @@
 use crate::rows::{self, KeyedDb, RECORD_COLUMNS, non_empty, now_micros};
 use crate::sql::{Backend, Sql, Tx};
 use crate::*;
-use sqlx::postgres::{PgPoolOptions, PgQueryResult};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgQueryResult};
 use sqlx::{Postgres, QueryBuilder};
 
 /// Rows per bulk statement: bounds memory per statement, not parameters.
@@ -73,34 +74,54 @@ impl Sql<Postgres> {
             url: crate::redacted(url),
             source,
         };
+        let connect: PgConnectOptions = url.parse().map_err(open_err)?;
+        // Reaching the database and migrating it use one connection of their own, bounded by
+        // OPEN_WAIT whatever the busy timeout: a server that is down or a wrong address is
+        // told within it, and a first connection slower than a short busy timeout (a loaded
+        // server, a database just created) is not mistaken for an unreachable server.
+        let mut first = Self::reach(url, &connect).await?;
+        let migrated = Postgres::MIGRATOR.run(&mut first).await;
+        let _ = first.close().await;
+        migrated.map_err(|source| StoreError::Migrate {
+            url: crate::redacted(url),
+            source,
+        })?;
         // A statement waits for a connection of the pool up to the busy timeout, as a
         // SQLite write waits for its writer.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.busy_timeout)
-            .connect_lazy(url)
-            .map_err(open_err)?;
-        // Reaching the database at all is bounded on its own: a server that is down (sqlx
-        // retries a refused connection until its wait is over) or a wrong address is told
-        // within OPEN_WAIT, however long the busy timeout.
-        match tokio::time::timeout(OPEN_WAIT, pool.acquire()).await {
-            Ok(Ok(first)) => drop(first),
-            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
-                return Err(StoreError::Unreachable {
-                    url: crate::redacted(url),
-                    wait: OPEN_WAIT,
-                });
+            .connect_lazy_with(connect);
+        Ok(Self::new(pool.clone(), pool))
+    }
+
+    /// One connection within OPEN_WAIT. A refused connection is tried again (the server may
+    /// be starting) until then; any other failure to connect (a name that does not resolve, a
+    /// password refused, a database that does not exist) is told at once, with its cause.
+    async fn reach(url: &str, connect: &PgConnectOptions) -> Result<PgConnection, StoreError> {
+        let attempts = async {
+            loop {
+                match PgConnection::connect_with(connect).await {
+                    Err(sqlx::Error::Io(e))
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                    }
+                    other => break other,
+                }
             }
-            Ok(Err(source)) => return Err(open_err(source)),
-        }
-        Postgres::MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
+        };
+        match tokio::time::timeout(OPEN_WAIT, attempts).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Err(_) => Err(StoreError::Unreachable {
+                url: crate::redacted(url),
+                wait: OPEN_WAIT,
+            }),
+            Ok(Err(source)) => Err(StoreError::Open {
                 url: crate::redacted(url),
                 source,
-            })?;
-        Ok(Self::new(pool.clone(), pool))
+            }),
+        }
     }
 
     /// Counts rows written; starts an `ANALYZE` when they grew enough (see [`Analyze`]).

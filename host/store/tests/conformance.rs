@@ -1187,6 +1187,25 @@ async fn a_postgres_write_waits_for_the_pool_up_to_the_busy_timeout() {
     scratch.drop_db().await;
 }
 
+/// Opening PostgreSQL does not hang on the busy timeout: with a busy timeout far shorter than
+/// any first connection takes, the store still opens and migrates: reaching the server is
+/// bounded apart, at 5 s.
+#[tokio::test]
+async fn a_busy_timeout_shorter_than_a_connection_does_not_make_postgres_unreachable() {
+    let Some((scratch, url)) = PgScratch::create().await else {
+        return;
+    };
+    let options = StoreOptions {
+        busy_timeout: std::time::Duration::from_millis(1),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&url, &options)
+        .await
+        .expect("a reachable server opens whatever the busy timeout");
+    store.close().await;
+    scratch.drop_db().await;
+}
+
 /// A PostgreSQL server that cannot be reached is told within seconds at open, whatever the
 /// busy timeout (sqlx would retry a refused connection for all of it).
 #[tokio::test]
