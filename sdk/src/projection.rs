@@ -459,10 +459,8 @@ impl<'p> Projector<'p> {
             text.close();
             // Like a view buffer, the labels of one reference with very many sources are
             // not kept for good.
-            if text.labels.capacity() > 1 << 20 {
-                text.labels = Vec::new();
-                text.label_ends = Vec::new();
-            }
+            let_go_if_grown(&mut text.labels);
+            let_go_if_grown(&mut text.label_ends);
             Views {
                 canonical: text.canonical.take(),
                 lineage: text.lineage.take(),
@@ -612,10 +610,19 @@ impl Buffer {
     /// view is let go, so that a thread does not keep that much for good.
     fn take(&mut self) -> String {
         let text = String::from_utf8(self.bytes.clone()).expect("JSON text is UTF-8");
-        if self.bytes.capacity() > 1 << 20 {
-            self.bytes = Vec::new();
-        }
+        let_go_if_grown(&mut self.bytes);
         text
+    }
+}
+
+/// The most a buffer kept by a thread from one call to the next may hold, in bytes.
+const KEPT_BUFFER_MAX: usize = 1 << 20;
+
+/// Lets a kept buffer go once one large call has grown it past [`KEPT_BUFFER_MAX`], so that
+/// a thread does not hold that much for good; a smaller one is kept for the next call.
+fn let_go_if_grown<T>(buffer: &mut Vec<T>) {
+    if buffer.capacity() * std::mem::size_of::<T>() > KEPT_BUFFER_MAX {
+        *buffer = Vec::new();
     }
 }
 
