@@ -460,7 +460,7 @@ impl<'p> Projector<'p> {
             // Like a view buffer, the labels of one reference with very many sources are
             // not kept for good.
             let_go_if_grown(&mut text.labels);
-            let_go_if_grown(&mut text.label_ends);
+            let_go_if_grown(&mut text.label_spans);
             Views {
                 canonical: text.canonical.take(),
                 lineage: text.lineage.take(),
@@ -575,9 +575,9 @@ struct Text {
     /// The current path as a JSON string, written once for the three views.
     key: Vec<u8>,
     /// The source labels of the reference as JSON strings, one after another, and where
-    /// each ends: a label is escaped once, not once for every value it asserted.
+    /// each lies: a label is escaped once, not once for every value it asserted.
     labels: Vec<u8>,
-    label_ends: Vec<usize>,
+    label_spans: Vec<std::ops::Range<usize>>,
 }
 
 thread_local! {
@@ -650,10 +650,11 @@ impl Text {
 impl Sink for Text {
     fn start(&mut self, _paths: usize, labels: &[&str]) {
         self.labels.clear();
-        self.label_ends.clear();
+        self.label_spans.clear();
         for label in labels {
+            let start = self.labels.len();
             write_json(&mut self.labels, *label);
-            self.label_ends.push(self.labels.len());
+            self.label_spans.push(start..self.labels.len());
         }
     }
 
@@ -683,9 +684,7 @@ impl Sink for Text {
             if i > 0 {
                 lineage.push(b',');
             }
-            let id = *id as usize;
-            let start = if id == 0 { 0 } else { self.label_ends[id - 1] };
-            lineage.extend_from_slice(&self.labels[start..self.label_ends[id]]);
+            lineage.extend_from_slice(&self.labels[self.label_spans[*id as usize].clone()]);
         }
         lineage.extend_from_slice(b"]}");
     }
