@@ -1209,7 +1209,8 @@ async fn a_busy_timeout_shorter_than_a_connection_does_not_make_postgres_unreach
 }
 
 /// A PostgreSQL server that cannot be reached is told within seconds at open, whatever the
-/// busy timeout (sqlx would retry a refused connection for all of it).
+/// busy timeout: a refused connection is tried again only until the 5 s of the start-up
+/// bound are over.
 #[tokio::test]
 async fn an_unreachable_postgres_is_told_at_open_in_seconds() {
     let options = StoreOptions {
