@@ -56,6 +56,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// For `map_err` while opening the database at `url`: the failure, with the URL (its
+    /// password hidden).
+    pub(crate) fn opening(url: &str) -> impl Fn(sqlx::Error) -> StoreError + Copy + '_ {
+        move |source| StoreError::Open {
+            url: crate::redacted(url),
+            source,
+        }
+    }
+
     /// When the database refused a statement because of the data in it — a constraint, a
     /// size or an encoding it does not take — its message (the database's own words, without
     /// the statement). `None` for everything else: a lost connection, a busy or read-only

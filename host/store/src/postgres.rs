@@ -70,10 +70,7 @@ fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
 
 impl Sql<Postgres> {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            url: crate::redacted(url),
-            source,
-        };
+        let open_err = StoreError::opening(url);
         let connect: PgConnectOptions = url.parse().map_err(open_err)?;
         // Reaching the database and migrating it use one connection of their own, bounded by
         // OPEN_WAIT whatever the busy timeout: a server that is down or a wrong address is
@@ -117,10 +114,7 @@ impl Sql<Postgres> {
                 url: crate::redacted(url),
                 wait: OPEN_WAIT,
             }),
-            Ok(Err(source)) => Err(StoreError::Open {
-                url: crate::redacted(url),
-                source,
-            }),
+            Ok(Err(source)) => Err(StoreError::opening(url)(source)),
         }
     }
 

@@ -157,10 +157,7 @@ impl Sql<Sqlite> {
             return Err(no_file(url));
         }
         without_memory_statistics();
-        let open_err = |source| StoreError::Open {
-            url: crate::redacted(url),
-            source,
-        };
+        let open_err = StoreError::opening(url);
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(open_err)?
             .create_if_missing(true)
