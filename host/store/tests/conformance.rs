@@ -1231,3 +1231,50 @@ async fn an_unreachable_postgres_is_told_at_open_in_seconds() {
     assert!(message.contains("127.0.0.1:1"), "{message}");
     assert!(message.contains("no connection within 5 s"), "{message}");
 }
+
+/// A server that takes the connection and never answers (a wrong port that happens to
+/// listen, a server hung at start) is told at open within the 5 s start-up bound, however
+/// long the busy timeout.
+#[tokio::test]
+async fn a_postgres_that_never_answers_is_told_at_open_in_seconds() {
+    // The kernel completes the connection into the listener's backlog; nobody reads it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://postgres@{}/x", silent.local_addr().unwrap());
+    let options = StoreOptions {
+        busy_timeout: std::time::Duration::from_secs(120),
+        ..StoreOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let e = Store::open_with(&url, &options)
+        .await
+        .err()
+        .expect("a server that never answers does not open");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{e}"
+    );
+    assert!(matches!(e, StoreError::Unreachable { .. }), "{e:?}");
+    assert!(e.to_string().contains("no connection within 5 s"), "{e}");
+    drop(silent);
+}
+
+/// A server that answers with a refusal (here: no such database) is told at once, in the
+/// server's words, not after the start-up bound.
+#[tokio::test]
+async fn a_postgres_refusal_at_open_is_told_at_once_with_its_cause() {
+    let Some((scratch, url)) = PgScratch::create().await else {
+        return;
+    };
+    let missing = format!("{url}_missing");
+    let started = std::time::Instant::now();
+    let e = Store::open(&missing)
+        .await
+        .err()
+        .expect("the database does not exist");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{e}");
+    assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(message.contains(&missing), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+    scratch.drop_db().await;
+}
