@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap as StdHashMap;
+use std::hash::BuildHasher;
 
 /// The projection's own maps: keyed by paths, values and source labels that are hashed
 /// many times per record. foldhash is several times faster than the standard SipHash, and
@@ -362,16 +363,30 @@ impl<'p> Projector<'p> {
         // The record's scalars in document order; a value's position is its index here.
         let mut flat = Vec::with_capacity(2 * record.payload.len());
         flatten_members(record.payload.iter(), &mut flat);
-        // The same path's values together (in document order), one path after another.
-        let mut order: Vec<u32> = (0..flat.len() as u32).collect();
-        order
-            .sort_unstable_by(|&a, &b| flat[a as usize].0.cmp(&flat[b as usize].0).then(a.cmp(&b)));
+        // The same path's values together (in document order), one path after another. Each
+        // path is hashed once and the values sorted by hash: the sort compares numbers, and
+        // the texts of paths only where two hash alike (the same path, or a collision).
+        let by_hash = foldhash::fast::FixedState::default();
+        let mut order: Vec<(u64, u32)> = (0..flat.len() as u32)
+            .map(|i| (by_hash.hash_one(&*flat[i as usize].0), i))
+            .collect();
+        let path_of = |&(_, i): &(u64, u32)| &*flat[i as usize].0;
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| path_of(a).cmp(path_of(b)))
+                .then(a.1.cmp(&b.1))
+        });
+        if self.paths.is_empty() {
+            // Most records of a reference share their paths: the first one's are room for
+            // nearly all, without growing the map step by step.
+            self.paths.reserve(order.len());
+        }
         let mut values: Vec<&Value> = Vec::new();
-        for run in order.chunk_by(|&a, &b| flat[a as usize].0 == flat[b as usize].0) {
-            let path = &flat[run[0] as usize].0;
+        for run in order.chunk_by(|a, b| a.0 == b.0 && path_of(a) == path_of(b)) {
+            let path = path_of(&run[0]);
             let policy = self.policy(path);
-            let first = (seq, run[0]);
-            let state = match self.paths.get_mut(&**path) {
+            let first = (seq, run[0].1);
+            let state = match self.paths.get_mut(path) {
                 Some(state) => state,
                 None => self
                     .paths
@@ -381,7 +396,7 @@ impl<'p> Projector<'p> {
             state.first = state.first.min(first);
             values.clear();
             let mut in_array = false;
-            for &i in run {
+            for &(_, i) in run {
                 let (_, value, arr) = &flat[i as usize];
                 in_array |= arr;
                 values.push(value);

@@ -89,6 +89,39 @@ fn flatten_paths_arrays_and_nulls() {
     );
 }
 
+/// Values of one path that lie apart in a payload (objects inside a list) are one path's
+/// values all the same, in document order: the record's own value at the path is all of
+/// them, as a list.
+#[test]
+fn a_path_met_apart_in_one_record_gathers_its_values() {
+    let p = project(
+        &group(vec![rec(
+            1,
+            "bms",
+            "D-1",
+            1,
+            json!({
+                "parts": [{"name": "Pump", "n": 1}, {"n": 2}, {"name": "Fan", "n": 3}],
+                "name": "Chiller",
+                "z": {"name": "Valve"}
+            }),
+        )]),
+        &[],
+    );
+    assert_eq!(
+        Value::Object(p.canonical),
+        json!({
+            "parts.name": ["Pump", "Fan"],
+            "parts.n": [1, 2, 3],
+            "name": ["Chiller"],
+            "z.name": ["Valve"]
+        })
+    );
+    assert_eq!(p.root["parts.name"], json!(["Pump", "Fan"]));
+    assert_eq!(p.root["parts.n"], json!([1, 2, 3]));
+    assert_eq!(p.root["name"], json!("Chiller"));
+}
+
 #[test]
 fn distinct_values_rules() {
     let p = project(
