@@ -376,10 +376,11 @@ impl<'p> Projector<'p> {
                 .then_with(|| path_of(a).cmp(path_of(b)))
                 .then(a.1.cmp(&b.1))
         });
-        if self.paths.is_empty() {
-            // Most records of a reference share their paths: the first one's are room for
-            // nearly all, without growing the map step by step.
-            self.paths.reserve(order.len());
+        if self.paths.is_empty() && !order.is_empty() {
+            // Most records of a reference share their paths: room for the first one's (told
+            // apart by hash; a long list is one path) saves growing the map step by step.
+            let paths = 1 + order.windows(2).filter(|w| w[0].0 != w[1].0).count();
+            self.paths.reserve(paths);
         }
         let mut values: Vec<&Value> = Vec::new();
         for run in order.chunk_by(|a, b| a.0 == b.0 && path_of(a) == path_of(b)) {
@@ -769,7 +770,8 @@ fn offer_record(
 
 #[cfg(test)]
 mod tests {
-    use super::{LabelId, Sources};
+    use super::{LabelId, Projector, Sources};
+    use crate::{KeyedRecord, Record, Source};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -791,6 +793,38 @@ mod tests {
             sources.compact();
             prop_assert_eq!(sources.entries, map.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    /// The path map is sized from the first record's paths, not its values: a list of a
+    /// hundred thousand values is one path.
+    #[test]
+    fn a_long_list_is_room_for_one_path() {
+        let payload = serde_json::json!({"many": (0..100_000).collect::<Vec<_>>(), "one": 1});
+        let serde_json::Value::Object(payload) = payload else {
+            unreachable!()
+        };
+        let record = KeyedRecord {
+            record: Record {
+                seq: 1,
+                source: Source {
+                    system: "bms".into(),
+                    adapter: "bms-v1".into(),
+                },
+                external_id: "D-1".into(),
+                occurred_at: String::new(),
+                occurred_micros: 0,
+                payload: payload.into(),
+            },
+            parents: Vec::new(),
+        };
+        let mut projector = Projector::new(&[]);
+        projector.add(&record);
+        assert_eq!(projector.paths.len(), 2);
+        assert!(
+            projector.paths.capacity() < 64,
+            "{}",
+            projector.paths.capacity()
+        );
     }
 
     #[test]
