@@ -67,12 +67,13 @@ enum Distinct {
 }
 
 /// `text` trimmed and lower-cased, written into `out` (cleared first). ASCII text, the
-/// common case, is lowered byte by byte; other text by the full Unicode rules.
+/// common case, is copied and lowered in place; other text by the full Unicode rules.
 fn fold_into(text: &str, out: &mut String) {
     out.clear();
     let text = text.trim();
     if text.is_ascii() {
-        out.extend(text.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        out.push_str(text);
+        out.make_ascii_lowercase();
     } else {
         out.push_str(&text.to_lowercase());
     }
@@ -625,7 +626,11 @@ impl Buffer {
     /// The finished object's text, at its own size. A buffer grown past 1 MiB by one large
     /// view is let go, so that a thread does not keep that much for good.
     fn take(&mut self) -> String {
-        let text = String::from_utf8(self.bytes.clone()).expect("JSON text is UTF-8");
+        debug_assert!(std::str::from_utf8(&self.bytes).is_ok());
+        // SAFETY: a view's bytes are serde_json's output (values, keys, labels, written by
+        // `write_json`), ASCII punctuation, and copies of whole values already written:
+        // UTF-8 throughout. Checking it again was about 1% of a plugin's `project`.
+        let text = unsafe { String::from_utf8_unchecked(self.bytes.clone()) };
         let_go_if_grown(&mut self.bytes);
         text
     }
